@@ -1,0 +1,256 @@
+"""The Python API: submit a batch of URLs, stream its results, read its status, cancel it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.contract import (
+    BATCHES_KEY,
+    BatchOptions,
+    BatchState,
+    ChunkJob,
+    FetchRequest,
+    batch_key,
+    chunk_job_id,
+    results_key,
+)
+from worker.engine import enqueue_chunks, queue_depth, queue_redis
+from worker.errors import BatchError, QueueUnavailable
+from worker.settings import Settings, load_settings
+
+log = logging.getLogger("fetchfleet.producer")
+
+CHUNKS_PER_ROUND_TRIP = 50
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus:
+    batch_id: str
+    state: BatchState
+    submitted: int
+    done: int
+    failed: int
+    enqueued: int
+    created_ms: int
+    finished_ms: int | None
+
+    @property
+    def remaining(self) -> int:
+        return max(self.submitted - self.done, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "state": self.state.value,
+            "submitted": self.submitted,
+            "done": self.done,
+            "failed": self.failed,
+            "remaining": self.remaining,
+            "enqueued": self.enqueued,
+            "created_ms": self.created_ms,
+            "finished_ms": self.finished_ms,
+        }
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
+    def num(name: str) -> int:
+        return int(meta.get(name.encode(), b"0"))
+
+    submitted, done = num("submitted"), num("done")
+    complete = meta.get(b"complete") == b"1"
+    if meta.get(b"cancelled", b"0") != b"0":
+        state = BatchState.CANCELLED
+    elif complete and done >= submitted:
+        state = BatchState.DONE
+    elif complete:
+        state = BatchState.QUEUED
+    else:
+        state = BatchState.SUBMITTING
+    finished = meta.get(b"finished_ms")
+    return BatchStatus(
+        batch_id=batch_id,
+        state=state,
+        submitted=submitted,
+        done=done,
+        failed=num("failed"),
+        enqueued=num("enqueued"),
+        created_ms=num("created_ms"),
+        finished_ms=int(finished) if finished else None,
+    )
+
+
+class Client:
+    """A connection to one fetchfleet cluster (its Redis). Use as `async with Client() as c:`."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.redis: Redis = queue_redis(self.settings)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.redis.aclose(close_connection_pool=True)
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except REDIS_DOWN as exc:
+            raise QueueUnavailable(f"cannot reach Redis: {exc}") from exc
+
+    async def submit(
+        self,
+        requests: Iterable[str | FetchRequest],
+        *,
+        batch_id: str | None = None,
+        store_body: bool = False,
+        total: int | None = None,
+        digest: str | None = None,
+    ) -> str:
+        """Queue every request as chunk jobs and return the batch id.
+
+        Submitting again with the same `batch_id` adds no work: a finished submission is left alone and
+        an interrupted one resumes where it stopped. `digest` (of the input) guards against reusing an
+        id for different input.
+        """
+        if total is None and isinstance(requests, list | tuple):
+            total = len(requests)
+        batch_id = batch_id or new_batch_id()
+        s = self.settings
+        key = batch_key(batch_id)
+        options = BatchOptions(store_body=store_body)
+        meta = await self.redis.hgetall(key)
+        if meta:
+            if digest and meta.get(b"digest", b"").decode() not in ("", digest):
+                raise BatchError(f"batch id {batch_id!r} already holds a different input")
+            if meta.get(b"complete") == b"1":
+                return batch_id
+            start = int(meta.get(b"enqueued", b"0"))
+        else:
+            start = 0
+            now_ms = int(time.time() * 1000)
+            fields: dict[str, Any] = {
+                "created_ms": now_ms,
+                "enqueued": 0,
+                "complete": 0,
+                "chunk_size": s.chunk_size,
+                "options": options.model_dump_json(),
+            }
+            if total is not None:
+                fields["submitted"] = total
+            if digest:
+                fields["digest"] = digest
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, s.result_ttl)
+                pipe.zadd(BATCHES_KEY, {batch_id: now_ms})
+                await pipe.execute()
+
+        it = iter(requests)
+        for _ in islice(it, start):  # already queued by an earlier, interrupted submit
+            pass
+        index = start
+        chunk_no = start // s.chunk_size
+        pending: list[tuple[str, ChunkJob]] = []
+        while True:
+            urls = list(islice(it, s.chunk_size))
+            if urls:
+                job = ChunkJob(batch_id=batch_id, first_index=index, requests=urls, options=options)
+                pending.append((chunk_job_id(batch_id, chunk_no), job))
+                index += len(urls)
+                chunk_no += 1
+            if pending and (len(pending) >= CHUNKS_PER_ROUND_TRIP or not urls):
+                await self._wait_for_room()
+                await enqueue_chunks(self.redis, s, pending)
+                await self.redis.hset(key, "enqueued", index)
+                pending = []
+            if not urls:
+                break
+        fields = {"complete": 1, "submitted": index}
+        await self.redis.hset(key, mapping=fields)
+        return batch_id
+
+    async def _wait_for_room(self) -> None:
+        """Backpressure: hold the producer while the queue is full, so Redis does not grow with input."""
+        limit = self.settings.max_queued_chunks
+        while await queue_depth(self.redis, self.settings) >= limit:
+            await asyncio.sleep(0.2)
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        meta = await self.redis.hgetall(batch_key(batch_id))
+        if not meta:
+            raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
+        return status_from_meta(batch_id, meta)
+
+    async def results(
+        self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield (cursor, result JSON) pairs; resume later from the last cursor seen.
+
+        With `follow`, keep waiting until every submitted URL has a result. Reconnects if Redis goes away.
+        """
+        stream = results_key(batch_id)
+        delay = 0.1
+        while True:
+            try:
+                if follow:
+                    reply = await self.redis.xread({stream: cursor}, count=1000, block=block_ms)
+                    entries = reply[0][1] if reply else []
+                else:
+                    entries = await self.redis.xrange(stream, min=f"({cursor}", count=1000)
+                delay = 0.1
+            except REDIS_DOWN as exc:
+                log.warning("Redis unreachable while reading results (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            for entry_id, fields in entries:
+                cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                yield cursor, fields[b"r"]
+            if not follow:
+                if not entries:
+                    return
+                continue
+            if len(entries) < 1000 and await self._all_recorded(batch_id):
+                # Everything is recorded; drain what is left after the cursor and stop.
+                rest = await self.redis.xrange(stream, min=f"({cursor}")
+                for entry_id, fields in rest:
+                    cursor = entry_id.decode()
+                    yield cursor, fields[b"r"]
+                return
+
+    async def _all_recorded(self, batch_id: str) -> bool:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(batch_key(batch_id), "complete", "submitted")
+                pipe.xlen(results_key(batch_id))
+                (complete, submitted), recorded = await pipe.execute()
+        except REDIS_DOWN:
+            return False
+        return complete == b"1" and recorded >= int(submitted or 0)
+
+    async def cancel(self, batch_id: str) -> BatchStatus:
+        key = batch_key(batch_id)
+        if not await self.redis.exists(key):
+            raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
+        await self.redis.hset(key, "cancelled", int(time.time() * 1000))
+        return await self.status(batch_id)

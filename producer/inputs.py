@@ -1,0 +1,100 @@
+"""Reading submission files: one URL per line or JSON lines, checked whole before anything is queued.
+
+Both passes stream, so a file of ten million URLs is never held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from pydantic import ValidationError
+
+from worker.contract import FetchRequest, url_problem
+
+Entry = str | FetchRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ScanReport:
+    count: int
+    bad_lines: int
+    digest: str
+
+
+def _parse(text: str) -> tuple[Entry | None, str | None]:
+    """(entry, None), (None, reason), or (None, None) for a line to skip."""
+    line = text.strip()
+    if not line or line.startswith("#"):
+        return None, None
+    if line.startswith("{"):
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return None, f"invalid JSON: {exc}"
+        try:
+            req = FetchRequest.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "line"
+            return None, f"{where}: {err['msg'].removeprefix('Value error, ')}"
+        # Plain GETs travel as bare strings: smaller jobs, cheaper parsing on the worker.
+        if req.method == "GET" and not req.headers and req.body is None:
+            return req.url, None
+        return req, None
+    problem = url_problem(line)
+    if problem:
+        return None, problem
+    return line, None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str | None, bytes]]:
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                yield number, raw.decode("utf-8"), raw
+            except UnicodeDecodeError:
+                yield number, None, raw
+
+
+def scan(path: Path, label: str, report: Callable[[str], None]) -> ScanReport:
+    """Check every line; call `report("FILE:LINE: reason")` for each bad one."""
+    count = bad = 0
+    digest = hashlib.sha256()
+    for number, text, raw in _lines(path):
+        digest.update(raw)
+        if text is None:
+            bad += 1
+            report(f"{label}:{number}: not valid UTF-8")
+            continue
+        entry, problem = _parse(text)
+        if problem:
+            bad += 1
+            report(f"{label}:{number}: {problem}")
+        elif entry is not None:
+            count += 1
+    return ScanReport(count=count, bad_lines=bad, digest=digest.hexdigest())
+
+
+def entries(path: Path) -> Iterator[Entry]:
+    """The requests of a file that `scan` passed, in order."""
+    for _number, text, _raw in _lines(path):
+        if text is None:
+            continue
+        entry, problem = _parse(text)
+        if entry is not None and not problem:
+            yield entry
+
+
+def spool_stdin() -> Path:
+    """Standard input copied to a temporary file, so it can be checked and then read again."""
+    tmp = tempfile.NamedTemporaryFile(prefix="fetchfleet-stdin-", suffix=".txt", delete=False)  # noqa: SIM115
+    with tmp:
+        shutil.copyfileobj(sys.stdin.buffer, tmp, length=1024 * 1024)
+    return Path(tmp.name)

@@ -1,0 +1,52 @@
+"""The exactly-once gate, on fakeredis (unit) and on the real server (through a chunk run twice)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from fakeredis import FakeAsyncRedis
+from redis.asyncio import Redis
+
+from worker.contract import batch_key, results_key
+from worker.recorder import Recorder, done_flags
+
+
+async def _record_all(r: Redis, batch: str, indexes: list[int]) -> None:
+    rec = Recorder(r, ttl=3600)
+    rec.start()
+    for i in indexes:
+        await rec.record(batch, i, i % 2 == 1, orjson.dumps({"index": i}))
+    await rec.close()
+
+
+@pytest.fixture(params=["fake", "real"])
+async def redis_client(request, redis_server):
+    if request.param == "fake":
+        client = FakeAsyncRedis()
+    else:
+        client = Redis.from_url(redis_server.url)
+        await client.flushall()
+    yield client
+    await client.aclose()
+
+
+async def test_second_recording_adds_nothing(redis_client: Redis) -> None:
+    await redis_client.hset(batch_key("b"), mapping={"submitted": 10})
+    await _record_all(redis_client, "b", list(range(10)))
+    await _record_all(redis_client, "b", list(range(10)))  # the chunk "ran twice"
+    assert await redis_client.xlen(results_key("b")) == 10
+    meta = await redis_client.hgetall(batch_key("b"))
+    assert int(meta[b"done"]) == 10 and int(meta[b"failed"]) == 5
+    assert b"finished_ms" in meta
+    entries = await redis_client.xrange(results_key("b"))
+    assert sorted(orjson.loads(f[b"r"])["index"] for _, f in entries) == list(range(10))
+    assert await done_flags(redis_client, "b", [0, 9, 10]) == [True, True, False]
+    for key in (batch_key("b"), results_key("b")):
+        assert 0 < await redis_client.ttl(key) <= 3600
+
+
+async def test_concurrent_recorders_one_winner(redis_client: Redis) -> None:
+    import asyncio
+
+    await asyncio.gather(*(_record_all(redis_client, "c", list(range(50))) for _ in range(4)))
+    assert await redis_client.xlen(results_key("c")) == 50

@@ -1,0 +1,30 @@
+"""fetchfleet's worker side: the job contract, the settings and the fetcher.
+
+`arq worker.WorkerSettings` starts a worker. WorkerSettings is built on first access, so importing the
+contract or the settings (as the producer does) loads neither arq nor aiohttp.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["WorkerSettings"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerSettings":
+        import sys
+
+        from worker.engine import build_worker_settings
+        from worker.errors import SettingsError
+        from worker.settings import get_settings
+
+        try:
+            settings = get_settings()
+        except SettingsError as exc:
+            print(f"fetchfleet: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        cls = build_worker_settings(settings)
+        globals()["WorkerSettings"] = cls
+        return cls
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

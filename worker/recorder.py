@@ -1,0 +1,122 @@
+"""Writes results to Redis exactly once, batching many results into one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from importlib.resources import files
+
+from redis.asyncio import Redis
+
+from worker.contract import batch_key, batch_keys
+
+log = logging.getLogger("fetchfleet.recorder")
+
+RECORD_LUA = files("worker").joinpath("record.lua").read_text()
+MAX_FLUSH = 1000
+
+
+@dataclass(slots=True)
+class Pending:
+    batch_id: str
+    index: int
+    failed: bool
+    payload: bytes
+    future: asyncio.Future[bool] = field(repr=False)
+
+
+def reversed_keys(batch_id: str) -> list[str]:
+    """The record script's KEYS order: done bitmap, result stream, batch hash."""
+    meta, stream, done = batch_keys(batch_id)
+    return [done, stream, meta]
+
+
+async def done_flags(redis: Redis, batch_id: str, indexes: list[int]) -> list[bool]:
+    """Which of `indexes` already have a result, in one round trip."""
+    if not indexes:
+        return []
+    args: list[str | int] = []
+    for i in indexes:
+        args += ["GET", "u1", i]
+    _meta, _stream, done = batch_keys(batch_id)
+    values = await redis.execute_command("BITFIELD", done, *args)
+    return [bool(v) for v in values]
+
+
+class Recorder:
+    """Collects results from every running chunk and flushes them together.
+
+    A flush starts as soon as one result is waiting; results that arrive while it runs go out in the
+    next one, so under load each round trip carries hundreds of results and when idle there is no delay.
+    """
+
+    def __init__(self, redis: Redis, ttl: int) -> None:
+        self._redis = redis
+        self._ttl = ttl
+        self._script = redis.register_script(RECORD_LUA)
+        self._queue: list[Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="fetchfleet-recorder")
+
+    async def record(self, batch_id: str, index: int, failed: bool, payload: bytes) -> bool:
+        """Queue one result and wait until it is durable; True if it was the first for its index."""
+        if self._closed:
+            raise RuntimeError("recorder is closed")
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append(Pending(batch_id, index, failed, payload, fut))
+        self._wake.set()
+        return await fut
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                take, self._queue = self._queue[:MAX_FLUSH], self._queue[MAX_FLUSH:]
+                await self._flush(take)
+            if self._closed:
+                return
+
+    async def _flush(self, items: list[Pending]) -> None:
+        by_batch: dict[str, list[Pending]] = {}
+        for p in items:
+            by_batch.setdefault(p.batch_id, []).append(p)
+        delay = 0.1
+        while True:
+            try:
+                # Usually one batch per flush; EVALSHA falls back to loading the script once.
+                for batch_id, group in by_batch.items():
+                    args: list[object] = [self._ttl]
+                    for p in group:
+                        args += [p.index, int(p.failed), p.payload]
+                    await self._script(keys=reversed_keys(batch_id), args=args)
+                break
+            except Exception as exc:  # Redis away: keep the results and try again, never drop them
+                if self._closed and delay > 5:
+                    for p in items:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    return
+                log.warning("recording %d results failed (%s); retrying in %.1fs", len(items), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for p in items:
+            if not p.future.done():
+                p.future.set_result(True)
+
+
+async def batch_meta(redis: Redis, batch_id: str) -> dict[str, str]:
+    raw = await redis.hgetall(batch_key(batch_id))
+    return {k.decode(): v.decode() for k, v in raw.items()}
