@@ -1,13 +1,18 @@
 -- Record fetch results exactly once per (batch, index).
 -- KEYS[1] done bitmap, KEYS[2] result stream, KEYS[3] batch hash
 -- ARGV[1] ttl seconds; then triples: index, failed (0/1), result JSON
+-- Returns one flag per triple: 1 if it was the first result for its index.
 -- The bitmap bit is the gate: a chunk that runs twice finds it set and adds nothing.
 local added, failed = 0, 0
+local fresh = {}
 for i = 2, #ARGV, 3 do
   if redis.call('SETBIT', KEYS[1], ARGV[i], 1) == 0 then
     redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 2])
     added = added + 1
     failed = failed + tonumber(ARGV[i + 1])
+    fresh[#fresh + 1] = 1
+  else
+    fresh[#fresh + 1] = 0
   end
 end
 if added > 0 then
@@ -24,4 +29,4 @@ if added > 0 then
     redis.call('HSET', KEYS[3], 'finished_ms', tostring(now[1] * 1000 + math.floor(now[2] / 1000)))
   end
 end
-return added
+return fresh

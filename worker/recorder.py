@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.contract import batch_key, batch_keys
+from worker.contract import batch_keys
 
 log = logging.getLogger("fetchfleet.recorder")
 
 RECORD_LUA = files("worker").joinpath("record.lua").read_text()
 MAX_FLUSH = 1000
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 @dataclass(slots=True)
@@ -101,22 +104,26 @@ class Recorder:
                     args: list[object] = [self._ttl]
                     for p in group:
                         args += [p.index, int(p.failed), p.payload]
-                    await self._script(keys=reversed_keys(batch_id), args=args)
-                break
-            except Exception as exc:  # Redis away: keep the results and try again, never drop them
-                if self._closed and delay > 5:
-                    for p in items:
+                    flags = await self._script(keys=reversed_keys(batch_id), args=args)
+                    for p, flag in zip(group, flags, strict=True):
                         if not p.future.done():
-                            p.future.set_exception(exc)
+                            p.future.set_result(bool(flag))
+                break
+            except REDIS_DOWN as exc:  # Redis away: keep the results and try again, never drop them
+                if self._closed and delay >= 5.0:
+                    # Shutting down and Redis stays away: the chunk fails and arq runs it again later.
+                    self._fail(items, exc)
                     return
                 log.warning("recording %d results failed (%s); retrying in %.1fs", len(items), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception as exc:  # not transient: the chunks waiting on these results fail and retry
+                log.error("recording %d results failed: %s", len(items), exc)
+                self._fail(items, exc)
+                return
+
+    @staticmethod
+    def _fail(items: list[Pending], exc: BaseException) -> None:
         for p in items:
             if not p.future.done():
-                p.future.set_result(True)
-
-
-async def batch_meta(redis: Redis, batch_id: str) -> dict[str, str]:
-    raw = await redis.hgetall(batch_key(batch_id))
-    return {k.decode(): v.decode() for k, v in raw.items()}
+                p.future.set_exception(exc)
