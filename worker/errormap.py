@@ -33,7 +33,13 @@ def map_exception(exc: BaseException) -> errors.FetchError:
     message = str(exc) or exc.__class__.__name__
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return errors.DNSFailed(f"DNS lookup failed: {exc.os_error}")
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
+    if isinstance(
+        exc,
+        aiohttp.ClientConnectorCertificateError
+        | aiohttp.ClientSSLError
+        | aiohttp.ServerFingerprintMismatch
+        | ssl.SSLError,
+    ):
         return errors.TLSFailed(message)
     if isinstance(exc, aiohttp.ClientConnectorError):
         if _connector_cause(exc) is not None or _mentions_blocked(exc):
@@ -45,7 +51,9 @@ def map_exception(exc: BaseException) -> errors.FetchError:
         return errors.FetchTimeout(message if message != "TimeoutError" else "timed out")
     if isinstance(exc, aiohttp.TooManyRedirects):
         return errors.TooManyRedirects(message)
-    if isinstance(exc, aiohttp.InvalidURL | ValueError) and not isinstance(exc, UnicodeError):
+    if isinstance(exc, UnicodeError):  # a host name IDNA cannot encode (xn--, empty labels)
+        return errors.InvalidURL(f"host name cannot be encoded: {message}")
+    if isinstance(exc, aiohttp.InvalidURL | ValueError):
         return errors.InvalidURL(message)
     if isinstance(exc, aiohttp.ClientPayloadError | http_exceptions.HttpProcessingError):
         return errors.ProtocolFailed(message)

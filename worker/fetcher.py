@@ -36,6 +36,7 @@ class FetchOutcome:
     body: bytes | None = None
     error: errors.FetchError | None = None
     retry_after: str | None = None
+    body_truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +46,24 @@ class FetchLimits:
     total_timeout: float
     max_redirects: int
     max_body_bytes: int
+    max_stored_body_bytes: int = 0
 
     def __post_init__(self) -> None:
         if min(self.connect_timeout, self.read_timeout, self.total_timeout) <= 0:
             raise ValueError("timeouts must be positive")
-        if self.max_redirects < 0 or self.max_body_bytes < 0:
+        if min(self.max_redirects, self.max_body_bytes, self.max_stored_body_bytes) < 0:
             raise ValueError("limits must not be negative")
 
     @classmethod
     def from_settings(cls, s: Settings) -> FetchLimits:
-        return cls(s.connect_timeout, s.read_timeout, s.total_timeout, s.max_redirects, s.max_body_bytes)
+        return cls(
+            s.connect_timeout,
+            s.read_timeout,
+            s.total_timeout,
+            s.max_redirects,
+            s.max_body_bytes,
+            s.max_stored_body_bytes,
+        )
 
 
 class Fetcher:
@@ -63,9 +72,7 @@ class Fetcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limits = FetchLimits.from_settings(settings)
-        self.policy = AddressPolicy.from_settings(
-            settings.allow_private_networks, getattr(settings, "allowed_networks", ())
-        )
+        self.policy = AddressPolicy.from_settings(settings.allow_private_networks, settings.allowed_networks)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -73,7 +80,7 @@ class Fetcher:
             limit=0,  # the worker's own slots bound concurrency; a second cap here would only queue
             limit_per_host=0,
             ttl_dns_cache=300,
-            ssl=None if self.settings.verify_tls else False,
+            ssl=self.settings.verify_tls,  # True: verify against the system CAs
             socket_factory=None if self.policy.allow_all else self.policy.socket_factory,
             enable_cleanup_closed=False,
         )
@@ -102,15 +109,20 @@ class Fetcher:
 
     async def fetch(self, request: FetchRequest | str, keep_body: bool = False) -> FetchOutcome:
         """Fetch once (no retries here). Never raises for a URL's own failure: the outcome carries it."""
-        req = FetchRequest(url=request) if isinstance(request, str) else request
         started = time.perf_counter()
-        state = _Hop(url=req.url)
         try:
-            async with asyncio.timeout(self.limits.total_timeout):
+            req = FetchRequest(url=request) if isinstance(request, str) else request
+        except ValueError as exc:  # a job not written by our producer: fail the URL, not the chunk
+            err = errors.InvalidURL(str(exc).splitlines()[-1].strip())
+            return FetchOutcome(str(request), None, None, 0, None, None, 0, 0.0, error=err)
+        state = _Hop(url=req.url)
+        deadline = asyncio.timeout(self.limits.total_timeout)
+        try:
+            async with deadline:
                 return await self._follow(req, state, started, keep_body)
         except (Exception, TimeoutError) as exc:
             err = map_exception(exc)
-            if isinstance(exc, TimeoutError) and not isinstance(exc, errors.FetchError):
+            if deadline.expired():
                 err = errors.FetchTimeout(f"no complete response within {self.limits.total_timeout:g}s")
             return FetchOutcome(
                 url=req.url,
@@ -126,15 +138,22 @@ class Fetcher:
 
     async def _follow(self, req: FetchRequest, state: _Hop, started: float, keep_body: bool) -> FetchOutcome:
         method, body = req.method, req.body
+        headers = req.headers or None
+        origin = _origin(URL(state.url, encoded=False)) if headers else None  # a URL parse per fetch saved
         while True:
             url = URL(state.url, encoded=False)
             if url.scheme not in ("http", "https") or not url.host:
                 raise errors.InvalidURL(f"not an http(s) URL: {state.url}")
+            # IP literals in any notation are refused here, before DNS or a socket; names are
+            # refused by the socket factory once resolved, at every hop.
             self.policy.check_host(url.host)
+            if headers and _origin(url) != origin:
+                # Credentials given for one site must not follow a redirect to another.
+                headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
             async with self.session.request(
                 method,
                 url,
-                headers=req.headers or None,
+                headers=headers,
                 data=body.encode() if body is not None else None,
                 allow_redirects=False,
             ) as resp:
@@ -151,6 +170,7 @@ class Fetcher:
                         method, body = ("HEAD" if method == "HEAD" else "GET"), None
                     continue
                 digest, size, kept = await self._read_body(resp, state, keep_body and method != "HEAD")
+                truncated = kept is not None and size > len(kept)
                 return FetchOutcome(
                     url=req.url,
                     final_url=str(resp.url),
@@ -162,25 +182,38 @@ class Fetcher:
                     elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
                     body=kept,
                     retry_after=resp.headers.get("Retry-After"),
+                    body_truncated=truncated,
                 )
 
     async def _read_body(
         self, resp: aiohttp.ClientResponse, state: _Hop, keep: bool
     ) -> tuple[str, int, bytes | None]:
         cap = self.limits.max_body_bytes
+        keep_cap = min(cap, self.limits.max_stored_body_bytes) if keep else 0
         sha = hashlib.sha256()
         parts: list[bytes] | None = [] if keep else None
+        kept = 0
         size = 0
-        # Decompressed bytes are counted, so a gzip bomb stops at the cap like any large body.
+        # Decompressed bytes are counted (aiohttp inflates at most a bounded slice per network read),
+        # so a gzip bomb stops at the cap like any large body.
         async for block in resp.content.iter_chunked(READ_CHUNK):
             size += len(block)
             state.size = size
             if size > cap:
                 raise errors.TooLarge(f"body larger than {cap} bytes")
             sha.update(block)
-            if parts is not None:
-                parts.append(block)
+            if parts is not None and kept < keep_cap:
+                piece = block[: keep_cap - kept]
+                parts.append(piece)
+                kept += len(piece)
         return sha.hexdigest(), size, (b"".join(parts) if parts is not None else None)
+
+
+_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+def _origin(url: URL) -> tuple[str, str | None, int | None]:
+    return url.scheme, url.host, url.port
 
 
 @dataclass(slots=True)

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 from worker.errors import SettingsError
 from worker.settings import Settings, load_settings
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # arq logs every job's arguments, which are URLs that may carry credentials: keep it to warnings.
-    logging.getLogger("arq").setLevel(logging.WARNING)
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Text or JSON lines on stderr (FETCHFLEET_LOG_FORMAT), credentials masked (worker.logs)."""
+    from worker.logs import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def install_event_loop() -> None:
@@ -35,7 +31,7 @@ def serve(settings: Settings | None = None) -> int:
     except SettingsError as exc:
         print(f"fetchfleet: {exc}", file=sys.stderr)
         return 2
-    configure_logging()
+    configure_logging(settings.log_level, settings.log_format)
     install_event_loop()
     from worker.engine import run_worker
 
@@ -43,6 +39,9 @@ def serve(settings: Settings | None = None) -> int:
         asyncio.run(run_worker(settings))
     except KeyboardInterrupt:
         return 0
+    except SettingsError as exc:  # one found only at start-up, e.g. FETCHFLEET_METRICS_PORT taken
+        print(f"fetchfleet: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

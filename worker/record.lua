@@ -1,13 +1,17 @@
 -- Record fetch results exactly once per (batch, index).
 -- KEYS[1] done bitmap, KEYS[2] result stream, KEYS[3] batch hash
--- ARGV[1] ttl seconds; then triples: index, failed (0/1), result JSON
+-- ARGV[1] ttl seconds; then quads: index, failed (0/1), result JSON, stored body ('' for none)
 -- Returns one flag per triple: 1 if it was the first result for its index.
 -- The bitmap bit is the gate: a chunk that runs twice finds it set and adds nothing.
 local added, failed = 0, 0
 local fresh = {}
-for i = 2, #ARGV, 3 do
+for i = 2, #ARGV, 4 do
   if redis.call('SETBIT', KEYS[1], ARGV[i], 1) == 0 then
-    redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 2])
+    if ARGV[i + 3] == '' then
+      redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 2])
+    else
+      redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 2], 'b', ARGV[i + 3])
+    end
     added = added + 1
     failed = failed + tonumber(ARGV[i + 1])
     fresh[#fresh + 1] = 1

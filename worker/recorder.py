@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from importlib.resources import files
 
@@ -26,6 +27,7 @@ class Pending:
     index: int
     failed: bool
     payload: bytes
+    body: bytes  # compressed kept body, b"" for none
     future: asyncio.Future[bool] = field(repr=False)
 
 
@@ -62,19 +64,35 @@ class Recorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # For /healthz: results waiting, and when the recorder last moved (see stalled_for).
+        self._waiting = 0
+        self._progress_at = time.monotonic()
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="fetchfleet-recorder")
 
-    async def record(self, batch_id: str, index: int, failed: bool, payload: bytes) -> bool:
+    async def record(
+        self, batch_id: str, index: int, failed: bool, payload: bytes, body: bytes | None = None
+    ) -> bool:
         """Queue one result and wait until it is durable; True if it was the first for its index."""
         if self._closed:
             raise RuntimeError("recorder is closed")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(batch_id, index, failed, payload, fut))
+        self._queue.append(Pending(batch_id, index, failed, payload, body or b"", fut))
         self._wake.set()
-        return await fut
+        if not self._waiting:
+            self._progress_at = time.monotonic()
+        self._waiting += 1
+        try:
+            return await fut
+        finally:
+            self._waiting -= 1
+            self._progress_at = time.monotonic()
+
+    def stalled_for(self) -> float:
+        """Seconds results have been waiting with none made durable; 0 when nothing waits."""
+        return time.monotonic() - self._progress_at if self._waiting else 0.0
 
     async def close(self) -> None:
         self._closed = True
@@ -103,7 +121,7 @@ class Recorder:
                 for batch_id, group in by_batch.items():
                     args: list[object] = [self._ttl]
                     for p in group:
-                        args += [p.index, int(p.failed), p.payload]
+                        args += [p.index, int(p.failed), p.payload, p.body]
                     flags = await self._script(keys=reversed_keys(batch_id), args=args)
                     for p, flag in zip(group, flags, strict=True):
                         if not p.future.done():

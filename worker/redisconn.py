@@ -17,7 +17,9 @@ def pool_kwargs(settings: Settings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionResetError],
-        "health_check_interval": 15,
+        # No health_check_interval: with it, redis-py 5.3 recurses forever (PING in on_connect, retried,
+        # reconnecting, PING again) when the server refuses the connection's first command, e.g. NOAUTH.
+        # A dead idle connection is caught by the retry on ConnectionError instead.
         "socket_keepalive": True,
         "socket_connect_timeout": 5,
     }

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-import base64
+from dataclasses import replace
 
+from worker.bodies import pack
 from worker.contract import ErrorInfo, ErrorKind, FetchResult
+from worker.errors import RetryableStatus
 from worker.fetcher import FetchOutcome
 
 
-def body_fields(body: bytes | None, content_type: str | None) -> tuple[str | None, str | None]:
-    """A kept body as text where it decodes, base64 otherwise."""
-    if body is None:
-        return None, None
-    charset = "utf-8"
-    if content_type and "charset=" in content_type:
-        charset = content_type.split("charset=", 1)[1].split(";", 1)[0].strip().strip('"') or "utf-8"
-    try:
-        return body.decode(charset), "text"
-    except (UnicodeDecodeError, LookupError):
-        return base64.b64encode(body).decode("ascii"), "base64"
+def final_outcome(outcome: FetchOutcome, retry_statuses: frozenset[int] | set[int]) -> FetchOutcome:
+    """A retryable status still returned on the last attempt is reported as `http_status`."""
+    if outcome.error is None and outcome.status in retry_statuses:
+        err = RetryableStatus(f"HTTP {outcome.status} on the last attempt")
+        return replace(outcome, error=err)
+    return outcome
+
+
+def stored_body(outcome: FetchOutcome) -> bytes | None:
+    """The kept body, compressed for Redis; the producer turns it into `body` and `body_encoding`."""
+    if outcome.body is None or outcome.error is not None:
+        return None
+    return pack(outcome.body, outcome.body_truncated)
 
 
 def build_result(index: int, outcome: FetchOutcome, attempts: int, worker: str) -> FetchResult:
     error = None
     if outcome.error is not None:
         error = ErrorInfo(kind=ErrorKind(outcome.error.kind), message=str(outcome.error)[:500])
-    body, encoding = body_fields(outcome.body, outcome.content_type)
     return FetchResult(
         index=index,
         url=outcome.url,
@@ -40,8 +43,6 @@ def build_result(index: int, outcome: FetchOutcome, attempts: int, worker: str) 
         attempts=attempts,
         redirects=outcome.redirects,
         worker=worker,
-        body=body,
-        body_encoding=encoding,
     )
 
 

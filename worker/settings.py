@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
 
@@ -35,6 +39,25 @@ class Settings(BaseSettings):
     # Worker
     concurrency: int = Field(default=100, ge=1, le=10_000)
     worker_id: str | None = None
+    # Failure handling: a dead worker's chunks run again after the lease; SIGTERM waits drain_grace
+    lease_seconds: float = Field(default=10.0, ge=2, le=600, description="claim lease, renewed every third")
+    drain_grace: float = Field(default=30.0, ge=0, le=3600, description="SIGTERM: wait for fetches")
+    chunk_max_tries: int = Field(default=5, ge=1, le=100, description="runs of a chunk that keeps failing")
+
+    # Operations: metrics and health endpoint, heartbeat for `fetchfleet stats`, log format
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="/metrics and /healthz; 0: off")
+    metrics_host: str = "127.0.0.1"
+    heartbeat_interval: float = Field(default=2.0, gt=0, le=60, description="seconds between heartbeats")
+    stall_seconds: float = Field(default=120.0, gt=0, description="/healthz fails after this long stuck")
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _log_words(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.lower() if info.field_name == "log_format" else value.upper()
 
     # Fetching
     user_agent: str = "fetchfleet/0.1 (+https://pypi.org/project/fetchfleet/)"
@@ -45,6 +68,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     verify_tls: bool = True
     allow_private_networks: bool = False
+    # Comma-separated CIDR ranges opened despite the SSRF guard, e.g. "10.1.0.0/16,fd00::/8".
+    allowed_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    max_stored_body_bytes: int = Field(default=1024 * 1024, ge=0, description="--store-body keeps this much")
+
+    # Retries (through the queue) and per-host politeness (through Redis, across all workers)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    retry_statuses: Annotated[tuple[int, ...], NoDecode] = (429, 502, 503, 504)
+    retry_backoff_base: float = Field(default=1.0, gt=0, description="seconds; doubles per attempt")
+    retry_backoff_cap: float = Field(default=60.0, gt=0)
+    retry_after_max: float = Field(default=300.0, ge=0, description="longest Retry-After honoured")
+    per_host_concurrency: int = Field(default=0, ge=0, description="0: no limit")
+    per_host_rate: float = Field(default=0.0, ge=0, description="requests per second per host; 0: no limit")
 
     @field_validator("redis_url")
     @classmethod
@@ -52,6 +87,29 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _cidrs(cls, value: Any) -> Any:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        out = []
+        for item in items or ():
+            if item:
+                try:
+                    out.append(str(ipaddress.ip_network(item, strict=False)))
+                except ValueError:
+                    raise ValueError(f"{item!r} is not a CIDR network") from None
+        return tuple(out)
+
+    @field_validator("retry_statuses", mode="before")
+    @classmethod
+    def _statuses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        for v in value:
+            if not str(v).isdigit() or not 100 <= int(v) <= 599:
+                raise ValueError(f"{v!r} is not an HTTP status")
+        return tuple(int(v) for v in value)
 
     @property
     def resolved_worker_id(self) -> str:
@@ -62,8 +120,28 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """FETCHFLEET_* variables that name no setting: a misspelt one would otherwise be silently ignored."""
+    known = {env_name(name) for name in Settings.model_fields}
+    env = os.environ if environ is None else environ
+    return sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+
+def _unknown_message(names: list[str]) -> str:
+    known = sorted(env_name(name) for name in Settings.model_fields)
+    lines = []
+    for name in names:
+        close = difflib.get_close_matches(name.upper(), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"{name}: not a fetchfleet setting{hint}")
+    return "unknown settings:\n  " + "\n  ".join(lines)
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read the environment; a bad value raises SettingsError naming the variable."""
+    """Read the environment; a bad value or an unknown FETCHFLEET_* name raises SettingsError naming it."""
+    unknown = unknown_variables()
+    if unknown:
+        raise SettingsError(_unknown_message(unknown))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -34,8 +34,7 @@ _FORBIDDEN: tuple[IPNetwork, ...] = tuple(
         "203.0.113.0/24",
         "224.0.0.0/4",  # multicast
         "240.0.0.0/4",  # reserved, and broadcast
-        "::/128",
-        "::1/128",
+        "::/96",  # unspecified, loopback and the deprecated IPv4-compatible form
         "64:ff9b::/96",
         "64:ff9b:1::/48",
         "100::/64",
@@ -80,8 +79,12 @@ class AddressPolicy:
     def is_allowed(self, ip: IPAddress) -> bool:
         if self.allow_all:
             return True
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):
+            # Addresses that carry an IPv4 address inside (mapped, 6to4) are judged by that address;
+            # Teredo (2001::/32) stays refused with 2001::/23.
+            inner = ip.ipv4_mapped or ip.sixtofour
+            if inner is not None:
+                ip = inner
         if any(ip in net for net in self.allowed if net.version == ip.version):
             return True
         if any(ip in net for net in _FORBIDDEN if net.version == ip.version):
@@ -90,6 +93,8 @@ class AddressPolicy:
 
     def check_host(self, host: str) -> None:
         """Refuse an IP-literal host before DNS or connect; names are checked at connect time."""
+        if self.allow_all:  # nothing to refuse: skip parsing the host on every request
+            return
         ip = parse_host_ip(host)
         if ip is not None and not self.is_allowed(ip):
             raise Blocked(f"address {ip} is not allowed (private, loopback, link-local or reserved)")

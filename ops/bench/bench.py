@@ -1,0 +1,576 @@
+"""fetchfleet's benchmark: every figure next to a baseline measured in the same run, as a table.
+
+    python ops/bench/bench.py            # about two minutes
+    python ops/bench/bench.py --quick    # a few seconds: proves every row can be measured
+
+It starts a private redis-server, a local HTTP target (nginx when on PATH, else raw asyncio servers)
+and the workers as real processes, and measures end-to-end throughput against the plain in-process
+`asyncio.gather` of gather_baseline.py, enqueue and collection rates, single-URL latency, worker memory
+with 1,000 fetches in flight, and Redis bytes per stored result. Throughput rows take the best of
+`--rounds` interleaved runs on each side, because other load on the machine only ever slows a run down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))  # measure the working tree, not an installed copy
+
+import aiohttp  # noqa: E402
+import orjson  # noqa: E402
+import procs  # noqa: E402  (this folder's modules: the bench runs as a script)
+import redisproc  # noqa: E402
+import target  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
+
+from producer.client import Client  # noqa: E402
+from producer.output import open_writer  # noqa: E402
+from worker.contract import batch_keys  # noqa: E402
+from worker.settings import Settings, load_settings  # noqa: E402
+
+BENCH_QUEUE = "fetchfleet:bench"
+
+
+@dataclass(frozen=True)
+class Profile:
+    urls: int  # per throughput run
+    rounds: int
+    latency_samples: int
+    inflight: int  # fetches in flight for the memory row (the issue asks for 1,000)
+    slow_ms: int
+    enqueue_urls: int
+
+
+PROFILES = {
+    "full": Profile(
+        urls=30_000, rounds=3, latency_samples=300, inflight=1000, slow_ms=6000, enqueue_urls=200_000
+    ),
+    "quick": Profile(
+        urls=1_000, rounds=1, latency_samples=20, inflight=1000, slow_ms=3000, enqueue_urls=5_000
+    ),
+}
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    baseline_name: str
+    baseline: float | None
+    target: str = "-"
+    ok: bool | None = None
+    unit: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.baseline if self.baseline else None
+
+
+@dataclass
+class Bench:
+    profile: Profile
+    concurrency: int
+    chunk_size: int
+    loop: str
+    workdir: Path
+    redis: redisproc.PrivateRedis
+    http: target.PythonTarget | target.NginxTarget
+    slow: target.PythonTarget
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http.port}"
+
+    def settings(self, db: int = 0, **extra: object) -> Settings:
+        values: dict[str, object] = {
+            "redis_url": f"redis://127.0.0.1:{self.redis.port}/{db}",
+            "queue_name": BENCH_QUEUE,
+            "allow_private_networks": True,
+            "concurrency": self.concurrency,
+            "chunk_size": self.chunk_size,
+            "max_queued_chunks": 1_000_000,
+        }
+        values.update(extra)
+        return load_settings(**values)
+
+    def spawn_workers(self, n: int, **extra: object) -> list[procs.WorkerProc]:
+        s = self.settings(**extra)
+        env = procs.fetchfleet_env(
+            s.redis_url,
+            queue_name=s.queue_name,
+            allow_private_networks=True,
+            concurrency=s.concurrency,
+            chunk_size=s.chunk_size,
+        )
+        workers = []
+        for _ in range(n):
+            log = self.workdir / f"worker-{len(list(self.workdir.glob('worker-*.log')))}.log"
+            workers.append(procs.WorkerProc(env, log, self.loop))
+        for w in workers:
+            w.wait_ready()
+        return workers
+
+
+# ---- the in-process baseline ---------------------------------------------------------------------
+
+
+def gather_run(b: Bench, nprocs: int, total: int, first: int) -> tuple[float, float]:
+    """(URLs/s of all copies together, CPU seconds per URL) for `nprocs` gather scripts started at once."""
+    per = total // nprocs
+    copies = [procs.GatherProc(b.base, first + i * per, per, b.concurrency, b.loop) for i in range(nprocs)]
+    for c in copies:
+        c.wait_ready()
+    for c in copies:
+        c.go()
+    figs = [c.figures() for c in copies]
+    for f in figs:
+        if f["ok"] != f["count"]:
+            raise RuntimeError(f"gather baseline lost fetches: {f}")
+    span = max(f["end"] for f in figs) - min(f["start"] for f in figs)
+    return per * nprocs / span, sum(f["cpu"] for f in figs) / (per * nprocs)
+
+
+# ---- fetchfleet ----------------------------------------------------------------------------------
+
+
+@dataclass
+class E2E:
+    rate: float
+    batch_id: str
+    out: Path
+    redis_commands: int
+    worker_cpu: float
+    redis_cpu: float
+    producer_cpu: float
+
+
+async def redis_info(r: Redis) -> tuple[int, float]:
+    stats, cpu = await r.info("stats"), await r.info("cpu")
+    return int(stats["total_commands_processed"]), float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def check_exactly_once(out: Path, n: int) -> None:
+    """Speed must never cost a result: every index exactly once, every fetch a 200 with its 1 KiB."""
+    seen = bytearray(n)
+    lines = 0
+    for line in out.read_bytes().splitlines():
+        doc = orjson.loads(line)
+        lines += 1
+        if seen[doc["index"]]:
+            raise RuntimeError(f"duplicate result for index {doc['index']}")
+        seen[doc["index"]] = 1
+        if doc["status"] != 200 or doc["size"] != target.BODY_SIZE:
+            raise RuntimeError(f"bad result: {doc}")
+    if lines != n or not all(seen):
+        raise RuntimeError(f"{n - sum(seen)} results missing of {n}")
+
+
+async def fetchfleet_run(b: Bench, workers: list[procs.WorkerProc], n: int, first: int) -> E2E:
+    """Submit n URLs, collect every result to a file; the time from the first submit to the last line."""
+    urls = [f"{b.base}/ok/{i}" for i in range(first, first + n)]
+    out = b.workdir / f"e2e-{first}.jsonl"
+    async with Client(b.settings()) as client:
+        cmds0, rcpu0 = await redis_info(client.redis)
+        wcpu0 = sum(procs.cpu_seconds(w.pid) for w in workers)
+        pcpu0 = time.process_time()
+        started = time.perf_counter()
+        batch_id = await client.submit(urls)
+        writer = open_writer(str(out), "jsonl")
+        async for _cursor, doc in client.results(batch_id, follow=True):
+            writer.write(doc)
+        writer.close()
+        elapsed = time.perf_counter() - started
+        pcpu = time.process_time() - pcpu0
+        wcpu = sum(procs.cpu_seconds(w.pid) for w in workers) - wcpu0
+        cmds1, rcpu1 = await redis_info(client.redis)
+    check_exactly_once(out, n)
+    return E2E(n / elapsed, batch_id, out, cmds1 - cmds0, wcpu, rcpu1 - rcpu0, pcpu)
+
+
+async def enqueue_rates(b: Bench, n: int) -> tuple[float, float]:
+    """(URLs/s that Client.submit queues with no worker reading, URLs/s of arq's enqueue_job per URL)."""
+    urls = [f"{b.base}/ok/{i}" for i in range(n)]
+    s = b.settings(db=1)
+    async with Client(s) as client:
+        await client.redis.flushdb()
+        started = time.perf_counter()
+        await client.submit(urls)
+        ours = n / (time.perf_counter() - started)
+        await client.redis.flushdb()
+        # What arq offers without chunks: one job per URL, three round trips each (a sample is enough).
+        sample = urls[: min(n, 3000)]
+        started = time.perf_counter()
+        for url in sample:
+            await client.redis.enqueue_job("fetch_url", url)
+        arq_rate = len(sample) / (time.perf_counter() - started)
+        await client.redis.flushdb()
+    return ours, arq_rate
+
+
+def cli_enqueue_rate(b: Bench, n: int) -> float:
+    """URLs/s of `fetchfleet submit FILE` (no --wait) as a user runs it: start-up, both passes, queueing."""
+    path = b.workdir / "enqueue-urls.txt"
+    path.write_text("".join(f"{b.base}/ok/{i}\n" for i in range(n)))
+    env = procs.fetchfleet_env(
+        b.settings(db=1).redis_url, queue_name=BENCH_QUEUE, max_queued_chunks=1_000_000
+    )
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "producer", "submit", str(path)],
+        env=env,
+        cwd=procs.ROOT,
+        capture_output=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"fetchfleet submit failed: {proc.stderr.decode()[-2000:]}")
+    with b.redis.client(db=1) as r:
+        r.flushdb()
+    return n / elapsed
+
+
+async def collection_rates(b: Bench, batch_id: str, n: int) -> tuple[float, float]:
+    """(results/s `fetchfleet results` writes to a file, results/s of raw XRANGE pages), best of 3."""
+    ours, raw = 0.0, 0.0
+    stream = batch_keys(batch_id)[1]
+    async with Client(b.settings()) as client:
+        for _ in range(3):
+            started = time.perf_counter()
+            writer = open_writer(str(b.workdir / "collect.jsonl"), "jsonl")
+            count = 0
+            async for _cursor, doc in client.results(batch_id):
+                writer.write(doc)
+                count += 1
+            writer.close()
+            ours = max(ours, count / (time.perf_counter() - started))
+            if count != n:
+                raise RuntimeError(f"collected {count} results of {n}")
+            started = time.perf_counter()
+            cursor, count = "-", 0
+            while True:
+                page = await client.redis.xrange(stream, min=cursor, count=1000)
+                if not page:
+                    break
+                count += len(page)
+                cursor = "(" + page[-1][0].decode()
+            raw = max(raw, count / (time.perf_counter() - started))
+    return ours, raw
+
+
+async def latency_samples(b: Bench, samples: int) -> tuple[list[float], list[float]]:
+    """Milliseconds from submit to result for one URL at a time, and for one in-process GET."""
+    ours: list[float] = []
+    async with Client(b.settings()) as client:
+        for i in range(samples):
+            started = time.perf_counter()
+            batch_id = await client.submit([f"{b.base}/lat/{i}"])
+            gen = client.results(batch_id, follow=True)
+            async for _cursor, _doc in gen:
+                break
+            ours.append((time.perf_counter() - started) * 1000)
+            await gen.aclose()
+    plain: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(samples):
+            started = time.perf_counter()
+            async with session.get(f"{b.base}/lat/{i}") as resp:
+                await resp.read()
+            plain.append((time.perf_counter() - started) * 1000)
+    return ours, plain
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def wait_inflight(port: int, want: int, timeout: float = 60.0) -> int:
+    """Block until the slow target holds `want` open requests; returns how many it holds."""
+    deadline = time.monotonic() + timeout
+    held = 0
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:
+            held = json.loads(resp.read())["open_slow"]
+        if held >= want:
+            return held
+        time.sleep(0.05)
+    raise RuntimeError(f"only {held} of {want} requests reached the slow target")
+
+
+def wait_drained(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:
+            if json.loads(resp.read())["open_slow"] == 0:
+                return
+        time.sleep(0.1)
+
+
+def rss_at_inflight(b: Bench) -> tuple[float, float]:
+    """(worker RSS MB, gather process RSS MB), each while `inflight` fetches wait on the slow target."""
+    n = b.profile.inflight
+    queue = BENCH_QUEUE + ":rss"
+    [worker] = b.spawn_workers(1, queue_name=queue, concurrency=n)
+    try:
+        urls = [f"http://127.0.0.1:{b.slow.port}/slow/{i}" for i in range(n + n // 2)]
+
+        async def submit() -> None:
+            async with Client(b.settings(queue_name=queue, concurrency=n)) as client:
+                await client.submit(urls)
+
+        asyncio.run(submit())
+        wait_inflight(b.slow.port, n)
+        ours = procs.rss_mb(worker.pid)
+    finally:
+        worker.stop()
+    wait_drained(b.slow.port)
+    gather = procs.GatherProc(f"http://127.0.0.1:{b.slow.port}/slow", 0, n, n, b.loop)
+    try:
+        gather.wait_ready()
+        gather.go()
+        wait_inflight(b.slow.port, n)
+        theirs = procs.rss_mb(gather.proc.pid)
+    finally:
+        gather.proc.kill()
+        gather.proc.communicate()
+    wait_drained(b.slow.port)
+    return ours, theirs
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def print_table(b: Bench) -> None:
+    headers = ("measure", "fetchfleet", "baseline (same run)", "value", "ratio", "target", "ok")
+    rows = [
+        (
+            r.name,
+            fmt(r.value),
+            r.baseline_name,
+            fmt(r.baseline),
+            "-" if r.ratio is None else f"{r.ratio:.2f}x",
+            r.target,
+            "-" if r.ok is None else ("yes" if r.ok else "NO"),
+        )
+        for r in b.rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print(
+            "  ".join(
+                c.ljust(w) if i in (0, 2, 5, 6) else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+def best(values: list[float]) -> float:
+    return max(values)
+
+
+def run(b: Bench) -> None:
+    p = b.profile
+    n = p.urls
+    print(
+        f"target: {b.http.kind} on 127.0.0.1:{b.http.port}; loop: {b.loop}; concurrency {b.concurrency}; "
+        f"chunk size {b.chunk_size}; {n:,} URLs per run, best of {p.rounds}",
+        file=sys.stderr,
+    )
+
+    # 1 worker against 1 gather process, interleaved so that a noisy neighbour hits both sides alike.
+    workers = b.spawn_workers(1)
+    warm = asyncio.run(fetchfleet_run(b, workers, min(n, 2000), 10_000_000))  # connections, code paths
+    del warm
+    g1, f1, g1cpu, e2e1 = [], [], [], []
+    offset = 0
+    for _ in range(p.rounds):
+        rate, cpu = gather_run(b, 1, n, offset)
+        g1.append(rate)
+        g1cpu.append(cpu)
+        offset += n
+        e = asyncio.run(fetchfleet_run(b, workers, n, offset))
+        f1.append(e.rate)
+        e2e1.append(e)
+        offset += n
+    one = max(e2e1, key=lambda e: e.rate)
+    print(f"1 worker: {[round(x) for x in f1]} URLs/s; gather: {[round(x) for x in g1]}", file=sys.stderr)
+
+    lat, plain = asyncio.run(latency_samples(b, p.latency_samples))
+
+    workers += b.spawn_workers(1)
+    asyncio.run(fetchfleet_run(b, workers, min(n, 2000), 20_000_000))
+    g2, f2 = [], []
+    for _ in range(p.rounds):
+        rate, _cpu = gather_run(b, 2, n, offset)
+        g2.append(rate)
+        offset += n
+        f2.append(asyncio.run(fetchfleet_run(b, workers, n, offset)).rate)
+        offset += n
+    print(f"2 workers: {[round(x) for x in f2]} URLs/s; gather: {[round(x) for x in g2]}", file=sys.stderr)
+    for w in workers:
+        w.stop()
+
+    enq, enq_arq = asyncio.run(enqueue_rates(b, p.enqueue_urls))
+    enq_cli = cli_enqueue_rate(b, p.enqueue_urls)
+    col, col_raw = asyncio.run(collection_rates(b, one.batch_id, n))
+    stored, doc_bytes = asyncio.run(bytes_per_result(b, one.batch_id, one.out, n))
+    rss, rss_gather = rss_at_inflight(b)
+
+    r1, r2 = best(f1) / best(g1), best(f2) / best(g2)
+    rows = [
+        Row("throughput, 1 worker (URLs/s)", best(f1), "gather, 1 process", best(g1), ">= 0.85x", r1 >= 0.85),
+        Row(
+            "throughput, 2 workers (URLs/s)",
+            best(f2),
+            "gather, 2 processes",
+            best(g2),
+            ">= 0.85x",
+            r2 >= 0.85,
+        ),
+        Row(
+            "enqueue, Client.submit (URLs/s into Redis)",
+            enq,
+            "arq enqueue_job, 1 job/URL",
+            enq_arq,
+            ">= 50,000",
+            enq >= 50_000,
+        ),
+        Row(
+            "enqueue, `fetchfleet submit FILE` (URLs/s)",
+            enq_cli,
+            "arq enqueue_job, 1 job/URL",
+            enq_arq,
+            ">= 50,000",
+            enq_cli >= 50_000,
+        ),
+        Row("collection (results/s out)", col, "raw XRANGE pages", col_raw, ">= 50,000", col >= 50_000),
+        Row(
+            "latency p50, 1 URL submit->result (ms)",
+            percentile(lat, 50),
+            "one GET, warm session",
+            percentile(plain, 50),
+            "<= 20 ms",
+            percentile(lat, 50) <= 20,
+        ),
+        Row(
+            "latency p99, 1 URL submit->result (ms)",
+            percentile(lat, 99),
+            "one GET, warm session",
+            percentile(plain, 99),
+        ),
+        Row(
+            f"worker RSS, {p.inflight:,} in flight (MB)",
+            rss,
+            f"gather, {p.inflight:,} in flight",
+            rss_gather,
+            "<= 200 MB",
+            rss <= 200,
+        ),
+        Row("Redis bytes per stored result", stored, "result JSON bytes", doc_bytes),
+        Row(
+            "CPU us per URL, 1 worker (all processes)",
+            (one.worker_cpu + one.redis_cpu + one.producer_cpu) / n * 1e6,
+            "gather process",
+            min(g1cpu) * 1e6,
+        ),
+        Row("  of which the worker", one.worker_cpu / n * 1e6, "gather process", min(g1cpu) * 1e6),
+        Row("  of which redis-server", one.redis_cpu / n * 1e6, "-", None),
+        Row("  of which the producer", one.producer_cpu / n * 1e6, "-", None),
+        Row("Redis commands per URL (Lua's own calls too)", one.redis_commands / n, "-", None),
+    ]
+    b.rows.extend(rows)
+
+
+async def bytes_per_result(b: Bench, batch_id: str, out: Path, n: int) -> tuple[float, float]:
+    """(Redis memory of the batch's keys per result, mean result document size)."""
+    async with Client(b.settings()) as client:
+        used = 0
+        for key in batch_keys(batch_id):
+            used += int(await client.redis.memory_usage(key, samples=0) or 0)
+    docs = out.read_bytes().splitlines()
+    return used / n, sum(map(len, docs)) / len(docs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny inputs: checks that every row can be measured"
+    )
+    parser.add_argument("--rounds", type=int, help="throughput runs per side (best counts)")
+    parser.add_argument("--urls", type=int, help="URLs per throughput run")
+    parser.add_argument("--concurrency", type=int, default=100, help="fetches in flight, both sides")
+    parser.add_argument("--chunk-size", type=int, default=100)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="both sides")
+    parser.add_argument("--target", choices=("auto", "nginx", "python"), default="auto")
+    parser.add_argument("--target-procs", type=int, default=1)
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    args = parser.parse_args()
+    profile = PROFILES["quick" if args.quick else "full"]
+    overrides = {k: v for k, v in (("rounds", args.rounds), ("urls", args.urls)) if v}
+    profile = Profile(**{**profile.__dict__, **overrides})
+
+    workdir = Path(tempfile.mkdtemp(prefix="fetchfleet-bench-"))
+    red = redisproc.PrivateRedis()
+    cleanup: list = [red.close]
+    try:
+        port = redisproc.free_port()
+        use_nginx = args.target == "nginx" or (args.target == "auto" and shutil.which("nginx"))
+        http = (
+            target.NginxTarget(port, args.target_procs)
+            if use_nginx
+            else target.PythonTarget(port, args.target_procs)
+        )
+        cleanup.append(http.close)
+        slow = target.PythonTarget(redisproc.free_port(), 1, profile.slow_ms)
+        cleanup.append(slow.close)
+        b = Bench(profile, args.concurrency, args.chunk_size, args.loop, workdir, red, http, slow)
+        load = os.getloadavg()[0]
+        run(b)
+        print()
+        print(
+            f"fetchfleet benchmark: {os.cpu_count()} CPUs (load {load:.2f} at start); target {http.kind}; "
+            f"{args.loop}; concurrency {args.concurrency}; chunk {args.chunk_size}; "
+            f"{profile.urls:,} URLs x best of {profile.rounds}"
+        )
+        print_table(b)
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps([{**r.__dict__, "ratio": r.ratio} for r in b.rows], indent=2)
+            )
+        failed = [r.name for r in b.rows if r.ok is False]
+        return 1 if failed and not args.quick else 0
+    finally:
+        for close in reversed(cleanup):
+            close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

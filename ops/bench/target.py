@@ -1,0 +1,197 @@
+"""The benchmark's HTTP target: nginx when it is on PATH, else a lean raw-asyncio server in N processes.
+
+Run as a script it is one server process: every path answers 1 KiB at once, `/slow` answers after
+`--slow-ms`, and `/stats` reports how many slow requests are open (to know when 1,000 are in flight).
+It shares the machine's cores with what it measures, so it does as little as HTTP/1.1 keep-alive allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BODY_SIZE = 1024
+BODY = b"x" * BODY_SIZE
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (BODY_SIZE, BODY)
+
+
+class Stats:
+    open_slow = 0
+    served = 0
+
+
+class HttpServer(asyncio.Protocol):
+    """Just enough HTTP/1.1 for GET with keep-alive; requests carry no body."""
+
+    slow_s = 3.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            line = buf[: buf.find(b"\r\n")]
+            buf = buf[end + 4 :]
+            path = line.split(b" ", 2)[1] if line.count(b" ") >= 2 else b"/"
+            Stats.served += 1
+            if path.startswith(b"/slow"):
+                Stats.open_slow += 1
+                asyncio.get_running_loop().call_later(self.slow_s, self._slow_done)
+            elif path.startswith(b"/stats"):
+                body = b'{"open_slow": %d, "served": %d}' % (Stats.open_slow, Stats.served)
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
+            else:
+                self.transport.write(OK)
+        self.buf = buf
+
+    def _slow_done(self) -> None:
+        Stats.open_slow -= 1
+        if not self.transport.is_closing():
+            self.transport.write(OK)
+
+
+async def serve(port: int, slow_ms: int) -> None:
+    HttpServer.slow_s = slow_ms / 1000
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Several processes bind the same port; the kernel spreads connections across them.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    server = await asyncio.get_running_loop().create_server(HttpServer, sock=sock, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"HTTP target exited at start (code {proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("HTTP target did not start listening")
+
+
+class PythonTarget:
+    """`procs` copies of this script on one port (SO_REUSEPORT)."""
+
+    def __init__(self, port: int, procs: int = 1, slow_ms: int = 3000) -> None:
+        self.port = port
+        self.kind = f"raw asyncio x{procs}"
+        self.procs = [
+            subprocess.Popen([sys.executable, __file__, "--port", str(port), "--slow-ms", str(slow_ms)])
+            for _ in range(procs)
+        ]
+        for p in self.procs:
+            wait_listening(port, p)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+
+NGINX_CONF = """
+worker_processes {procs};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        default_type text/plain;
+        location / {{ return 200 "{body}"; }}
+    }}
+}}
+"""
+
+
+class NginxTarget:
+    """nginx answering 1 KiB from memory: a target that costs its host as little as possible."""
+
+    def __init__(self, port: int, procs: int = 1) -> None:
+        binary = shutil.which("nginx")
+        if binary is None:
+            raise RuntimeError("nginx is not on PATH")
+        self.port = port
+        self.kind = f"nginx x{procs}"
+        self.dir = Path(tempfile.mkdtemp(prefix="fetchfleet-bench-nginx-"))
+        conf = self.dir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(procs=procs, dir=self.dir, port=port, body="x" * BODY_SIZE))
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf), "-p", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_listening(port, self.proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--slow-ms", type=int, default=3000)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        run(serve(args.port, args.slow_ms))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""`fetchfleet stats`: queue depth, live workers (from their heartbeats) and batches in progress."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from producer.client import BatchStatus, Client, status_from_meta
+from worker.contract import BATCHES_KEY, WORKERS_KEY, BatchState, batch_key, worker_key
+
+RECENT_BATCHES = 200  # newest batches looked at; older ones in progress are still in `status BATCH`
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    id: str
+    host: str
+    pid: int
+    in_flight: int
+    concurrency: int
+    fetches: int
+    fetches_per_s: float
+    started_ms: int
+    seen_ms: int
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerInfo:
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            id=d.get("id", "?"),
+            host=d.get("host", "?"),
+            pid=int(d.get("pid", 0)),
+            in_flight=int(d.get("in_flight", 0)),
+            concurrency=int(d.get("concurrency", 0)),
+            fetches=int(d.get("fetches", 0)),
+            fetches_per_s=float(d.get("fetches_per_s", 0)),
+            started_ms=int(d.get("started_ms", 0)),
+            seen_ms=int(d.get("seen_ms", 0)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStats:
+    queue_depth: int
+    workers: list[WorkerInfo]
+    batches: list[BatchStatus]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queue_depth": self.queue_depth,
+            "workers": [w.as_dict() for w in self.workers],
+            "batches": [b.as_dict() for b in self.batches],
+        }
+
+
+async def live_workers(client: Client) -> list[WorkerInfo]:
+    """Workers whose heartbeat has not expired; ids left behind by dead workers are dropped."""
+    redis = client.redis
+    ids = [m.decode() for m in await redis.zrange(WORKERS_KEY, 0, -1)]
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for wid in ids:
+            pipe.hgetall(worker_key(wid))
+        docs = await pipe.execute()
+    stale = [wid for wid, doc in zip(ids, docs, strict=True) if not doc]
+    if stale:
+        await redis.zrem(WORKERS_KEY, *stale)
+    workers = [WorkerInfo.from_hash(doc) for doc in docs if doc]
+    return sorted(workers, key=lambda w: (w.host, w.id))
+
+
+async def batches_in_progress(client: Client) -> list[BatchStatus]:
+    redis = client.redis
+    ids = [m.decode() for m in await redis.zrevrange(BATCHES_KEY, 0, RECENT_BATCHES - 1)]
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for bid in ids:
+            pipe.hgetall(batch_key(bid))
+        metas = await pipe.execute()
+    expired = [bid for bid, meta in zip(ids, metas, strict=True) if not meta]
+    if expired:
+        await redis.zrem(BATCHES_KEY, *expired)
+    statuses = [status_from_meta(bid, meta) for bid, meta in zip(ids, metas, strict=True) if meta]
+    running = (BatchState.QUEUED, BatchState.SUBMITTING)
+    return sorted((s for s in statuses if s.state in running), key=lambda s: s.created_ms)
+
+
+async def cluster_stats(client: Client) -> ClusterStats:
+    depth = int(await client.redis.zcard(client.settings.queue_name))
+    return ClusterStats(depth, await live_workers(client), await batches_in_progress(client))
+
+
+def _age(ms: int, now_ms: int) -> str:
+    seconds = max(now_ms - ms, 0) // 1000
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def render_plain(stats: ClusterStats) -> str:
+    now_ms = int(time.time() * 1000)
+    lines = [f"queue depth: {stats.queue_depth} chunks", f"live workers: {len(stats.workers)}"]
+    for w in stats.workers:
+        lines.append(
+            f"  {w.id}  host={w.host} pid={w.pid} in_flight={w.in_flight}/{w.concurrency} "
+            f"fetches/s={w.fetches_per_s:g} up={_age(w.started_ms, now_ms)}"
+        )
+    lines.append(f"batches in progress: {len(stats.batches)}")
+    for b in stats.batches:
+        pct = 100.0 * b.done / b.submitted if b.submitted else 0.0
+        lines.append(
+            f"  {b.batch_id}  {b.state.value} {b.done}/{b.submitted} ({pct:.0f}%) "
+            f"failed={b.failed} age={_age(b.created_ms, now_ms)}"
+        )
+    return "\n".join(lines)
+
+
+def render_rich(stats: ClusterStats) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    now_ms = int(time.time() * 1000)
+    console = Console()
+    console.print(f"queue depth: [bold]{stats.queue_depth}[/] chunks")
+    workers = Table(title=f"live workers ({len(stats.workers)})")
+    for col in ("id", "host", "pid", "in flight", "fetches/s", "up"):
+        workers.add_column(col, justify="left" if col in ("id", "host") else "right")
+    for w in stats.workers:
+        workers.add_row(
+            w.id, w.host, str(w.pid), f"{w.in_flight}/{w.concurrency}", f"{w.fetches_per_s:g}",
+            _age(w.started_ms, now_ms),
+        )  # fmt: skip
+    console.print(workers)
+    batches = Table(title=f"batches in progress ({len(stats.batches)})")
+    for col in ("batch", "state", "done", "submitted", "failed", "progress", "age"):
+        batches.add_column(col, justify="left" if col in ("batch", "state") else "right")
+    for b in stats.batches:
+        pct = 100.0 * b.done / b.submitted if b.submitted else 0.0
+        batches.add_row(
+            b.batch_id, b.state.value, str(b.done), str(b.submitted), str(b.failed), f"{pct:.0f}%",
+            _age(b.created_ms, now_ms),
+        )  # fmt: skip
+    console.print(batches)
+
+
+def show(stats: ClusterStats) -> None:
+    if sys.stdout.isatty():
+        render_rich(stats)
+    else:
+        print(render_plain(stats))

@@ -1,0 +1,311 @@
+"""A hostile HTTP server for fetcher tests: one endpoint per way a real server misbehaves.
+
+It runs in its own thread and event loop on a loopback address, counts every TCP connection it
+accepts (so a test can prove that nothing reached it), every request per path, and the concurrency
+and arrival times of `/polite/...` requests (so a test can check per-host limits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gzip
+import hashlib
+import socket
+import ssl
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+from typing import Any
+
+import brotli
+from aiohttp import web
+
+TEXT = ("fetchfleet decodes this body. " * 200).encode()
+BINARY = bytes(reversed(range(256))) * 4  # starts with 0xff: never valid UTF-8
+BOMB_INFLATED = 1 << 30  # 1 GiB of zeros, about 1 MiB on the wire
+
+
+@functools.lru_cache(maxsize=1)
+def gzip_bomb() -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+    block = bytes(1 << 20)
+    parts = [c.compress(block) for _ in range(BOMB_INFLATED >> 20)]
+    parts.append(c.flush())
+    return b"".join(parts)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FetchTarget:
+    def __init__(
+        self, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None, ipv6: bool = False
+    ) -> None:
+        self.host = host
+        self.ipv6 = ipv6  # also listen on [::1], same port if free, counted together
+        self.ssl_context = ssl_context
+        self.port = 0
+        self.port6 = 0
+        self.connections = 0
+        self.hits: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.arrivals: list[float] = []  # monotonic seconds of each /polite request
+        self.times: dict[str, list[float]] = {}  # monotonic seconds of each request, per path
+        self._lock = threading.Lock()
+        self.app = web.Application()
+        r = self.app.router
+        r.add_route("*", "/ok/{size}", self._ok)
+        r.add_route("*", "/echo", self._echo)
+        r.add_get("/slow-headers/{secs}", self._slow_headers)
+        r.add_get("/drip/{count}/{interval}", self._drip)
+        r.add_get("/huge", self._huge)
+        r.add_get("/gzip-bomb", self._bomb)
+        r.add_get("/encoded/{coding}", self._encoded)
+        r.add_get("/binary", self._binary)
+        r.add_route("*", "/redirect/{n}", self._redirect)
+        r.add_get("/loop", self._loop_redirect)
+        r.add_get("/redirect-to", self._redirect_to)
+        r.add_get("/flaky/{key}/{fails}/{status}", self._flaky)
+        r.add_get("/reset", self._reset)
+        r.add_get("/invalid", self._invalid)
+        r.add_get("/polite/{ms}", self._polite)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- addresses -------------------------------------------------------------------------------
+    @property
+    def base(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.connections = 0
+            self.hits.clear()
+            self.in_flight = self.max_in_flight = 0
+            self.arrivals.clear()
+            self.times.clear()
+
+    def max_in_window(self, window: float = 1.0) -> int:
+        """The most /polite arrivals seen in any `window` seconds (a sliding window)."""
+        times = sorted(self.arrivals)
+        best, lo = 0, 0
+        for hi, t in enumerate(times):
+            while t - times[lo] >= window:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
+
+    # -- handlers --------------------------------------------------------------------------------
+    def _hit(self, request: web.Request) -> None:
+        with self._lock:
+            self.hits[request.path] += 1
+            self.times.setdefault(request.path, []).append(time.monotonic())
+
+    async def _ok(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        return web.Response(body=b"x" * int(request.match_info["size"]), content_type="text/plain")
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        body = await request.read()
+        return web.json_response(
+            {"method": request.method, "headers": dict(request.headers), "body": body.decode()}
+        )
+
+    async def _slow_headers(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        await asyncio.sleep(float(request.match_info["secs"]))
+        return web.Response(text="late")
+
+    async def _drip(self, request: web.Request) -> web.StreamResponse:
+        """Each byte well within the read timeout, the whole body far past the total timeout."""
+        self._hit(request)
+        count, interval = int(request.match_info["count"]), float(request.match_info["interval"])
+        resp = web.StreamResponse(headers={"Content-Length": str(count), "Content-Type": "text/plain"})
+        await resp.prepare(request)
+        try:
+            for _ in range(count):
+                await resp.write(b".")
+                await asyncio.sleep(interval)
+        except ConnectionError:  # the client gave up, as it should
+            pass
+        return resp
+
+    async def _huge(self, request: web.Request) -> web.StreamResponse:
+        """Claims 10 GiB and streams until the client goes away."""
+        self._hit(request)
+        resp = web.StreamResponse(headers={"Content-Length": str(10 << 30)})
+        await resp.prepare(request)
+        block = b"h" * (1 << 16)
+        try:
+            for _ in range((10 << 30) >> 16):
+                await resp.write(block)
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+    async def _bomb(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        return web.Response(
+            body=gzip_bomb(), headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+        )
+
+    async def _encoded(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        coding = request.match_info["coding"]
+        body = {
+            "gzip": lambda: gzip.compress(TEXT),
+            "deflate": lambda: zlib.compress(TEXT),
+            "br": lambda: brotli.compress(TEXT),
+        }[coding]()
+        return web.Response(
+            body=body, headers={"Content-Encoding": coding, "Content-Type": "text/plain; charset=utf-8"}
+        )
+
+    async def _binary(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        return web.Response(body=BINARY, content_type="application/octet-stream")
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        n = int(request.match_info["n"])
+        if n <= 0:
+            body = await request.read()
+            return web.json_response({"method": request.method, "body": body.decode(), "at": "end"})
+        status = int(request.query.get("status", "302"))
+        query = f"?status={status}" if "status" in request.query else ""
+        raise _redirect(status, f"/redirect/{n - 1}{query}")
+
+    async def _loop_redirect(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        raise web.HTTPFound("/loop")
+
+    async def _redirect_to(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        raise web.HTTPFound(request.query["url"])
+
+    async def _flaky(self, request: web.Request) -> web.Response:
+        """The first `fails` requests for `key` get `status` (with ?retry_after=...), then 200."""
+        self._hit(request)
+        key = f"flaky:{request.match_info['key']}"
+        with self._lock:
+            self.hits[key] += 1
+            seen = self.hits[key]
+        if seen <= int(request.match_info["fails"]):
+            headers = {}
+            if "retry_after" in request.query:
+                headers["Retry-After"] = request.query["retry_after"]
+            return web.Response(status=int(request.match_info["status"]), text="later", headers=headers)
+        return web.Response(text=f"fine after {seen - 1}")
+
+    async def _reset(self, request: web.Request) -> web.StreamResponse:
+        """Promises 100 kB, sends 1 kB, then resets the connection (RST, not a clean close)."""
+        self._hit(request)
+        resp = web.StreamResponse(headers={"Content-Length": "100000"})
+        await resp.prepare(request)
+        await resp.write(b"r" * 1000)
+        await asyncio.sleep(0.05)
+        transport = request.transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        return resp
+
+    async def _invalid(self, request: web.Request) -> web.Response:
+        """Bytes that are not an HTTP response at all."""
+        self._hit(request)
+        transport = request.transport
+        assert transport is not None
+        transport.write(b"HTTP/1.1 twohundred NOT OK\r\nthis is not a header\r\n\x00\x01\r\n\r\n")
+        transport.close()
+        return web.Response(text="never sent")
+
+    async def _polite(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self.hits["/polite"] += 1
+            self.arrivals.append(time.monotonic())
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        return web.Response(text="polite")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> FetchTarget:
+        gzip_bomb()  # built once up front (about 2 s), so no request waits for it
+        self._thread = threading.Thread(target=self._serve, name=f"fetch-target-{self.host}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("fetch target did not start")
+        if self._error is not None:
+            raise RuntimeError(f"fetch target failed: {self._error}")
+        return self
+
+    def _factory(self) -> Any:
+        with self._lock:
+            self.connections += 1
+        assert self._runner is not None and self._runner.server is not None
+        return self._runner.server()
+
+    def _serve(self) -> None:
+        self._loop = loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            loop.run_until_complete(self._runner.setup())
+            server = loop.run_until_complete(
+                loop.create_server(self._factory, self.host, 0, ssl=self.ssl_context, backlog=1024)
+            )
+            self._servers.append(server)
+            self.port = server.sockets[0].getsockname()[1]
+            if self.ipv6:
+                server6 = loop.run_until_complete(
+                    loop.create_server(self._factory, "::1", 0, ssl=self.ssl_context)
+                )
+                self._servers.append(server6)
+                self.port6 = server6.sockets[0].getsockname()[1]
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
+        for s in self._servers:
+            s.close()
+        loop.run_until_complete(self._runner.cleanup())
+        loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def _redirect(status: int, location: str) -> web.HTTPException:
+    cls = {
+        301: web.HTTPMovedPermanently,
+        302: web.HTTPFound,
+        303: web.HTTPSeeOther,
+        307: web.HTTPTemporaryRedirect,
+        308: web.HTTPPermanentRedirect,
+    }
+    return cls[status](location)

@@ -1,0 +1,104 @@
+"""The README's front door holds what it promises: its commands, its example, its reference tables."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from producer.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from tests.fresh_install import commands, readme_blocks
+from tests.http_target import HttpTarget
+from tests.procs import ROOT, fetchfleet_env
+from tests.redis_proc import free_port
+from tests.test_cli_help import subcommands
+
+README = (ROOT / "README.md").read_text()
+FIRST_SCREEN = "\n".join(README.splitlines()[:30])
+EXAMPLE = ROOT / "examples" / "api_example.py"
+
+
+def test_first_screen_shows_install_run_and_the_test_command() -> None:
+    install_and_run = commands(readme_blocks("sh")[0])
+    assert install_and_run == ["pip install .", "fetchfleet run urls.txt -o results.jsonl"]
+    test_command = commands(readme_blocks("sh")[1])
+    assert len(test_command) == 1
+    assert test_command[0] in FIRST_SCREEN
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command[0] in ci.splitlines(), ".ci/run must run the README's test command"
+
+
+def test_sections_come_in_the_promised_order() -> None:
+    order = ["```sh\npip install .", "## A cluster", "## Python API", "## The command line", "### Exit codes"]
+    positions = [README.index(heading) for heading in order]
+    assert positions == sorted(positions)
+
+
+def test_cli_table_names_every_subcommand() -> None:
+    table = README[README.index("## The command line") :]
+    for name in subcommands():
+        assert f"| `fetchfleet {name}" in table, f"`fetchfleet {name}` has no row in the README's CLI table"
+
+
+def test_exit_codes_table_matches_the_code() -> None:
+    table = README[README.index("### Exit codes") :].split("\n\n")[1]
+    codes = [int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)]
+    assert codes == [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED]
+
+
+def test_cluster_quick_start_matches_the_compose_file() -> None:
+    (block,) = [b for b in readme_blocks("sh") if "docker compose" in b]
+    lines = commands(block)
+    assert any(c.startswith("docker compose up") and "--scale worker=" in c for c in lines), lines
+    (submit,) = [c for c in lines if c.startswith("docker compose run --rm producer submit ")]
+    compose = (ROOT / "docker-compose.yml").read_text()
+    services = compose[compose.index("services:") :]
+    for service in ("worker", "producer"):
+        assert re.search(rf"^  {service}:", services, flags=re.M), (
+            f"no `{service}` service in docker-compose.yml"
+        )
+    # the producer reads and writes where the compose file mounts ./data
+    assert "./data:/data" in compose
+    paths = [arg for arg in submit.split() if "/" in arg]
+    assert paths and all(p.startswith("/data/") for p in paths), submit
+
+
+def test_readme_api_example_is_the_runnable_file() -> None:
+    (block,) = readme_blocks("python")
+    assert textwrap.indent(block, "    ") in EXAMPLE.read_text(), "README and examples/api_example.py drifted"
+
+
+def test_api_example_runs(redis_url: str, http_target: HttpTarget, spawn_worker) -> None:
+    spawn_worker(redis_url)
+    dead = f"http://127.0.0.1:{free_port()}/x"
+    urls = [http_target.url("/ok/7"), http_target.url("/status/404"), dead]
+    env = fetchfleet_env(redis_url, allow_private_networks=True)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), *urls],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().splitlines()
+    rows = sorted(line.split(" ", 3)[:3] for line in lines[:3])
+    assert rows == [["0", "200", urls[0]], ["1", "404", urls[1]], ["2", "None", dead]]
+    assert re.fullmatch(r"batch \w+: 3/3 done, \d+ failed", lines[3]), lines[3]
+    assert re.fullmatch(r"batch \w+: cancelled", lines[4]), lines[4]
+
+
+def test_readme_commands_work_on_a_fresh_copy_in_a_new_virtualenv(tmp_path: Path) -> None:
+    """`pip install .` then `fetchfleet run urls.txt -o results.jsonl`, as written (about 25 s here)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fresh_install.py")],
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, out[-3000:] + proc.stderr.decode()[-3000:]
+    assert "each right" in out

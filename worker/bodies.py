@@ -1,0 +1,60 @@
+"""Kept response bodies: compressed for Redis by the worker, turned into result fields by the producer.
+
+Standard library only, so the producer can import it without the fetcher.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+
+import orjson
+
+# Past this, the producer refuses to inflate a stored body: a hostile Redis writer cannot make a
+# producer allocate more than the largest cap a worker would ever store.
+MAX_INFLATED = 1 << 30
+
+
+def pack(body: bytes, truncated: bool = False) -> bytes:
+    """One flag byte (1: cut at the stored-body cap), then the body zlib-compressed."""
+    # Level 6 is zlib's default trade; bodies are mostly text and shrink 4 to 10 times.
+    return (b"\x01" if truncated else b"\x00") + zlib.compress(body, 6)
+
+
+def unpack(stored: bytes) -> tuple[bytes, bool]:
+    """(body, truncated) from what `pack` made."""
+    if stored[:1] not in (b"\x00", b"\x01"):
+        raise ValueError("unknown stored body format")
+    d = zlib.decompressobj()
+    body = d.decompress(stored[1:], MAX_INFLATED)
+    if d.unconsumed_tail:
+        raise ValueError("stored body larger than any cap")
+    return body, stored[:1] == b"\x01"
+
+
+def body_fields(body: bytes, content_type: str | None) -> tuple[str, str]:
+    """(body, encoding): text where it decodes in its declared charset (UTF-8 if none), else base64."""
+    charset = "utf-8"
+    if content_type and "charset=" in content_type.lower():
+        tail = content_type[content_type.lower().index("charset=") + 8 :]
+        charset = tail.split(";", 1)[0].strip().strip("\"'") or "utf-8"
+    try:
+        return body.decode(charset), "text"
+    except (UnicodeDecodeError, LookupError):
+        return base64.b64encode(body).decode("ascii"), "base64"
+
+
+def merge_body(document: bytes, stored: bytes | None) -> bytes:
+    """The result document with its stored body added as `body` and `body_encoding`."""
+    if not stored:
+        return document
+    doc = orjson.loads(document)
+    try:
+        body, truncated = unpack(stored)
+    except (zlib.error, ValueError) as exc:
+        doc["body"], doc["body_encoding"] = None, None
+        doc["body_error"] = f"stored body unreadable: {exc}"
+        return orjson.dumps(doc)
+    doc["body"], doc["body_encoding"] = body_fields(body, doc.get("content_type"))
+    doc["body_truncated"] = truncated
+    return orjson.dumps(doc)

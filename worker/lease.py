@@ -1,0 +1,82 @@
+"""Short, renewed leases on the chunks a worker runs, so a killed worker's chunks run again within seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.asyncio import Redis
+
+log = logging.getLogger("fetchfleet.lease")
+
+
+class Leases:
+    """The claim keys this process holds, kept alive by renewing them every third of the lease.
+
+    The queue marks a running chunk with a claim key whose expiry is when another worker may run it
+    again. Held for the whole job timeout, a SIGKILLed worker's chunks would wait minutes; held for a
+    short lease that only a living process renews, they wait at most `lease_s`.
+    """
+
+    def __init__(self, redis: Redis, key_prefix: str, lease_s: float) -> None:
+        self._redis = redis
+        self._prefix = key_prefix
+        self.lease_ms = int(lease_s * 1000)
+        self.held: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._failing_since: float | None = None
+
+    @property
+    def interval(self) -> float:
+        return self.lease_ms / 3000
+
+    async def hold(self, job_id: str) -> None:
+        """Track a claimed job and cut its claim down to one lease."""
+        self.held.add(job_id)
+        try:
+            await self._redis.pexpire(self._prefix + job_id, self.lease_ms)
+        except Exception as exc:  # Redis away: the renewal loop tries again
+            log.debug("shortening the lease of %s failed: %s", job_id, exc)
+
+    def release(self, job_id: str) -> None:
+        self.held.discard(job_id)
+
+    async def renew(self) -> int:
+        """Renew every held lease in one round trip; returns how many keys still existed."""
+        held = list(self.held)
+        if not held:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in held:
+                # XX-like: PEXPIRE never creates a key, so a lease lost meanwhile stays lost.
+                pipe.pexpire(self._prefix + job_id, self.lease_ms)
+            replies = await pipe.execute()
+        return sum(1 for r in replies if r)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="fetchfleet-leases")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.renew()
+            except Exception as exc:
+                # One warning per outage; the chunks keep running and recording retries by itself.
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.warning("renewing %d leases failed (%s); retrying", len(self.held), exc)
+                continue
+            if self._failing_since is not None:
+                log.info("leases renewed again after %.1fs", time.monotonic() - self._failing_since)
+                self._failing_since = None

@@ -1,0 +1,157 @@
+"""The worker's periodic monitor: heartbeat for `fetchfleet stats`, queue-depth sample, health verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from worker.contract import WORKERS_KEY, worker_key
+from worker.metrics import WorkerMetrics
+from worker.redisconn import make_redis
+from worker.settings import Settings
+
+log = logging.getLogger("fetchfleet.monitor")
+
+PING_TIMEOUT = 2.0
+
+
+def heartbeat_ttl(interval: float) -> int:
+    """Seconds a heartbeat stays visible: three missed beats and the worker is gone from `stats`."""
+    return max(int(interval * 3 + 0.999), 5)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    ok: bool
+    problems: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"status": "ok" if self.ok else "unhealthy", "problems": list(self.problems)}
+
+
+@dataclass
+class Probes:
+    """Live readings of the worker taken at each beat; plain callables so the monitor needs no runtime."""
+
+    in_flight: Callable[[], int]
+    fetches: Callable[[], int]
+    # Seconds results have waited without the recorder making progress (0: none waiting).
+    recorder_stalled: Callable[[], float] = lambda: 0.0
+    # Wall-clock time by which the queue engine's poll loop is due to report progress again; None when
+    # the engine cannot tell (e.g. under `arq worker.WorkerSettings`).
+    poll_due: Callable[[], float | None] = lambda: None
+
+
+@dataclass
+class Monitor:
+    settings: Settings
+    worker_id: str
+    metrics: WorkerMetrics
+    probes: Probes
+    redis: Redis = field(init=False)
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    redis_ok: bool = False
+    last_beat: float = 0.0
+    fetch_rate: float = 0.0
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _last_fetches: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A client of its own: health must not wait behind the queue engine's busy connections.
+        self.redis = make_redis(self.settings)
+
+    def start(self) -> None:
+        self._last_fetches = self.probes.fetches()
+        self.last_beat = time.monotonic()
+        self._task = asyncio.create_task(self._run(), name="fetchfleet-monitor")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # Leave `stats` at once on a clean stop instead of waiting for the heartbeat to expire.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(PING_TIMEOUT):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(worker_key(self.worker_id))
+                    pipe.zrem(WORKERS_KEY, self.worker_id)
+                    await pipe.execute()
+        await self.redis.aclose(close_connection_pool=True)
+
+    async def _run(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            await self.beat()
+            await asyncio.sleep(interval)
+
+    async def beat(self) -> None:
+        """One heartbeat and queue-depth sample, in one round trip."""
+        now = time.monotonic()
+        fetches = self.probes.fetches()
+        elapsed = max(now - self.last_beat, 1e-6)
+        self.fetch_rate = (fetches - self._last_fetches) / elapsed
+        self._last_fetches, self.last_beat = fetches, now
+        now_ms = int(time.time() * 1000)
+        doc = {
+            "id": self.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "in_flight": self.probes.in_flight(),
+            "concurrency": self.settings.concurrency,
+            "fetches": fetches,
+            "fetches_per_s": round(self.fetch_rate, 1),
+            "started_ms": self.started_ms,
+            "seen_ms": now_ms,
+        }
+        key = worker_key(self.worker_id)
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zcard(self.settings.queue_name)
+                    pipe.hset(key, mapping=doc)
+                    pipe.expire(key, heartbeat_ttl(self.settings.heartbeat_interval))
+                    pipe.zadd(WORKERS_KEY, {self.worker_id: now_ms})
+                    depth, *_ = await pipe.execute()
+        except Exception as exc:  # Redis away: report it, keep beating
+            if self.redis_ok:
+                log.warning("heartbeat failed: %s", exc.__class__.__name__)
+            self.redis_ok = False
+            self.metrics.redis_up.set(0)
+            return
+        self.redis_ok = True
+        self.metrics.redis_up.set(1)
+        self.metrics.queue_depth.set(int(depth))
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self.redis.ping()
+        except Exception:
+            return False
+        return True
+
+    async def health(self) -> Health:
+        """Unhealthy when Redis does not answer a ping within 2 s, or some part stopped making progress."""
+        problems = []
+        if not await self.ping():
+            problems.append(f"redis did not answer a ping within {PING_TIMEOUT:g}s")
+        stall = self.settings.stall_seconds
+        waited = self.probes.recorder_stalled()
+        if waited > stall:
+            problems.append(f"recorder made no progress for {waited:.0f}s")
+        due = self.probes.poll_due()
+        if due is not None and time.time() - due > stall:
+            problems.append(f"queue poll loop is {time.time() - due:.0f}s overdue")
+        beat_age = time.monotonic() - self.last_beat
+        if self._task is not None and beat_age > self.settings.heartbeat_interval + stall:
+            problems.append(f"monitor loop made no progress for {beat_age:.0f}s")
+        return Health(ok=not problems, problems=tuple(problems))
