@@ -95,7 +95,20 @@ async def collect(
     return written
 
 
+def check_output(output: str) -> None:
+    """Refuse an output path that cannot be written before any work is queued."""
+    if output == "-":
+        return
+    parent = Path(output).resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{output}: directory {parent} does not exist")
+    if Path(output).is_dir():
+        raise UsageError(f"{output}: is a directory")
+
+
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    if args.wait:
+        check_output(args.output)
     path, label, temporary = prepare_input(args.file)
     try:
         total, digest = check_input(path, label)
@@ -290,12 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BatchError, QueueUnavailable) as exc:
         _err(str(exc))
         return EXIT_FAILED
+    except BrokenPipeError:
+        return EXIT_OK
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        _err(f"{exc.filename}: {exc.strerror}")
+        return EXIT_USAGE
     except REDIS_DOWN as exc:
         url = redact(load_settings().redis_url) if "settings" in locals() else "Redis"
         _err(f"cannot reach Redis at {url}: {exc}")
         return EXIT_FAILED
-    except BrokenPipeError:
-        return EXIT_OK
 
 
 if __name__ == "__main__":

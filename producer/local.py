@@ -38,6 +38,7 @@ WORKER_GRACE = 3.0  # seconds a worker gets to hand back its chunks before SIGKI
 WORKER_DRAIN = 0.3  # then the second SIGTERM: stop fetching now
 SERVER_GRACE = 1.0
 WATCH_INTERVAL = 0.25
+DIR_PREFIX = "fetchfleet-run-"
 
 
 class LocalRunError(FetchfleetError):
@@ -49,6 +50,20 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def sweep_stale_dirs() -> None:
+    """Remove the directories of runs that were killed (SIGKILL runs no cleanup): logs, a dead password."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"):
+        pid = stale.name[len(DIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or stale.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 class LocalCluster:
@@ -63,7 +78,8 @@ class LocalCluster:
         self.workers_wanted = workers
         self.base_settings = settings
         self.settings = settings
-        self.dir = Path(tempfile.mkdtemp(prefix="fetchfleet-run-"))
+        sweep_stale_dirs()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
         self.server: EmbeddedServer | None = None
         self.workers: list[Child] = []
 

@@ -60,3 +60,15 @@ def test_missing_file_is_usage_error(redis_url: str, tmp_path: Path) -> None:
     proc = run_cli(["submit", str(tmp_path / "nope.txt")], fetchfleet_env(redis_url), timeout=60)
     assert proc.returncode == 2
     assert "no such file" in proc.stderr.decode()
+
+
+def test_unwritable_output_refused_before_anything_is_queued(redis_url: str, tmp_path: Path) -> None:
+    f = tmp_path / "ok.txt"
+    f.write_text("http://example.com/\n")
+    target = tmp_path / "missing" / "out.jsonl"
+    proc = run_cli(["submit", str(f), "--wait", "-o", str(target)], fetchfleet_env(redis_url), timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "does not exist" in err and "Traceback" not in err
+    with redis.Redis.from_url(redis_url) as c:
+        assert c.dbsize() == 0

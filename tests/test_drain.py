@@ -82,7 +82,7 @@ def test_sigterm_grace_runs_out(
     leaving.signal(signal.SIGTERM)
     t0 = time.monotonic()
     assert leaving.proc.wait(15) == 0, leaving.log()
-    assert 0.8 < time.monotonic() - t0 < 3.5
+    assert 0.8 < time.monotonic() - t0 < 6
     assert "grace period over" in leaving.log()
 
     spawn_worker(redis_url, worker_id="next", concurrency=10, chunk_size=10)

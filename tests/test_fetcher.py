@@ -145,6 +145,7 @@ async def test_gzip_bomb_costs_no_more_than_the_cap(fetcher: Fetcher, target: Fe
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    print(f"gzip bomb (1 GiB inflated) under a 1 MiB cap: peak Python allocation {peak / MiB:.1f} MiB")
     assert kind(o) == "too_large"
     assert MiB < o.size <= MiB + 256 * 1024  # decompressed bytes are what is counted
     # Peak Python allocation during the fetch: the cap and a few bounded buffers, not the gigabyte.

@@ -98,7 +98,8 @@ def test_redis_down_at_start(spawn_worker, http_target, tmp_path: Path) -> None:
     server = RedisProcess()  # a port, not started yet
     try:
         w = spawn_worker(server.url, worker_id="early")
-        time.sleep(4)
+        wait_until(lambda: "cannot reach Redis" in w.log(), 30, "the worker to report Redis down")
+        time.sleep(4)  # several more reconnect attempts, none of them logged again
         assert w.proc.poll() is None, w.log()
         log = w.log()
         assert log.count("cannot reach Redis") == 1, log

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,9 +232,16 @@ def test_killed_run_takes_its_children_along(
     run = start_run([str(urls), "-o", os.devnull, "--workers", "2"], local_env(allow_private_networks=True))
     children = run.wait_busy(hits=20, workers=2)
     assert len(children) == 3
+    (leftover,) = Path(tempfile.gettempdir()).glob(f"fetchfleet-run-{run.proc.pid}-*")
     run.proc.kill()
     run.proc.wait(10)
     assert wait_gone(children, 5) == []
+
+    # the next run sweeps the killed run's directory away
+    env = local_env(allow_private_networks=True)
+    stdin = (http_target.url("/ok/1") + "\n").encode()
+    assert run_cli(["run", "-", "--workers", "1", "-q"], env, stdin=stdin).returncode == 0
+    assert not leftover.exists()
 
 
 def test_a_dead_worker_fails_the_run_and_stops_the_rest(

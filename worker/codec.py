@@ -7,8 +7,14 @@ from typing import Any
 import msgpack
 
 
+def _as_text(value: object) -> str:
+    # arq also serializes its own failure records (an exception object for "job expired"); keep them as
+    # text instead of failing with a traceback. Loading never turns text back into objects.
+    return f"{value.__class__.__name__}: {value}"
+
+
 def dump_job(data: dict[str, Any]) -> bytes:
-    return msgpack.packb(data, use_bin_type=True)
+    return msgpack.packb(data, use_bin_type=True, default=_as_text)
 
 
 def load_job(raw: bytes) -> dict[str, Any]:

@@ -336,6 +336,21 @@ class Stopper:
             self.worker.main_task.cancel()
 
 
+def skip_own_running(worker: Worker) -> None:
+    """Never claim a chunk this worker is running already.
+
+    If its claim lapsed (Redis away longer than a lease), arq would start a second run of it in the
+    same process, and the two runs would share one entry in arq's task table (a KeyError at the end).
+    """
+    claim = worker.start_jobs
+
+    async def start_jobs(job_ids: list[bytes]) -> None:
+        running = worker.tasks
+        await claim([j for j in job_ids if (t := running.get(j.decode())) is None or t.done()])
+
+    worker.start_jobs = start_jobs  # type: ignore[method-assign]
+
+
 async def repair_after_crash(worker: Worker) -> None:
     """Make arq's job accounting true again after its poll loop died mid-claim.
 
@@ -411,6 +426,7 @@ async def run_worker(settings: Settings) -> None:
     worker.ctx["poll_due"] = poll_due  # read by /healthz
     # The claim itself is a lease from the first moment (on_job_start shortens it too, for `arq`).
     worker.in_progress_timeout_s = settings.lease_seconds
+    skip_own_running(worker)
     stopper = Stopper(worker, settings.drain_grace)
     stopper.install()
     try:

@@ -43,17 +43,19 @@ class Leases:
     def release(self, job_id: str) -> None:
         self.held.discard(job_id)
 
-    async def renew(self) -> int:
-        """Renew every held lease in one round trip; returns how many keys still existed."""
+    async def renew(self) -> None:
+        """Renew every held lease in one round trip.
+
+        SET, not PEXPIRE: a claim that expired while Redis was away longer than a lease (or restarted
+        without it) is taken back, so other workers do not start a second run of a chunk still running.
+        """
         held = list(self.held)
         if not held:
-            return 0
+            return
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in held:
-                # XX-like: PEXPIRE never creates a key, so a lease lost meanwhile stays lost.
-                pipe.pexpire(self._prefix + job_id, self.lease_ms)
-            replies = await pipe.execute()
-        return sum(1 for r in replies if r)
+                pipe.set(self._prefix + job_id, b"1", px=self.lease_ms)
+            await pipe.execute()
 
     def start(self) -> None:
         if self._task is None:

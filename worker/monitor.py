@@ -120,6 +120,8 @@ class Monitor:
                     pipe.hset(key, mapping=doc)
                     pipe.expire(key, heartbeat_ttl(self.settings.heartbeat_interval))
                     pipe.zadd(WORKERS_KEY, {self.worker_id: now_ms})
+                    # Ids of workers gone for an hour, so the set stays small even if nobody runs stats.
+                    pipe.zremrangebyscore(WORKERS_KEY, 0, now_ms - 3_600_000)
                     depth, *_ = await pipe.execute()
         except Exception as exc:  # Redis away: report it, keep beating
             if self.redis_ok:

@@ -6,6 +6,7 @@ and on IP literals in a URL before anything is sent, whatever notation they use.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -52,6 +53,7 @@ class BlockedAddress(ConnectionRefusedError):
     """Raised from the socket factory; aiohttp wraps it, the error mapping turns it into `blocked`."""
 
 
+@functools.lru_cache(maxsize=4096)  # runs per fetch; a crawl asks about the same hosts over and over
 def parse_host_ip(host: str) -> IPAddress | None:
     """The address an IP-literal host denotes, accepting the notations inet_aton does (127.1, 0x7f000001)."""
     host = host.strip("[]")

@@ -165,7 +165,9 @@ class NginxTarget:
 
     @property
     def pids(self) -> list[int]:
-        return [self.proc.pid]
+        """The master and its worker processes, which do the serving."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [self.proc.pid, *map(int, children)]
 
     def close(self) -> None:
         if self.proc.poll() is None:
