@@ -15,7 +15,7 @@ from worker.fetcher import Fetcher
 from worker.hostlimits import HostLimiter, fetch_slot, make_limiter
 from worker.metrics import WorkerMetrics
 from worker.recorder import Recorder
-from worker.results import build_result, encode, error_result, final_outcome, stored_body
+from worker.results import encode, encode_doc, error_result, final_outcome, result_doc, stored_body
 from worker.retry import RetryPolicy, schedule_retry
 from worker.settings import Settings
 
@@ -135,7 +135,8 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
             rt.metrics.retried(kind or "http_status")
             return 1  # handled: the next attempt waits in the queue, not in this worker
         outcome = final_outcome(outcome, rt.retry.statuses)
-        result = build_result(index, outcome, attempts, rt.worker_id)
+        doc = result_doc(index, outcome, attempts, rt.worker_id)
+        payload = encode_doc(doc)
         body = stored_body(outcome)
     except asyncio.CancelledError:
         raise
@@ -144,8 +145,9 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
         result = error_result(
             index, url, ErrorKind.INTERNAL, f"{exc.__class__.__name__}: {exc}", attempts, rt.worker_id
         )
-    rt.metrics.fetched(result)
-    return int(await rt.recorder.record(job.batch_id, index, not result.ok, encode(result), body))
+        doc, payload = result.model_dump(mode="json"), encode(result)
+    rt.metrics.fetched_doc(doc)
+    return int(await rt.recorder.record(job.batch_id, index, not doc["ok"], payload, body))
 
 
 async def _retry_later(

@@ -49,6 +49,13 @@ async def done_flags(redis: Redis, batch_id: str, indexes: list[int]) -> list[bo
     return [bool(v) for v in values]
 
 
+def script_args(ttl: int, group: list[Pending]) -> list[object]:
+    """record.lua's ARGV: the ttl, the numbers of every result in one string, their bytes in another."""
+    numbers = " ".join([f"{p.index} {p.failed:d} {len(p.payload)} {len(p.body)}" for p in group])
+    blob = b"".join([part for p in group for part in (p.payload, p.body)])
+    return [ttl, numbers, blob]
+
+
 class Recorder:
     """Collects results from every running chunk and flushes them together.
 
@@ -119,10 +126,9 @@ class Recorder:
             try:
                 # Usually one batch per flush; EVALSHA falls back to loading the script once.
                 for batch_id, group in by_batch.items():
-                    args: list[object] = [self._ttl]
-                    for p in group:
-                        args += [p.index, int(p.failed), p.payload, p.body]
-                    flags = await self._script(keys=reversed_keys(batch_id), args=args)
+                    flags = await self._script(
+                        keys=reversed_keys(batch_id), args=script_args(self._ttl, group)
+                    )
                     for p, flag in zip(group, flags, strict=True):
                         if not p.future.done():
                             p.future.set_result(bool(flag))

@@ -1,0 +1,51 @@
+"""The hot path's result documents: plain dicts encoded with orjson must be FetchResult documents."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from worker import errors
+from worker.contract import FetchResult
+from worker.fetcher import FetchOutcome
+from worker.results import build_result, encode, encode_doc, result_doc
+
+OUTCOMES = {
+    "ok": FetchOutcome("http://a.test/x", "http://a.test/x", 200, 1024, "ab" * 32, "text/html", 0, 1.25),
+    "redirected 404": FetchOutcome("http://a.test/", "https://b.test/é", 404, 0, "00" * 32, None, 2, 30.0),
+    "timeout": FetchOutcome(
+        "http://a.test/", None, None, 10, None, None, 0, 60000.5, error=errors.FetchTimeout("slow")
+    ),
+    "too large": FetchOutcome(
+        "http://a.test/", None, 200, 9, None, None, 0, 0.001, error=errors.TooLarge("x" * 900)
+    ),
+    "unicode": FetchOutcome("http://ü.test/ö", None, 200, 0, None, 'text/plain; name="ü"', 0, 1e-05),
+}
+
+
+@pytest.mark.parametrize("name", list(OUTCOMES))
+def test_encoded_doc_is_exactly_what_the_contract_writes(name: str) -> None:
+    outcome = OUTCOMES[name]
+    payload = encode_doc(result_doc(7, outcome, 2, "w-1"))
+    model = build_result(7, outcome, 2, "w-1")
+    assert FetchResult.model_validate_json(payload) == model
+    assert orjson.loads(payload) == orjson.loads(encode(model))
+    assert list(orjson.loads(payload)) == list(orjson.loads(encode(model)))  # same fields, same order
+
+
+def test_error_kind_outside_the_contract_is_refused() -> None:
+    class Odd(errors.FetchError):
+        kind = "not-a-kind"
+
+    outcome = FetchOutcome("http://a.test/", None, None, 0, None, None, 0, 1.0, error=Odd("?"))
+    with pytest.raises(ValueError):
+        result_doc(0, outcome, 1, "w")
+
+
+def test_unencodable_text_falls_back_to_pydantic() -> None:
+    outcome = FetchOutcome("http://a.test/", "http://a.test/", 200, 0, None, "text/\udcff", 0, 1.0)
+    doc = result_doc(0, outcome, 1, "w")
+    with pytest.raises(Exception) as pyd:
+        encode(build_result(0, outcome, 1, "w"))
+    with pytest.raises(type(pyd.value)):
+        encode_doc(doc)
