@@ -10,7 +10,7 @@ from aiohttp import web
 
 
 class HttpTarget:
-    """Routes: /ok/{size} (size bytes of "x"), /status/{code}. Counts requests per path."""
+    """Routes: /ok/{size} (size bytes of "x", after ?delay_ms=N), /status/{code}. Counts requests per path."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
@@ -33,6 +33,8 @@ class HttpTarget:
 
     async def _ok(self, request: web.Request) -> web.Response:
         self.hits[request.path] += 1
+        if "delay_ms" in request.query:  # a server that takes its time, so a batch lasts a while
+            await asyncio.sleep(int(request.query["delay_ms"]) / 1000)
         return web.Response(body=b"x" * int(request.match_info["size"]), content_type="text/plain")
 
     async def _status(self, request: web.Request) -> web.Response:

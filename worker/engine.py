@@ -125,7 +125,10 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         await forget_try(ctx)
         raise Retry(defer=0)
     try:
-        summary = await run_chunk(rt, job)
+        # Our own deadline, inside arq's: arq's timeout would drop the job and every URL still without a
+        # result with it. Here what finished stays recorded and the rest runs in the next try.
+        async with asyncio.timeout(settings.job_timeout):
+            summary = await run_chunk(rt, job)
     except HandBack as back:
         log.info("chunk %s: %d unstarted URLs handed back to the queue", job_id, back.handed_back)
         rt.metrics.chunk_done("handed_back")
@@ -133,6 +136,13 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         raise Retry(defer=0) from None
     except asyncio.CancelledError:
         raise
+    except TimeoutError:  # before REDIS_DOWN: TimeoutError is an OSError
+        rt.metrics.chunk_done("timed_out")
+        if job_try >= settings.chunk_max_tries:
+            message = f"chunk did not finish within FETCHFLEET_JOB_TIMEOUT ({settings.job_timeout}s)"
+            return await record_internal(rt, job, f"{message} in {job_try} runs", ErrorKind.TIMEOUT)
+        log.warning("chunk %s ran out of time on try %d; the rest of it runs again", job_id, job_try)
+        raise Retry(defer=0) from None
     except REDIS_DOWN as exc:
         # Not the chunk's fault: it runs again once Redis is back (or its lease runs out).
         log.warning("chunk %s: Redis unreachable (%s); it will run again", job_id, exc)
@@ -147,8 +157,10 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
     return summary.recorded
 
 
-async def record_internal(rt: Runtime, job: ChunkJob, message: str) -> int:
-    """Give every URL of the chunk still without a result an `internal` result."""
+async def record_internal(
+    rt: Runtime, job: ChunkJob, message: str, kind: ErrorKind = ErrorKind.INTERNAL
+) -> int:
+    """Give every URL of the chunk still without a result a final error result (`internal` by default)."""
     from worker.recorder import done_flags
     from worker.results import encode, error_result
 
@@ -158,7 +170,7 @@ async def record_internal(rt: Runtime, job: ChunkJob, message: str) -> int:
     for (index, req, tries), done in zip(entries, flags, strict=True):
         if not done:
             url = req if isinstance(req, str) else req.url
-            result = error_result(index, url, ErrorKind.INTERNAL, message, tries + 1, rt.worker_id)
+            result = error_result(index, url, kind, message, tries + 1, rt.worker_id)
             records.append(rt.recorder.record(job.batch_id, index, True, encode(result)))
     return sum(map(int, await asyncio.gather(*records)))
 
@@ -190,6 +202,9 @@ def build_worker_settings(settings: Settings) -> type:
     async def on_startup(ctx: WorkerCtx) -> None:
         if "runtime" in ctx:  # the poll loop restarted after a Redis outage: keep what runs
             return
+        # arq logs each job's arguments (URLs, which may carry credentials) at INFO; under
+        # `arq worker.WorkerSettings` its own logging config has just turned that on again.
+        logging.getLogger("arq").setLevel(max(logging.getLogger("arq").level, logging.WARNING))
         fetcher = Fetcher(settings)
         await fetcher.start()
         recorder = Recorder(ctx["redis"], settings.result_ttl)
@@ -266,7 +281,8 @@ def build_worker_settings(settings: Settings) -> type:
         # at once is what lets a second worker find work (ARQ-NOTES: read limit vs. in-flight jobs).
         "queue_read_limit": 1000,
         "poll_delay": settings.poll_delay,
-        "job_timeout": settings.job_timeout,
+        # fetch_chunk keeps its own deadline at job_timeout; arq's is only the backstop.
+        "job_timeout": settings.job_timeout + 60,
         "keep_result": 0,
         "expires_extra_ms": settings.result_ttl * 1000,
         "health_check_interval": 60,
