@@ -353,21 +353,6 @@ class Stopper:
             self.worker.main_task.cancel()
 
 
-def skip_own_running(worker: Worker) -> None:
-    """Never claim a chunk this worker is running already.
-
-    If its claim lapsed (Redis away longer than a lease), arq would start a second run of it in the
-    same process, and the two runs would share one entry in arq's task table (a KeyError at the end).
-    """
-    claim = worker.start_jobs
-
-    async def start_jobs(job_ids: list[bytes]) -> None:
-        running = worker.tasks
-        await claim([j for j in job_ids if (t := running.get(j.decode())) is None or t.done()])
-
-    worker.start_jobs = start_jobs  # type: ignore[method-assign]
-
-
 CLAIM_LUA = files("worker").joinpath("claim.lua").read_text()
 
 
@@ -376,24 +361,26 @@ def claim_in_one_round_trip(worker: Worker) -> None:
 
     arq claims one job at a time in four round trips (WATCH, EXISTS, ZSCORE, MULTI/EXEC), and pays
     them again for every job it finds running on another worker: per chunk of 100 URLs that was ~11 us
-    a URL of a worker's CPU (ops/bench). The script makes the same checks atomically. Never claims a
-    chunk this worker is running already (see skip_own_running), and never waits for a free slot: the
-    next poll, poll_delay later, claims again.
+    a URL of a worker's CPU (ops/bench). The script scans the queue itself, so arq's poll only needs
+    to see that one job is due (queue_read_limit 1). Never waits for a slot: the next poll, poll_delay
+    later, claims again.
+
+    Never claims a chunk this worker runs already: if its claim lapsed (Redis away longer than a
+    lease), a second run in the same process would share one entry in arq's task table (a KeyError at
+    the end).
     """
     script = worker.pool.register_script(CLAIM_LUA)
+    worker.queue_read_limit = 1
 
     async def start_jobs(job_ids: list[bytes]) -> None:
         free = worker.max_jobs - worker.job_counter
         if free <= 0 or not job_ids:
             return
         running = worker.tasks
-        ids = [j.decode() for j in job_ids]
-        ids = [j for j in ids if (t := running.get(j)) is None or t.done()]
-        if not ids:
-            return
-        keys = [worker.queue_name, *(IN_PROGRESS_KEY_PREFIX + j for j in ids)]
+        own = [j for j, t in running.items() if not t.done()]
         lease_ms = int(worker.in_progress_timeout_s * 1000)
-        claimed = await script(keys=keys, args=[timestamp_ms(), lease_ms, free, *ids])
+        args = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
+        claimed = await script(keys=[worker.queue_name], args=args)
         for i in range(0, len(claimed), 2):
             job_id, score = claimed[i].decode(), int(float(claimed[i + 1]))
             # arq's own accounting, as its start_jobs keeps it: one semaphore slot and one count per task

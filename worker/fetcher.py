@@ -14,7 +14,7 @@ import aiohttp
 from yarl import URL
 
 from worker import errors
-from worker.contract import FetchRequest
+from worker.contract import FetchRequest, url_problem
 from worker.deadlines import Deadline, Watchdog
 from worker.errormap import map_exception
 from worker.settings import Settings
@@ -113,7 +113,10 @@ class Fetcher:
         """Fetch once (no retries here). Never raises for a URL's own failure: the outcome carries it."""
         started = time.perf_counter()
         try:
-            req = FetchRequest(url=request) if isinstance(request, str) else request
+            if isinstance(request, str) and url_problem(request) is None:
+                req: FetchRequest | _PlainGet = _PlainGet(request)  # the model's checks, ~1 us cheaper
+            else:
+                req = FetchRequest(url=request) if isinstance(request, str) else request
         except ValueError as exc:  # a job not written by our producer: fail the URL, not the chunk
             err = errors.InvalidURL(str(exc).splitlines()[-1].strip())
             return FetchOutcome(str(request), None, None, 0, None, None, 0, 0.0, error=err)
@@ -153,7 +156,9 @@ class Fetcher:
         finally:
             self.watchdog.end(d)
 
-    async def _follow(self, req: FetchRequest, state: _Hop, started: float, keep_body: bool) -> FetchOutcome:
+    async def _follow(
+        self, req: FetchRequest | _PlainGet, state: _Hop, started: float, keep_body: bool
+    ) -> FetchOutcome:
         method, body = req.method, req.body
         headers = req.headers or None
         origin = _origin(URL(state.url, encoded=False)) if headers else None  # a URL parse per fetch saved
@@ -242,3 +247,13 @@ class _Hop(Deadline):
     redirects: int = 0
     status: int | None = None
     size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _PlainGet:
+    """What FetchRequest(url=...) holds for a bare URL of a chunk, once url_problem found it fine."""
+
+    url: str
+    method: str = "GET"
+    headers: None = None
+    body: None = None

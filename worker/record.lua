@@ -16,7 +16,6 @@ for i = 1, #nums, 4 do
   local payload = string.sub(blob, pos, pos + plen - 1)
   local body = string.sub(blob, pos + plen, pos + plen + blen - 1)
   pos = pos + plen + blen
-  -- the index stays the string it came as: Lua numbers print large integers in exponent form
   if redis.call('SETBIT', KEYS[1], nums[i], 1) == 0 then
     if blen == 0 then
       redis.call('XADD', KEYS[2], '*', 'r', payload)
