@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from redis.asyncio import Redis
 
+from worker.background import start_loop, stop_loop
 from worker.contract import batch_key
 
 log = logging.getLogger("fetchfleet.cancel")
@@ -64,15 +64,11 @@ class CancelWatch:
                 self._cancelled.add(batch_id)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="fetchfleet-cancel-watch")
+        self._task = start_loop(self._task, self._run, "fetchfleet-cancel-watch")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_loop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
+
+from worker.background import start_loop, stop_loop
 
 # A timeout fires at most this fraction of its length (and never more than MAX_LATE_S) late, never early.
 SLACK = 0.125
@@ -46,15 +47,11 @@ class Watchdog:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="fetchfleet-deadlines")
+        self._task = start_loop(self._task, self._run, "fetchfleet-deadlines")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_loop(self._task)
+        self._task = None
 
     def begin(self, d: Deadline) -> None:
         """Watch the current task from now; pair with `end(d)` in a finally."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from redis.asyncio import Redis
+
+from worker.background import start_loop, stop_loop
 
 log = logging.getLogger("fetchfleet.lease")
 
@@ -58,15 +59,11 @@ class Leases:
             await pipe.execute()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="fetchfleet-leases")
+        self._task = start_loop(self._task, self._run, "fetchfleet-leases")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_loop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from worker.background import stop_loop
 from worker.contract import WORKERS_KEY, worker_key
 from worker.metrics import WorkerMetrics
 from worker.redisconn import make_redis
@@ -74,10 +75,7 @@ class Monitor:
         self._task = asyncio.create_task(self._run(), name="fetchfleet-monitor")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_loop(self._task)
         # Leave `stats` at once on a clean stop instead of waiting for the heartbeat to expire.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(PING_TIMEOUT):
