@@ -54,6 +54,8 @@ def test_two_workers_3000_urls(redis_url: str, http_target: HttpTarget, spawn_wo
         assert r["attempts"] >= 1
         assert r["elapsed_ms"] >= 0
     workers = Counter(r["worker"] for r in results)
+    kinds = Counter((r["status"], (r["error"] or {}).get("kind")) for r in results)
+    print(f"\n3,000 URLs: results per worker {sorted(workers.values())}; (status, error kind) {dict(kinds)}")
     assert len(workers) == 2, workers
     assert min(workers.values()) > 100, workers
 
