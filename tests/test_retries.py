@@ -39,6 +39,10 @@ def test_what_is_retried() -> None:
     assert not p.should_retry(3, 503, None)  # attempts counts attempts: the third was the last
     assert not RetryPolicy(max_attempts=1).should_retry(1, 503, None)
     assert RetryPolicy(statuses=frozenset({500})).should_retry(1, 500, None)
+    # A POST that timed out may have reached the server: never sent twice; a failed connect sent nothing.
+    assert not p.should_retry(1, None, "timeout", "POST")
+    assert p.should_retry(1, None, "connect", "POST") and p.should_retry(1, 503, None, "POST")
+    assert p.should_retry(1, None, "timeout", "HEAD")
 
 
 def test_backoff_is_exponential_capped_and_fully_jittered() -> None:

@@ -129,7 +129,8 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
                 rt.in_flight -= 1
                 rt.fetches += 1
         kind = outcome.error.kind if outcome.error is not None else None
-        if rt.retry.should_retry(attempts, outcome.status, kind) and await _retry_later(
+        method = "GET" if isinstance(req, str) else req.method
+        if rt.retry.should_retry(attempts, outcome.status, kind, method) and await _retry_later(
             rt, job, index, req, attempts, rt.retry.delay(attempts, outcome.retry_after)
         ):
             rt.metrics.retried(kind or "http_status")

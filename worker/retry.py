@@ -17,6 +17,7 @@ from worker.settings import Settings
 # Only failures where the same request can plausibly succeed later; DNS, TLS, blocked and the like
 # would fail the same way again.
 RETRY_KINDS = frozenset({ErrorKind.CONNECT.value, ErrorKind.TIMEOUT.value})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +45,15 @@ class RetryPolicy:
             retry_after_max=s.retry_after_max,
         )
 
-    def should_retry(self, attempts: int, status: int | None, kind: str | None) -> bool:
+    def should_retry(self, attempts: int, status: int | None, kind: str | None, method: str = "GET") -> bool:
         """`attempts` made so far, the last one's status and error kind (None when it succeeded)."""
         if attempts >= self.max_attempts:
             return False
         if kind is not None:
+            # A POST that timed out may have been acted on already; sending it again could do it twice.
+            # A failed connect sent nothing, so that one is safe to repeat.
+            if method not in IDEMPOTENT_METHODS and kind == ErrorKind.TIMEOUT.value:
+                return False
             return kind in self.kinds
         return status is not None and status in self.statuses
 
