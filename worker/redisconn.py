@@ -20,9 +20,10 @@ def pool_kwargs(settings: Settings) -> dict[str, Any]:
         # No health_check_interval: with it, redis-py 5.3 recurses forever (PING in on_connect, retried,
         # reconnecting, PING again) when the server refuses the connection's first command, e.g. NOAUTH.
         # A dead idle connection is caught by the retry on ConnectionError instead.
-        "socket_keepalive": True,
         "socket_connect_timeout": 5,
     }
+    if not settings.redis_url.startswith("unix://"):  # a unix socket connection takes no TCP options
+        kwargs["socket_keepalive"] = True
     if settings.redis_password is not None:
         kwargs["password"] = settings.redis_password.get_secret_value()
     if settings.redis_url.startswith("rediss://") and settings.redis_ca_file:
