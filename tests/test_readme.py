@@ -102,3 +102,12 @@ def test_readme_commands_work_on_a_fresh_copy_in_a_new_virtualenv(tmp_path: Path
     out = proc.stdout.decode()
     assert proc.returncode == 0, out[-3000:] + proc.stderr.decode()[-3000:]
     assert "each right" in out
+
+
+def test_settings_table_lists_every_setting_and_nothing_else() -> None:
+    from worker.settings import Settings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = set(re.findall(r"^\| `(FETCHFLEET_[A-Z0-9_]+)` \|", readme, re.M))
+    fields = {f"FETCHFLEET_{name.upper()}" for name in Settings.model_fields}
+    assert rows == fields, (sorted(fields - rows), sorted(rows - fields))
