@@ -19,15 +19,11 @@ from producer.client import REDIS_DOWN, Client
 from producer.inputs import entries, scan, spool_stdin
 from producer.output import FORMATS, open_writer
 from producer.progress import Progress
-from worker.errors import BatchError, FetchfleetError, QueueUnavailable, SettingsError
+from worker.errors import BatchError, QueueUnavailable, SettingsError, UsageError
 from worker.redisconn import redact
 from worker.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UsageError(FetchfleetError):
-    pass
 
 
 def _err(message: str) -> None:

@@ -13,13 +13,9 @@ from pathlib import Path
 import redis
 
 from producer.children import Child
-from worker.errors import FetchfleetError
+from worker.errors import ServerUnavailable
 
 SERVER_NAMES = ("valkey-server", "redis-server")
-
-
-class ServerUnavailable(FetchfleetError):
-    """No server binary, or the server would not start."""
 
 
 def embedded_binary() -> Path | None:

@@ -22,10 +22,10 @@ from pydantic import SecretStr
 
 from producer.children import Child, stop_all
 from producer.client import Client
-from producer.embedded import EmbeddedServer, ServerUnavailable
+from producer.embedded import EmbeddedServer
 from producer.inputs import entries
 from producer.progress import Progress
-from worker.errors import FetchfleetError
+from worker.errors import LocalRunError, ServerUnavailable
 from worker.settings import Settings, env_name
 
 T = TypeVar("T")
@@ -39,10 +39,6 @@ WORKER_DRAIN = 0.3  # then the second SIGTERM: stop fetching now
 SERVER_GRACE = 1.0
 WATCH_INTERVAL = 0.25
 DIR_PREFIX = "fetchfleet-run-"
-
-
-class LocalRunError(FetchfleetError):
-    """A local worker or the embedded server died during the run."""
 
 
 def default_workers() -> int:

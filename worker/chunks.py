@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from worker.cancel import CancelWatch
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, batch_key, done_key
-from worker.drain import HandBack
+from worker.errors import HandBack
 from worker.fetcher import Fetcher
 from worker.hostlimits import HostLimiter, fetch_slot, make_limiter
 from worker.metrics import WorkerMetrics
@@ -36,7 +36,7 @@ class Runtime:
     fetches: int = 0
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     cancels: CancelWatch | None = None
-    # Set on SIGTERM: fetches not yet started are handed back to the queue instead (worker.drain).
+    # Set on SIGTERM: fetches not yet started are handed back to the queue instead (errors.HandBack).
     stopping: bool = False
 
     retry: RetryPolicy = field(init=False)

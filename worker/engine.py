@@ -104,7 +104,7 @@ async def queue_depth(redis: Redis, settings: Settings) -> int:
 async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
     """Run one chunk; whatever goes wrong, its URLs end up with results, never lost and never looping."""
     from worker.chunks import run_chunk
-    from worker.drain import HandBack
+    from worker.errors import HandBack
     from worker.logs import bind_job
 
     rt, settings = ctx["runtime"], ctx["settings"]

@@ -1,15 +1,19 @@
 """The one exception hierarchy of fetchfleet.
 
 FetchfleetError
-├── SettingsError           a FETCHFLEET_* variable holds a bad value (user error)
-├── InputError              a submitted file has bad lines (user error); carries every problem
+├── UsageError              the user asked for something that cannot be done: bad input lines, a missing
+│                           file, an unwritable output (exit code 2)
+├── SettingsError           a FETCHFLEET_* variable holds a bad value (exit code 2)
 ├── BatchError              a batch id is unknown, or reused for different input
 ├── QueueUnavailable        Redis cannot be reached (transient: reconnect and retry)
+├── ServerUnavailable       `fetchfleet run`: no Redis-compatible server to start, or it would not start
+├── LocalRunError           `fetchfleet run`: a local worker or the embedded server died
+├── HandBack                a chunk stopped early for a graceful stop; the queue runs the rest again
 └── FetchError              one URL could not be fetched; `kind` is the result's error kind
     ├── TransientFetchError     worth another attempt
     │   ├── ConnectFailed           kind "connect"
     │   ├── FetchTimeout            kind "timeout"  (also an asyncio.TimeoutError)
-    │   └── RetryableStatus         kind "http_status", a 429/5xx the policy retries
+    │   └── RetryableStatus         kind "http_status", a 429/5xx still returned on the last attempt
     └── PermanentFetchError     recorded as the final result
         ├── InvalidURL              kind "invalid_url"  (also a ValueError)
         ├── Blocked                 kind "blocked"
@@ -20,6 +24,9 @@ FetchfleetError
         ├── ProtocolFailed          kind "protocol"
         ├── Cancelled               kind "cancelled"
         └── InternalFailed          kind "internal": a bug met while fetching one URL
+
+Outside the tree on purpose: ssrf.BlockedAddress is an OSError, since aiohttp's socket factory must raise
+one; errormap turns it into Blocked.
 """
 
 from __future__ import annotations
@@ -35,10 +42,8 @@ class SettingsError(FetchfleetError):
     pass
 
 
-class InputError(FetchfleetError):
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+class UsageError(FetchfleetError):
+    pass
 
 
 class BatchError(FetchfleetError):
@@ -47,6 +52,27 @@ class BatchError(FetchfleetError):
 
 class QueueUnavailable(FetchfleetError):
     pass
+
+
+class ServerUnavailable(FetchfleetError):
+    """No server binary, or the server would not start."""
+
+
+class LocalRunError(FetchfleetError):
+    """A local worker or the embedded server died during the run."""
+
+
+class HandBack(FetchfleetError):
+    """Raised by a chunk that stopped early for a graceful stop; the queue runs it again elsewhere.
+
+    Raised only after every fetch the chunk started has finished and been recorded, so the next run
+    skips those (done bitmap) and fetches only what was never started: nothing is fetched twice.
+    """
+
+    def __init__(self, batch_id: str, handed_back: int) -> None:
+        super().__init__(f"batch {batch_id}: {handed_back} unstarted URLs handed back")
+        self.batch_id = batch_id
+        self.handed_back = handed_back
 
 
 class FetchError(FetchfleetError):
