@@ -15,6 +15,17 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
+    """Ask a child to stop, kill it if it has not within `timeout`; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
 def parent_death_signal(sig: int) -> Callable[[], None] | None:
     """A preexec_fn that makes the kernel send `sig` to the child when this process dies (Linux only).
 

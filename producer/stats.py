@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from redis.asyncio import Redis
 
 from producer.client import BatchStatus, Client, status_from_meta
 from worker.contract import BATCHES_KEY, WORKERS_KEY, BatchState, batch_key, worker_key
@@ -58,36 +61,35 @@ class ClusterStats:
         }
 
 
+async def _live_hashes(
+    redis: Redis, index_key: str, members: list[bytes], key_of: Callable[[str], str]
+) -> dict[str, dict[bytes, bytes]]:
+    """The hashes of an index zset's members, in order; members whose hash expired leave the index."""
+    ids = [m.decode() for m in members]
+    if not ids:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for member in ids:
+            pipe.hgetall(key_of(member))
+        docs = await pipe.execute()
+    gone = [member for member, doc in zip(ids, docs, strict=True) if not doc]
+    if gone:
+        await redis.zrem(index_key, *gone)
+    return {member: doc for member, doc in zip(ids, docs, strict=True) if doc}
+
+
 async def live_workers(client: Client) -> list[WorkerInfo]:
     """Workers whose heartbeat has not expired; ids left behind by dead workers are dropped."""
-    redis = client.redis
-    ids = [m.decode() for m in await redis.zrange(WORKERS_KEY, 0, -1)]
-    if not ids:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for wid in ids:
-            pipe.hgetall(worker_key(wid))
-        docs = await pipe.execute()
-    stale = [wid for wid, doc in zip(ids, docs, strict=True) if not doc]
-    if stale:
-        await redis.zrem(WORKERS_KEY, *stale)
-    workers = [WorkerInfo.from_hash(doc) for doc in docs if doc]
+    ids = await client.redis.zrange(WORKERS_KEY, 0, -1)
+    found = await _live_hashes(client.redis, WORKERS_KEY, ids, worker_key)
+    workers = [WorkerInfo.from_hash(doc) for doc in found.values()]
     return sorted(workers, key=lambda w: (w.host, w.id))
 
 
 async def batches_in_progress(client: Client) -> list[BatchStatus]:
-    redis = client.redis
-    ids = [m.decode() for m in await redis.zrevrange(BATCHES_KEY, 0, RECENT_BATCHES - 1)]
-    if not ids:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for bid in ids:
-            pipe.hgetall(batch_key(bid))
-        metas = await pipe.execute()
-    expired = [bid for bid, meta in zip(ids, metas, strict=True) if not meta]
-    if expired:
-        await redis.zrem(BATCHES_KEY, *expired)
-    statuses = [status_from_meta(bid, meta) for bid, meta in zip(ids, metas, strict=True) if meta]
+    ids = await client.redis.zrevrange(BATCHES_KEY, 0, RECENT_BATCHES - 1)
+    found = await _live_hashes(client.redis, BATCHES_KEY, ids, batch_key)
+    statuses = [status_from_meta(bid, meta) for bid, meta in found.items()]
     running = (BatchState.QUEUED, BatchState.SUBMITTING)
     return sorted((s for s in statuses if s.state in running), key=lambda s: s.created_ms)
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from producer.children import stop_process
+from worker.settings import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def fetchfleet_env(redis_url: str, **settings: str | int | bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FETCHFLEET_")}
-    env["FETCHFLEET_REDIS_URL"] = redis_url
+    env = environment(os.environ, redis_url=redis_url, **settings)
     env["PYTHONUNBUFFERED"] = "1"
-    for key, value in settings.items():
-        env[f"FETCHFLEET_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 
@@ -45,12 +44,8 @@ class WorkerProcess:
             self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 20) -> int:
-        self.signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+            return stop_process(self.proc, timeout)
         finally:
             self._log.close()
 

