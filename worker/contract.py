@@ -46,6 +46,18 @@ class BatchState(str, Enum):
 _BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
+# Batch ids become parts of Redis key names: letters, digits, "_" and "-" only, so that no id can name
+# another batch's key (a ":" would let `nightly:done` be the done bitmap of `nightly`).
+BATCH_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def batch_id_problem(batch_id: str) -> str | None:
+    """Why `batch_id` is not a valid batch id, or None."""
+    if not isinstance(batch_id, str) or BATCH_ID_RE.fullmatch(batch_id) is None:
+        return "a batch id is 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
+    return None
+
+
 def url_problem(url: str) -> str | None:
     """Why `url` cannot be fetched, or None. Pure string checks: cheap enough for 10 million lines."""
     if len(url) > MAX_URL_BYTES or len(url.encode("utf-8", "surrogatepass")) > MAX_URL_BYTES:
