@@ -176,24 +176,22 @@ class Client:
             pass
         index = start
         chunk_no = start // size
-        while True:
+        # One chunk read ahead: the input's end is known before waiting for room, so a batch that
+        # exactly fills the queue does not wait for room it will never use.
+        urls = list(islice(it, size))
+        while urls:
             # Read no further than the queue has room for, so neither Redis nor this process grows
             # with the input while the workers are behind.
             room = min(CHUNKS_PER_ROUND_TRIP, await self._wait_for_room())
             pending: list[tuple[str, ChunkJob]] = []
-            while len(pending) < room:
-                urls = list(islice(it, size))
-                if not urls:
-                    break
+            while urls and len(pending) < room:
                 job = ChunkJob(batch_id=batch_id, first_index=index, requests=urls, options=options)
                 pending.append((chunk_job_id(batch_id, chunk_no), job))
                 index += len(urls)
                 chunk_no += 1
-            if pending:
-                await enqueue_chunks(self.redis, s, pending)
-                await self.redis.hset(key, "enqueued", index)
-            if len(pending) < room:
-                break
+                urls = list(islice(it, size))
+            await enqueue_chunks(self.redis, s, pending)
+            await self.redis.hset(key, "enqueued", index)
         fields = {"complete": 1, "submitted": index}
         await self.redis.hset(key, mapping=fields)
         return batch_id

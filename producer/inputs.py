@@ -50,8 +50,15 @@ def _parse(text: str) -> tuple[Entry | None, str | None]:
         return req, None
     problem = url_problem(line)
     if problem:
-        return None, problem
+        return None, problem + _did_you_mean(line)
     return line, None
+
+
+def _did_you_mean(line: str) -> str:
+    """A bare host or host/path (`example.com`) most likely meant https://."""
+    if "://" in line or "." not in line.split("/", 1)[0] or url_problem(f"https://{line}"):
+        return ""
+    return f" (did you mean https://{line} ?)"
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str | None, bytes]]:

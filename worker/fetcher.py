@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from worker.deadlines import Deadline, Watchdog
 from worker.errormap import map_exception
 from worker.settings import Settings
 from worker.ssrf import AddressPolicy
+
+log = logging.getLogger("fetchfleet.fetcher")
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_CHUNK = 64 * 1024
@@ -78,6 +81,7 @@ class Fetcher:
         self.watchdog = Watchdog(self.limits.read_timeout, self.limits.total_timeout)
 
     async def start(self) -> None:
+        log.info("%s", describe_policy(self.settings))
         self.watchdog.start()
         connector = aiohttp.TCPConnector(
             limit=0,  # the worker's own slots bound concurrency; a second cap here would only queue
@@ -232,6 +236,22 @@ class Fetcher:
                 parts.append(piece)
                 kept += len(piece)
         return sha.hexdigest(), size, (b"".join(parts) if parts is not None else None)
+
+
+def describe_policy(s: Settings) -> str:
+    """One line for the worker's start-up log: the fetch policy in force, since only workers read it."""
+    if s.allow_private_networks:
+        guard = "off (FETCHFLEET_ALLOW_PRIVATE_NETWORKS=true: private and loopback targets allowed)"
+    else:
+        allowed = ",".join(s.allowed_networks) or "none"
+        guard = f"on (private and loopback targets refused; allowed networks: {allowed})"
+    return (
+        f"fetch policy: SSRF guard {guard}; body cap {s.max_body_bytes} bytes, stored body cap "
+        f"{s.max_stored_body_bytes}; timeouts connect {s.connect_timeout:g}s, read {s.read_timeout:g}s, "
+        f"total {s.total_timeout:g}s; redirects {s.max_redirects}; "
+        f"TLS verify {'on' if s.verify_tls else 'off'}; attempts {s.max_attempts}; "
+        f"concurrency {s.concurrency}"
+    )
 
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})

@@ -116,6 +116,33 @@ class Settings(BaseSettings):
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
+# Which process reads each setting; README's settings table shows it (tests/test_readme.py checks).
+PRODUCER_FIELDS = frozenset({"chunk_size", "max_queued_chunks"})
+SHARED_FIELDS = frozenset({"redis_url", "redis_password", "redis_ca_file", "queue_name", "result_ttl"})
+# Worker-only settings that decide how URLs are fetched: set beside `submit` they look as if they should
+# apply to its batch, and do not, so `submit` warns about them.
+FETCH_POLICY_FIELDS = frozenset(
+    {
+        "concurrency", "user_agent", "connect_timeout", "read_timeout", "total_timeout", "max_redirects",
+        "max_body_bytes", "verify_tls", "allow_private_networks", "allowed_networks",
+        "max_stored_body_bytes", "max_attempts", "retry_statuses", "per_host_concurrency", "per_host_rate",
+    }
+)  # fmt: skip
+
+
+def read_by(field: str) -> Literal["worker", "producer", "both"]:
+    """Which process reads the setting `field`: a worker, a producer (submit, results, run's client)."""
+    if field in SHARED_FIELDS:
+        return "both"
+    return "producer" if field in PRODUCER_FIELDS else "worker"
+
+
+def worker_only_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Fetch-policy FETCHFLEET_* variables set in `environ`: only workers read them."""
+    env = os.environ if environ is None else environ
+    return sorted(env_name(f) for f in FETCH_POLICY_FIELDS if env_name(f) in env)
+
+
 def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
