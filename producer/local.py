@@ -255,6 +255,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.output != "-" and not Path(args.output).resolve().parent.is_dir():
         raise UsageError(f"{args.output}: no such directory")  # before minutes of fetching, not after
+    workers = args.workers or default_workers()
+    warning = check_workers(workers, default_workers())
+    if warning:
+        _say(warning)
     path, label, temporary = prepare_input(args.file)
     started = time.monotonic()
     output: Output | None = None
@@ -262,10 +266,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         total, digest = check_input(path, label)  # bad input: exit 2 before anything starts
         # Opened (so checked: a directory, no permission) before any server or worker starts.
         output = open_output(args.output, args.format)
-        workers = args.workers or default_workers()
-        warning = check_workers(workers, default_workers())
-        if warning:
-            _say(warning)
         with _terminations_interrupt(), LocalCluster(settings, workers) as cluster:
             if not args.quiet:
                 _say(f"{total} URLs, {cluster.describe()}")

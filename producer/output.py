@@ -8,6 +8,7 @@ import heapq
 import io
 import os
 import sqlite3
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -144,7 +145,8 @@ class Output:
             out, owned = sys.stdout.buffer, False
         else:
             out, owned = self.file, True
-            if not self.resumed:
+            # Only a regular file is emptied: /dev/null, a FIFO or a terminal cannot be (EINVAL, ESPIPE)
+            if not self.resumed and stat.S_ISREG(os.fstat(out.fileno()).st_mode):
                 out.seek(0)
                 out.truncate()
         if fmt == "csv":
@@ -168,8 +170,12 @@ def open_output(path: str, fmt: str = "jsonl", resume: bool = False) -> Output:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
-    out = Output(path, os.fdopen(fd, "r+b"), created=not existed)
+    regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    out = Output(path, os.fdopen(fd, "r+b" if regular else "wb"), created=not existed)
     if resume:
+        if not regular:
+            out.abandon()
+            raise UsageError(f"{path}: --resume needs a regular file")
         if fmt != "jsonl":
             out.abandon()
             raise UsageError("--resume reads the indexes of a JSON lines file: use it with --format jsonl")

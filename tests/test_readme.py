@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from producer.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from producer.cli import EXIT_FAILED, EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from tests.fresh_install import commands, readme_blocks
 from tests.http_target import HttpTarget
 from tests.procs import ROOT, fetchfleet_env
@@ -45,7 +45,7 @@ def test_cli_table_names_every_subcommand() -> None:
 def test_exit_codes_table_matches_the_code() -> None:
     table = README[README.index("### Exit codes") :].split("\n\n")[1]
     codes = [int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)]
-    assert codes == [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED]
+    assert codes == [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FETCH_FAILED, EXIT_INTERRUPTED]
 
 
 def test_cluster_quick_start_matches_the_compose_file() -> None:
@@ -111,3 +111,13 @@ def test_settings_table_lists_every_setting_and_nothing_else() -> None:
     rows = set(re.findall(r"^\| `(FETCHFLEET_[A-Z0-9_]+)` \|", readme, re.M))
     fields = {f"FETCHFLEET_{name.upper()}" for name in Settings.model_fields}
     assert rows == fields, (sorted(fields - rows), sorted(rows - fields))
+
+
+def test_settings_table_says_which_process_reads_each_setting() -> None:
+    """The `read by` column against worker/settings.py's one classification (read_by)."""
+    from worker.settings import Settings, read_by
+
+    header = re.search(r"^\| variable \| read by \| default \| meaning \|$", README, re.M)
+    assert header, "the settings table lost its `read by` column"
+    rows = dict(re.findall(r"^\| `FETCHFLEET_([A-Z0-9_]+)` \| (\w+) \|", README, re.M))
+    assert rows == {name.upper(): read_by(name) for name in Settings.model_fields}
