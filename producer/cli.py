@@ -540,7 +540,7 @@ def _still_queued(args: argparse.Namespace) -> None:
         collect_ = f"fetchfleet results {batch} --follow"
         if out != "-":
             collect_ += f" -o {shlex.quote(out)} --resume"
-        say(f"batch {batch} is still queued: the workers go on fetching it")
+        say(f"batch {batch} is still queued: workers fetch it whether or not a command waits for it")
         say(f"  collect its results:  {collect_}", prefix="")
         say(f"  or stop it:           fetchfleet cancel {batch}", prefix="")
     elif getattr(args, "submitting", None):
