@@ -53,11 +53,14 @@ def test_submit_does_not_wait_when_the_batch_exactly_fills_the_queue(
 
 @pytest.mark.slow
 def test_a_broken_stderr_keeps_exit_2(redis_url: str, tmp_path: Path) -> None:
+    """The reader of stderr went away, so writes to it fail with EPIPE: main answered exit 0 here.
+
+    (`2>&-`, a closed fd 2, makes the interpreter itself abort before any of our code runs.)
+    """
     bad = write_urls(tmp_path / "bad.txt", [f"ftp://x/{i}" for i in range(50)])
     args = [sys.executable, "-m", "producer", "submit", str(bad)]
     env = fetchfleet_env(redis_url)
 
-    """The reader of stderr went away: writes to it fail with EPIPE (main answered exit 0)."""
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stderr is not None and proc.stdout is not None
     proc.stderr.close()
