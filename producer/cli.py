@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from producer.client import REDIS_DOWN, Client, new_batch_id
 from producer.inputs import entries, scan, spool_stdin
@@ -27,6 +28,7 @@ from producer.messages import say
 from producer.output import FORMATS, OrderedWriter, Output, ResultWriter, open_output
 from producer.progress import Progress
 from producer.summary import FAIL_ON, Summary
+from worker.contract import BatchOptions
 from worker.errors import BatchError, QueueUnavailable, SettingsError, UsageError
 from worker.redisconn import redact
 from worker.settings import Settings, load_settings, worker_only_variables
@@ -194,6 +196,7 @@ def outcome_code(summary: Summary, fail_on: str) -> int:
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     path, label, temporary = prepare_input(args.file)
     output: Output | None = None
+    options = batch_options(args)
     try:
         total, digest = check_input(path, label)
         if args.wait:  # opened now: an unwritable output must not leave a batch queued with no reader
@@ -209,6 +212,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                 store_body=args.store_body,
                 total=total,
                 digest=digest,
+                options=options,
             )
             args.queued_batch = batch_id
             print(batch_id, file=sys.stderr if args.wait and args.output == "-" else sys.stdout, flush=True)
@@ -346,6 +350,48 @@ def _add_output(p: argparse.ArgumentParser, ordered: bool = True) -> None:
         )
 
 
+def _add_batch_limits(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "batch limits",
+        "This batch's own fetch limits. Workers apply the stricter of these and their own\n"
+        "settings: a batch can narrow, never widen, what a worker allows.",
+    )
+    g.add_argument("--max-body-bytes", type=_positive, metavar="N", help="body cap (after decompression)")
+    g.add_argument("--connect-timeout", type=_seconds, metavar="S", help="seconds to connect")
+    g.add_argument("--read-timeout", type=_seconds, metavar="S", help="seconds between reads")
+    g.add_argument("--total-timeout", type=_seconds, metavar="S", help="seconds for one attempt")
+    g.add_argument(
+        "--only-networks",
+        metavar="CIDR,...",
+        help="fetch only addresses in these ranges, on top of the workers' private-network guard",
+    )
+
+
+def batch_options(args: argparse.Namespace) -> BatchOptions:
+    """The batch limits given on the command line (UsageError for a bad network list)."""
+    nets = getattr(args, "only_networks", None)
+    try:
+        return BatchOptions(
+            max_body_bytes=getattr(args, "max_body_bytes", None),
+            connect_timeout=getattr(args, "connect_timeout", None),
+            read_timeout=getattr(args, "read_timeout", None),
+            total_timeout=getattr(args, "total_timeout", None),
+            only_networks=tuple(n for n in nets.split(",") if n.strip()) if nets is not None else None,
+        )
+    except ValidationError as exc:
+        raise UsageError(f"--only-networks: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text!r}")
+    return value
+
+
 def _add_fail_on(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fail-on",
@@ -404,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: one per core)")
     _add_output(p)
     _add_fail_on(p)
+    _add_batch_limits(p)
     p.epilog = (p.epilog or "") + "\n\n" + _run_notes(p)
 
     p = add("submit", "submit a file of URLs (one per line, or JSON lines) as a batch")
@@ -413,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-body", action="store_true", help="keep response bodies in the results")
     _add_output(p)
     _add_fail_on(p)
+    _add_batch_limits(p)
 
     p = add("results", "write the results of a batch")
     p.add_argument("batch", metavar="BATCH", help=BATCH_HELP)

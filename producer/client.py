@@ -126,19 +126,21 @@ class Client:
         store_body: bool = False,
         total: int | None = None,
         digest: str | None = None,
+        options: BatchOptions | None = None,
     ) -> str:
         """Queue every request as chunk jobs and return the batch id.
 
         Submitting again with the same `batch_id` adds no work: a finished submission is left alone and
         an interrupted one resumes where it stopped. `digest` (of the input) guards against reusing an
-        id for different input.
+        id for different input. `options`: the batch's own fetch limits, which workers apply only where
+        they are stricter than their own settings.
         """
         if total is None and isinstance(requests, list | tuple):
             total = len(requests)
         batch_id = batch_id or new_batch_id()
         s = self.settings
         key = batch_key(batch_id)
-        options = BatchOptions(store_body=store_body)
+        options = (options or BatchOptions()).model_copy(update={"store_body": store_body})
         meta = await self.redis.hgetall(key)
         if meta:
             if digest and meta.get(b"digest", b"").decode() not in ("", digest):

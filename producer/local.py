@@ -224,11 +224,12 @@ async def submit_and_collect(
     settings: Settings, path: Path, total: int, digest: str, args: argparse.Namespace, output: Output
 ) -> Summary:
     """The same Client calls as `submit --wait`; returns the summary of the results written."""
-    from producer.cli import collect
+    from producer.cli import batch_options, collect
 
     async with Client(settings) as client:
         await client.ping()
-        batch_id = await client.submit(entries(path), total=total, digest=digest)
+        options = batch_options(args)
+        batch_id = await client.submit(entries(path), total=total, digest=digest, options=options)
         progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
         return await collect(client, batch_id, output, args.format, True, progress, ordered=args.ordered)
 
@@ -250,11 +251,20 @@ def check_workers(wanted: int, cores: int) -> str | None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """`fetchfleet run`: check the input, start the cluster, fetch everything, tear it all down."""
-    from producer.cli import EXIT_FAILED, UsageError, check_input, outcome_code, prepare_input, report
+    from producer.cli import (
+        EXIT_FAILED,
+        UsageError,
+        batch_options,
+        check_input,
+        outcome_code,
+        prepare_input,
+        report,
+    )
     from worker.main import install_event_loop
 
     if args.output != "-" and not Path(args.output).resolve().parent.is_dir():
         raise UsageError(f"{args.output}: no such directory")  # before minutes of fetching, not after
+    batch_options(args)  # a bad --only-networks: exit 2 before anything starts
     workers = args.workers or default_workers()
     warning = check_workers(workers, default_workers())
     if warning:

@@ -424,3 +424,58 @@ def test_ordered_writer_spills_to_disk_past_its_memory_limit(tmp_path: Path) -> 
         gappy.write(orjson.dumps({"index": i}))
     gappy.close()  # `results` of an unfinished batch: what there is, in order
     assert [json.loads(x)["index"] for x in out.read_text().splitlines()] == [1, 3, 5, 7, 9]
+
+
+# ---- item 2: batch limits, applied as the stricter of batch and worker ----------------------------------
+
+
+@pytest.mark.slow
+def test_batch_limits_tighten_the_worker_and_never_loosen_it(
+    redis_url: str, http_target: HttpTarget, spawn_worker, tmp_path: Path
+) -> None:
+    """One worker: guard on, only 127.0.0.1/32 opened, 60 s timeouts, 10 MiB cap. Three batches on it."""
+    spawn_worker(redis_url, allow_private_networks=False, allowed_networks="127.0.0.1/32", max_attempts=1)
+    env = fetchfleet_env(redis_url)
+    port = http_target.port
+
+    def submit(urls: list[str], *limits: str) -> dict[str, dict]:
+        path = write_urls(tmp_path / "urls.txt", urls)
+        proc = run_cli(["submit", str(path), "--wait", "-q", *limits], env)
+        assert proc.returncode == EXIT_OK, proc.stderr.decode()
+        return {r["url"]: r for r in map(json.loads, proc.stdout.decode().splitlines())}
+
+    big, small, slow = (http_target.url(p) for p in ("/ok/5000", "/ok/10", "/ok/1?delay_ms=3000"))
+    by_name = f"http://localhost:{port}/ok/7"
+
+    # no limits of its own: the worker's settings
+    plain = submit([big, slow, by_name])
+    assert all(r["ok"] for r in plain.values()), plain
+
+    # tighter: body cap, total timeout, and networks that exclude 127.0.0.1 (by literal and by name)
+    tight = submit(
+        [big, small, slow, by_name], "--max-body-bytes", "1000", "--total-timeout", "0.5",
+        "--only-networks", "10.0.0.0/8",
+    )  # fmt: skip
+    print({u: (r["error"] or {}).get("kind") for u, r in tight.items()})
+    assert tight[big]["error"]["kind"] == "blocked" and tight[by_name]["error"]["kind"] == "blocked"
+    assert "outside the batch's networks" in tight[by_name]["error"]["message"]
+
+    capped = submit([big, small, slow], "--max-body-bytes", "1000", "--total-timeout", "0.5")
+    assert capped[big]["error"]["kind"] == "too_large" and "1000 bytes" in capped[big]["error"]["message"]
+    assert capped[small]["ok"] and capped[small]["size"] == 10
+    assert capped[slow]["error"]["kind"] == "timeout" and "0.5s" in capped[slow]["error"]["message"]
+
+    # looser than the worker: 0.0.0.0/0 does not open 127.0.0.2, a longer timeout or a bigger cap changes
+    # nothing the worker limits
+    wide = submit(
+        [small, f"http://127.0.0.2:{port}/ok/3"],
+        "--only-networks",
+        "0.0.0.0/0",
+        "--max-body-bytes",
+        "999999999",
+    )
+    assert wide[small]["ok"]
+    assert wide[f"http://127.0.0.2:{port}/ok/3"]["error"]["kind"] == "blocked"
+
+    bad = run_cli(["submit", str(tmp_path / "urls.txt"), "--only-networks", "10.0.0.0/33"], env)
+    assert bad.returncode == EXIT_USAGE and "not a CIDR network" in bad.stderr.decode()

@@ -5,6 +5,7 @@ Imports only pydantic and the standard library, so a producer can use it without
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import Enum
 from typing import Any, Literal
@@ -108,6 +109,29 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     store_body: bool = False
+    # A batch's own fetch limits. Each can only tighten the worker's: the worker applies the stricter
+    # of the two (worker/batchpolicy.py), so a batch never loosens a worker's guard or caps.
+    max_body_bytes: int | None = Field(default=None, ge=0)
+    connect_timeout: float | None = Field(default=None, gt=0)
+    read_timeout: float | None = Field(default=None, gt=0)
+    total_timeout: float | None = Field(default=None, gt=0)
+    # Targets must also lie in one of these CIDR ranges, on top of the worker's SSRF guard.
+    only_networks: tuple[str, ...] | None = None
+
+    @field_validator("only_networks")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a CIDR network") from None
+        if not out:
+            raise ValueError("give at least one CIDR network")
+        return tuple(out)
 
 
 class ChunkJob(BaseModel):
