@@ -467,13 +467,8 @@ def test_batch_limits_tighten_the_worker_and_never_loosen_it(
 
     # looser than the worker: 0.0.0.0/0 does not open 127.0.0.2, a longer timeout or a bigger cap changes
     # nothing the worker limits
-    wide = submit(
-        [small, f"http://127.0.0.2:{port}/ok/3"],
-        "--only-networks",
-        "0.0.0.0/0",
-        "--max-body-bytes",
-        "999999999",
-    )
+    loose = ("--only-networks", "0.0.0.0/0", "--max-body-bytes", "999999999", "--total-timeout", "9999")
+    wide = submit([small, f"http://127.0.0.2:{port}/ok/3"], *loose)
     assert wide[small]["ok"]
     assert wide[f"http://127.0.0.2:{port}/ok/3"]["error"]["kind"] == "blocked"
 
