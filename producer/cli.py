@@ -179,7 +179,8 @@ def report(summary: Summary, started: float, label: str, quiet: bool) -> None:
     if quiet:
         return
     say(
-        f"{label}{summary.done} results in {time.monotonic() - started:.1f}s: "
+        f"{label}{summary.done} result{'' if summary.done == 1 else 's'} in "
+        f"{time.monotonic() - started:.1f}s: "
         f"{summary.done - summary.failed} ok, {summary.failed} failed"
     )
     # Where the workers are other processes, a worker-only setting set here did nothing: say so beside the

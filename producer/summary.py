@@ -39,6 +39,20 @@ HINTS: dict[str, str] = {
 }
 
 
+TRUNCATED_HINT = "the WORKERS' FETCHFLEET_MAX_STORED_BODY_BYTES (`body_truncated` in those results)"
+
+
+def _with_set_here(hint: str, set_here: Collection[str]) -> str:
+    """A hint naming a worker-only variable that is set on this side too: there it changed nothing."""
+    named_here = [name for name in set_here if name in hint]
+    if not named_here:
+        return hint
+    return (
+        f"{hint}. {', '.join(named_here)} is set in this command's environment, but only the workers "
+        "read it: this setting had no effect"
+    )
+
+
 def outcome_of(doc: dict[str, Any]) -> str:
     """`ok`, `HTTP 4xx`, `HTTP 5xx`, or the error kind."""
     error = doc.get("error")
@@ -59,6 +73,7 @@ class Summary:
     done: int = 0
     failed: int = 0
     errors: int = 0  # results with an error kind (a fetch that got no usable response)
+    truncated: int = 0  # bodies kept (--store-body) but cut at the workers' stored-body cap
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
 
@@ -69,6 +84,8 @@ class Summary:
             self.failed += 1
         if doc.get("error"):
             self.errors += 1
+        if doc.get("body_truncated"):
+            self.truncated += 1
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         if outcome not in self.examples:
             self.examples[outcome] = redact(str(doc.get("url", "")))
@@ -84,14 +101,12 @@ class Summary:
             out.append(f"  {outcome:<{width}}  {self.counts[outcome]:>7}{example}")
         for outcome in order:
             if outcome in HINTS:
-                hint = HINTS[outcome]
-                named_here = [name for name in set_here if name in hint]
-                if named_here:
-                    hint += (
-                        f". {', '.join(named_here)} is set in this command's environment, but only the "
-                        "workers read it: this setting had no effect"
-                    )
-                out.append(f"hint: {outcome}: {hint}")
+                out.append(_with_set_here(f"hint: {outcome}: {HINTS[outcome]}", set_here))
+        if self.truncated:
+            were = "body was" if self.truncated == 1 else "bodies were"
+            out.append(
+                _with_set_here(f"hint: {self.truncated} kept {were} cut at {TRUNCATED_HINT}", set_here)
+            )
         return out
 
     def should_fail(self, fail_on: str) -> bool:

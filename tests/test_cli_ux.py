@@ -474,3 +474,21 @@ def test_batch_limits_tighten_the_worker_and_never_loosen_it(
 
     bad = run_cli(["submit", str(tmp_path / "urls.txt"), "--only-networks", "10.0.0.0/33"], env)
     assert bad.returncode == EXIT_USAGE and "not a CIDR network" in bad.stderr.decode()
+
+
+@pytest.mark.slow
+def test_a_worker_setting_set_only_beside_submit_is_called_out(
+    redis_url: str, http_target: HttpTarget, spawn_worker, tmp_path: Path
+) -> None:
+    """The issue's example: FETCHFLEET_MAX_STORED_BODY_BYTES given to `submit`; the workers keep 10 bytes."""
+    spawn_worker(redis_url, max_stored_body_bytes=10)
+    path = write_urls(tmp_path / "urls.txt", [http_target.url("/ok/100")])
+    env = fetchfleet_env(redis_url, max_stored_body_bytes=1_000_000)
+    proc = run_cli(["submit", str(path), "--wait", "--store-body", "-o", str(tmp_path / "out.jsonl")], env)
+    err = proc.stderr.decode()
+    print(err)
+    assert proc.returncode == EXIT_OK, err
+    (hint,) = [line for line in err.splitlines() if "kept body was cut" in line]
+    assert "1 kept body was cut at the WORKERS' FETCHFLEET_MAX_STORED_BODY_BYTES" in hint
+    assert "FETCHFLEET_MAX_STORED_BODY_BYTES is set in this command's environment" in hint
+    assert "this setting had no effect" in hint
