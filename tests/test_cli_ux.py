@@ -125,9 +125,10 @@ def test_run_in_a_terminal_summarises_blocked_urls_with_a_hint(
 def test_plain_progress_never_shows_more_failed_than_done_and_ends_once(
     http_target: HttpTarget, tmp_path: Path
 ) -> None:
-    """Off a terminal: a line every 2 s; a run of about 3 s once printed its last line twice."""
+    """Off a terminal: a line every 2 s. When the last result came alone, more than 2 s after the line
+    before, its periodic line and the closing line were the same line, printed twice."""
     urls = [http_target.url(f"/status/404?i={i}") for i in range(20)]
-    urls += [http_target.url(f"/ok/1?delay_ms=2600&i={i}") for i in range(3)]
+    urls += [http_target.url("/ok/1?delay_ms=2600")]
     path = write_urls(tmp_path / "urls.txt", urls)
     proc = run_cli(
         ["run", str(path), "-o", os.devnull, "--workers", "1"], local_env(allow_private_networks=True)
@@ -138,9 +139,9 @@ def test_plain_progress_never_shows_more_failed_than_done_and_ends_once(
     lines = [line for line in err.splitlines() if line.startswith("batch ")]
     frames = [(int(d), int(t), int(f)) for d, t, f in (PROGRESS.search(line).groups() for line in lines)]
     assert len(lines) >= 2 and all(f <= d for d, _t, f in frames), lines
-    assert sum("23/23" in line for line in lines) == 1, lines
+    assert sum("21/21" in line for line in lines) == 1, lines
     assert all(re.search(r", \d+(\.\d)?/s$", line) for line in lines), lines
-    assert "HTTP 4xx" in err and "20 ok" not in err and "3 ok, 20 failed" in err
+    assert "HTTP 4xx" in err and "1 ok, 20 failed" in err
 
 
 @pytest.mark.slow
