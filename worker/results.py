@@ -80,8 +80,24 @@ def result_doc(index: int, outcome: FetchOutcome, attempts: int, worker: str) ->
 def encode_doc(doc: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(doc)
-    except TypeError:  # e.g. a lone surrogate in a header: let pydantic decide, as before
-        return encode(FetchResult.model_validate(doc))
+    except TypeError:  # a lone surrogate: header bytes that are not UTF-8 (aiohttp's surrogateescape)
+        return orjson.dumps(_valid_text(doc))
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: the bytes a server sent decoded with U+FFFD for what is not UTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that surrogateescape did not make
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _valid_text(value: Any) -> Any:
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, dict):
+        return {k: _valid_text(v) for k, v in value.items()}
+    return value
 
 
 def error_result(
