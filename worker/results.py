@@ -89,7 +89,7 @@ def valid_text(text: str) -> str:
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a surrogate that surrogateescape did not make
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _valid_text(value: Any) -> Any:
