@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from worker.bodies import pack
-from worker.contract import ErrorInfo, ErrorKind, FetchResult
+from worker.contract import ErrorInfo, ErrorKind, FetchResult, mask_password
 from worker.errors import RetryableStatus
 from worker.fetcher import FetchOutcome
 
@@ -34,8 +34,8 @@ def build_result(index: int, outcome: FetchOutcome, attempts: int, worker: str) 
         error = ErrorInfo(kind=ErrorKind(outcome.error.kind), message=str(outcome.error)[:500])
     return FetchResult(
         index=index,
-        url=outcome.url,
-        final_url=outcome.final_url,
+        url=mask_password(outcome.url),
+        final_url=None if outcome.final_url is None else mask_password(outcome.final_url),
         status=outcome.status,
         ok=error is None and outcome.status is not None and outcome.status < 400,
         error=error,
@@ -60,8 +60,9 @@ def result_doc(index: int, outcome: FetchOutcome, attempts: int, worker: str) ->
     status = outcome.status
     return {
         "index": index,
-        "url": outcome.url,
-        "final_url": outcome.final_url,
+        # A user:password@ URL is fetched with its password; the result shows it masked.
+        "url": mask_password(outcome.url),
+        "final_url": None if outcome.final_url is None else mask_password(outcome.final_url),
         "status": status,
         "ok": error is None and status is not None and status < 400,
         "error": None
@@ -105,7 +106,7 @@ def error_result(
 ) -> FetchResult:
     return FetchResult(
         index=index,
-        url=url,
+        url=mask_password(url),
         error=ErrorInfo(kind=kind, message=message[:500]),
         attempts=attempts,
         worker=worker,
