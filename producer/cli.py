@@ -17,7 +17,7 @@ import orjson
 
 from producer.client import REDIS_DOWN, Client
 from producer.inputs import entries, scan, spool_stdin
-from producer.output import FORMATS, open_writer
+from producer.output import FORMATS, open_writer, printable
 from producer.progress import Progress
 from worker.errors import BatchError, QueueUnavailable, SettingsError, UsageError
 from worker.redisconn import redact
@@ -148,14 +148,17 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(orjson.dumps(st.as_dict()).decode())
     else:
         for key, value in st.as_dict().items():
-            print(f"{key:>12}: {value}")
+            print(f"{key:>12}: {printable(value)}")
     return EXIT_OK
 
 
 async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     async with Client(settings) as client:
         st = await client.cancel(args.batch)
-    print(f"batch {st.batch_id} cancelled: {st.done}/{st.submitted} had results, {st.remaining} will not run")
+    print(
+        f"batch {printable(st.batch_id)} cancelled: {st.done}/{st.submitted} had results, "
+        f"{st.remaining} will not run"
+    )
     return EXIT_OK
 
 

@@ -6,9 +6,13 @@ import sys
 import time
 from typing import Any
 
+from producer.output import printable
+
 
 class Progress:
     def __init__(self, total: int, label: str, interval: float = 2.0, enabled: bool = True) -> None:
+        # The label holds a batch id: shown with its control characters escaped, never run.
+        label = printable(label)
         self.total, self.label, self.interval, self.enabled = total, label, interval, enabled
         self.done = 0
         self.failed = 0
@@ -36,7 +40,9 @@ class Progress:
                 transient=False,
             )
             self._bar.start()
-            self._task = self._bar.add_task(label, total=total, failed=0)
+            from rich.markup import escape
+
+            self._task = self._bar.add_task(escape(label), total=total, failed=0)
 
     def update(self, done: int, failed: int | None = None) -> None:
         self.done = done
