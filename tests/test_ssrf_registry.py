@@ -95,3 +95,10 @@ def test_rows_are_well_formed() -> None:
     for row in ROWS:
         assert row.rfc.startswith("RFC") and row.name
     assert len({(str(r.network), r.name) for r in ROWS}) == len(ROWS)
+
+
+def test_a_refusal_names_the_registry_row() -> None:
+    with pytest.raises(Blocked, match=r"Documentation, RFC 9637"):
+        POLICY.check_host("[3fff::1]")
+    with pytest.raises(Blocked, match=r"via 169\.254\.169\.254: Link Local, RFC 3927"):
+        POLICY.check_host("[::ffff:0:a9fe:a9fe]")

@@ -148,6 +148,15 @@ def registry_allows(ip: IPAddress) -> bool:
     return ip.version == 4 or ip in IPV6_GLOBAL_UNICAST
 
 
+def refusal(ip: IPAddress) -> str:
+    """Why `ip` is refused, naming the registry row that decides it (errormap matches the start)."""
+    inner = embedded_ipv4(ip)
+    row = special_range(inner or ip)
+    via = f" via {inner}" if inner is not None else ""
+    reason = f"{row.name}, {row.rfc}" if row is not None else "outside 2000::/3, reserved by the IETF"
+    return f"address {ip} is not allowed (private, loopback, link-local or reserved){via}: {reason}"
+
+
 class BlockedAddress(ConnectionRefusedError):
     """Raised from the socket factory; aiohttp wraps it, the error mapping turns it into `blocked`."""
 
@@ -193,14 +202,14 @@ class AddressPolicy:
             return
         ip = parse_host_ip(host)
         if ip is not None and not self.is_allowed(ip):
-            raise Blocked(f"address {ip} is not allowed (private, loopback, link-local or reserved)")
+            raise Blocked(refusal(ip))
 
     def socket_factory(self, addr_info: tuple) -> socket.socket:  # type: ignore[type-arg]
         """aiohttp's socket factory: the last word on the address actually connected to."""
         family, type_, proto, _canon, sockaddr = addr_info
         ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
         if not self.is_allowed(ip):
-            raise BlockedAddress(f"address {ip} is not allowed (private, loopback, link-local or reserved)")
+            raise BlockedAddress(refusal(ip))
         sock = socket.socket(family=family, type=type_, proto=proto)
         sock.setblocking(False)
         return sock
