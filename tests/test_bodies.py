@@ -15,11 +15,10 @@ import pytest
 
 from tests.chaos import assert_each_index_once, write_urls
 from tests.procs import fetchfleet_env, run_cli
-from tests.raw_target import RawTarget, response
+from tests.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget
 from worker.bodies import body_fields, merge_body, pack
 from worker.charsets import CHARSETS
 
-PUNY_BODY = b"a" * 300_000  # Python's punycode decoder takes ~20 s on this (quadratic)
 REFUSED = (
     "punycode", "undefined", "idna", "utf-7", "rot13", "rot_13", "zlib", "zlib_codec", "base64",
     "hex", "bz2", "uu", "quopri", "unicode_escape", "raw_unicode_escape", "mbcs", "utf-32",
@@ -88,22 +87,6 @@ def test_merge_body_keeps_anything_it_cannot_read() -> None:
 
 
 # ---- through a real worker and the CLI ----------------------------------------------------------
-
-HOSTILE_RESPONSES = {
-    "/undefined": response(b"Content-Type: text/plain; charset=undefined", b"hello"),
-    "/punycode": response(b"Content-Type: text/plain; charset=punycode", PUNY_BODY),
-    "/utf7": response(b"Content-Type: text/plain; charset=utf-7", b"+AGEAYgBj-" * 1000),
-    "/zlib": response(b"Content-Type: text/plain; charset=zlib", b"x\x9c\x03\x00\x00\x00\x00\x01"),
-    "/bad-utf8-header": response(b"Content-Type: text/\xff\xfe; charset=\xc3\x28", b"\xc3\x28 body"),
-    "/control-header": response(b"Content-Type: text/plain\x01\x1b[31m; charset=utf-8", b"ok"),
-    "/latin1-header": response(b"Content-Type: text/plain; charset=\xe9t\xe9", "é".encode("latin-1")),
-    "/binary": response(b"Content-Type: application/octet-stream", bytes(range(256)) * 64),
-    "/binary-as-text": response(b"Content-Type: text/html; charset=utf-8", bytes(range(256)) * 64),
-    "/no-type": response(b"", "naïve".encode()),
-    "/long-type": response(b"Content-Type: text/plain; " + b"a=b; " * 1500 + b"charset=shift_jis", b"ok"),
-    "/two-types": response(b"Content-Type: text/plain; charset=punycode\r\nContent-Type: x/y", b"a" * 1000),
-    "/shift-jis": response(b"Content-Type: text/plain; charset=Shift_JIS", "日本".encode("cp932")),
-}
 
 
 @pytest.fixture(scope="module")

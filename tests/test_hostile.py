@@ -29,10 +29,8 @@ from tests.chaos import assert_each_index_once, wait_started, write_urls
 from tests.fetch_target import FetchTarget
 from tests.http_target import HttpTarget
 from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.raw_target import RawTarget
+from tests.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget, flood
 from tests.redis_proc import free_port
-from tests.test_bodies import HOSTILE_RESPONSES, PUNY_BODY
-from tests.test_ops_port import flood
 from worker.codec import dump_job
 from worker.contract import BATCHES_KEY, CHUNK_TASK, batch_key
 

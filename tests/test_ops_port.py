@@ -18,6 +18,7 @@ import pytest
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
 from tests.http_target import HttpTarget
 from tests.procs import ROOT, fetchfleet_env
+from tests.raw_target import flood
 from tests.redis_proc import free_port
 from worker.opsserver import MAX_CONNECTIONS, MIN_AGE_TO_DROP
 
@@ -37,17 +38,6 @@ def healthz(port: int) -> tuple[int, float]:
         return exc.code, time.monotonic() - started
     except (urllib.error.URLError, OSError):  # refused at the cap: 0
         return 0, time.monotonic() - started
-
-
-def flood(port: int, n: int) -> list[socket.socket]:
-    """n connections: half send nothing, half send part of a request head and stop."""
-    held = []
-    for i in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        if i % 2:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: worker\r\nX-Slow: ")
-        held.append(s)
-    return held
 
 
 @pytest.mark.slow
