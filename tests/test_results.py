@@ -69,3 +69,18 @@ def test_passwords_in_result_urls_are_masked(url: str, shown: str) -> None:
     model = build_result(0, outcome, 1, "w")
     assert (model.url, model.final_url) == (shown, shown + "#end")
     assert error_result(0, url, ErrorKind.DNS, "m", 1, "w").url == shown
+
+
+def test_passwords_in_error_messages_are_masked() -> None:
+    message = "more than 10 redirects (last to http://u:p@ss@w0rd@example.com/x), see https://a:b@c.test"
+    outcome = FetchOutcome(
+        "http://e.test/", None, None, 0, None, None, 10, 1.0, error=errors.TooManyRedirects(message)
+    )
+    for doc in (
+        orjson.loads(encode_doc(result_doc(0, outcome, 1, "w"))),
+        build_result(0, outcome, 1, "w").model_dump(),
+    ):
+        shown = doc["error"]["message"]
+        assert "p@ss" not in shown and "w0rd" not in shown and ":b@" not in shown, shown
+        assert "http://u:***@example.com/x" in shown and "https://a:***@c.test" in shown
+    assert "w0rd" not in error_result(0, "http://e.test/", ErrorKind.DNS, message, 1, "w").error.message  # type: ignore[union-attr]

@@ -155,6 +155,16 @@ def body_too_long(body: str, limit: int) -> bool:
     return len(body) > limit or (4 * len(body) > limit and len(body.encode("utf-8", "surrogatepass")) > limit)
 
 
+# scheme://user:password@ anywhere in a text; greedy up to the last "@" of the authority, so that a
+# password holding "@" is masked whole.
+_USERINFO_IN_TEXT = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#:@]*:)[^\s/?#]*@")
+
+
+def mask_passwords_in(text: str) -> str:
+    """`text` (an error message, say) with the password of every URL in it replaced by `***`."""
+    return _USERINFO_IN_TEXT.sub(r"\1***@", text) if "@" in text else text
+
+
 def mask_password(url: str) -> str:
     """`url` with the password of a `user:password@` part replaced by `***`, for results and messages."""
     if "@" not in url:  # the common case, checked in ~50 ns on the hot path

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from worker.bodies import pack
-from worker.contract import ErrorInfo, ErrorKind, FetchResult, mask_password
+from worker.contract import ErrorInfo, ErrorKind, FetchResult, mask_password, mask_passwords_in
 from worker.errors import RetryableStatus
 from worker.fetcher import FetchOutcome
 
@@ -31,7 +31,9 @@ def stored_body(outcome: FetchOutcome) -> bytes | None:
 def build_result(index: int, outcome: FetchOutcome, attempts: int, worker: str) -> FetchResult:
     error = None
     if outcome.error is not None:
-        error = ErrorInfo(kind=ErrorKind(outcome.error.kind), message=str(outcome.error)[:500])
+        error = ErrorInfo(
+            kind=ErrorKind(outcome.error.kind), message=mask_passwords_in(str(outcome.error))[:500]
+        )
     return FetchResult(
         index=index,
         url=mask_password(outcome.url),
@@ -67,7 +69,7 @@ def result_doc(index: int, outcome: FetchOutcome, attempts: int, worker: str) ->
         "ok": error is None and status is not None and status < 400,
         "error": None
         if error is None
-        else {"kind": ErrorKind(error.kind).value, "message": str(error)[:500]},
+        else {"kind": ErrorKind(error.kind).value, "message": mask_passwords_in(str(error))[:500]},
         "size": outcome.size,
         "sha256": outcome.sha256,
         "content_type": outcome.content_type,
@@ -107,7 +109,7 @@ def error_result(
     return FetchResult(
         index=index,
         url=mask_password(url),
-        error=ErrorInfo(kind=kind, message=message[:500]),
+        error=ErrorInfo(kind=kind, message=mask_passwords_in(message)[:500]),
         attempts=attempts,
         worker=worker,
     )
