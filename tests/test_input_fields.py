@@ -26,6 +26,10 @@ BAD_URLS = {
     "http://" + "a" * 64 + ".com/": "host name",
     "http://" + "a." * 130 + "com/": "host name",
     "http://ex!ample.com/": "host name",
+    "http://1.2.3.4.5/": "IPv4",
+    "http://256.1.1.1/": "IPv4",
+    "http://999999999999/": "IPv4",
+    "http://example.0x/": "IPv4",
     "http://xn--zz.com/": "IDNA",
     "http://a\u200db.com/": "IDNA",  # a zero-width joiner where the IDNA context rules forbid it
     "http://\u2488.com/": "IDNA",  # U+2488 maps to "1." under UTS 46: a label of its own, refused
@@ -40,6 +44,9 @@ GOOD_URLS = [
     "http://[2001:db8::1]/",
     "http://127.1/",
     "http://0x7f000001/",  # odd notations pass here; the SSRF guard reads them at fetch time
+    "http://0177.0.0.1./",
+    "http://2130706433/",
+    "http://example.com1/",  # ends in a label that is not all digits: a name
     "http://my_host.example./",
     "http://bücher.example/",
     "http://xn--bcher-kva.example/",

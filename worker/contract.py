@@ -6,6 +6,7 @@ Imports only pydantic and the standard library, so a producer can use it without
 from __future__ import annotations
 
 import re
+import socket
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -91,6 +92,7 @@ def url_problem(url: str) -> str | None:
 # A host name as DNS and the URL standard take it: dot-separated labels of letters, digits, "-" and
 # "_" (used in real names although not LDH), 1 to 63 each, 253 in all; a final dot allowed. IP
 # literals in any notation (127.1, 0x7f000001) fit it too, and the SSRF guard reads them later.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
 _ASCII_HOST = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?")
 
 
@@ -99,6 +101,14 @@ def host_problem(host: str) -> str | None:
     if host.isascii():
         if len(host) > 254 or _ASCII_HOST.fullmatch(host) is None:
             return "URL host is not a valid host name"
+        if _NUMERIC_LABEL.fullmatch(host.rstrip(".").rpartition(".")[2]):
+            # The URL standard's rule: a host whose last label is a number is an IPv4 address, in
+            # any notation inet_aton reads (127.1, 0x7f000001, 0177.0.0.1), or it is no host at all.
+            try:
+                socket.inet_aton(host.rstrip("."))
+            except OSError:
+                return "URL host is not a valid IPv4 address"
+            return None
         if "xn--" not in host.lower():
             return None
     import idna  # only for internationalised names: the producer's plain path stays pydantic-only
