@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
+from producer.output import printable
 from worker.contract import FetchRequest, body_too_long, url_problem
 from worker.settings import load_settings
 
@@ -89,7 +90,7 @@ def scan(
         entry, problem = _parse(text, max_body_bytes)
         if problem:
             bad += 1
-            report(f"{label}:{number}: {problem}")
+            report(f"{label}:{number}: {printable(problem)}")  # input text may hold escapes
         elif entry is not None:
             count += 1
     return ScanReport(count=count, bad_lines=bad, digest=digest.hexdigest())

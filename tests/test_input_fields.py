@@ -205,3 +205,11 @@ async def test_the_fetcher_gives_planted_requests_an_invalid_url_result() -> Non
     assert [o.error.kind if o.error else None for o in outcomes] == ["invalid_url", "invalid_url"]
     assert "token" in str(outcomes[0].error) and "hunter2" not in outcomes[0].url
     assert "longer than 100 bytes" in str(outcomes[1].error)
+
+
+def test_reasons_show_input_text_escaped(tmp_path: Path) -> None:
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"url": "http://example.com/", "headers": {"X\\u001b[2J\\nforged": 5}}\n')
+    reported: list[str] = []
+    scan(f, "in.jsonl", reported.append, max_body_bytes=10)
+    assert len(reported) == 1 and reported[0].isprintable() and "\\x1b[2J\\nforged" in reported[0]
