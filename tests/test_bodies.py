@@ -43,19 +43,24 @@ def test_punycode_and_other_non_charsets_fall_back_to_base64_at_once() -> None:
 
 
 def test_every_allowed_charset_decodes_in_linear_time() -> None:
-    """Each codec of the table on 1 MiB of random and of repeated bytes: milliseconds, never seconds."""
+    """Each codec of the table on 256 KiB of random and of repeated bytes: milliseconds, never seconds."""
     rng = random.Random(12)
-    inputs = [rng.randbytes(1 << 20), b"\x1b$B" * (1 << 18), b"\xfe\xff" * (1 << 19), b"a" * (1 << 20)]
+    size = 1 << 18
+    inputs = [rng.randbytes(size), b"\x1b$B" * (size // 3), b"\xfe\xff" * (size // 2), b"a" * size]
+    first_label = {codec: label for label, codec in sorted(CHARSETS.items(), reverse=True)}
     worst = 0.0
-    for label, codec in sorted(CHARSETS.items()):
+    for codec, label in sorted(first_label.items()):
         assert codecs.lookup(codec)._is_text_encoding  # type: ignore[attr-defined]
         for data in inputs:
             started = time.perf_counter()
-            text, encoding = body_fields(data, f"text/html; charset={label}")
+            text, encoding = body_fields(data, f"text/html; charset={label.upper()}")
             worst = max(worst, time.perf_counter() - started)
             roundtrip(data, text, encoding)
-    print(f"\n{len(CHARSETS)} labels x 4 inputs of 1 MiB: slowest decode {worst * 1000:.1f} ms")
-    assert worst < 1.0
+    print(
+        f"\n{len(CHARSETS)} labels, {len(first_label)} codecs x 4 inputs of 256 KiB: "
+        f"slowest {worst * 1000:.1f} ms"
+    )
+    assert worst < 0.5
 
 
 def test_content_type_of_any_shape_never_raises() -> None:

@@ -124,6 +124,7 @@ async def _exchange(port: int, data: bytes, wait: float = 5.0) -> bytes:
         writer.close()
 
 
+@pytest.mark.slow  # waits out a real head timeout
 async def test_ops_server_bounds_each_connection(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process: routes, a slow or oversized head is cut off, and 200 concurrent /healthz cost Redis
     at most the monitor's two connections."""
