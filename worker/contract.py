@@ -5,6 +5,7 @@ Imports only pydantic and the standard library, so a producer can use it without
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from enum import Enum
@@ -124,8 +125,6 @@ def host_problem(host: str) -> str | None:
 
 
 def _is_ipv6(text: str) -> bool:
-    import ipaddress
-
     if "%" in text:  # no zone ids ("%25eth0"): a fetch target has no business with them
         return False
     try:
