@@ -1,6 +1,7 @@
 """The job contract: what a fetch request, a chunk job and a result are, and every Redis key name.
 
-Imports only pydantic and the standard library, so a producer can use it without the fetcher.
+Imports only pydantic and the standard library (and idna, for international host names only), so a
+producer can use it without the fetcher.
 """
 
 from __future__ import annotations
