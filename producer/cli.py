@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from producer.client import REDIS_DOWN, Client, new_batch_id
 from producer.inputs import entries, scan, spool_stdin
 from producer.messages import say
-from producer.output import FORMATS, OrderedWriter, Output, ResultWriter, open_output
+from producer.output import FORMATS, OrderedWriter, Output, ResultWriter, open_output, printable
 from producer.progress import Progress
 from producer.summary import FAIL_ON, Summary
 from worker.contract import BatchOptions
@@ -260,7 +260,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         for key, value in st.as_dict().items():
             if key.endswith("_ms"):  # people read times, scripts read --json
                 key, value = key.removesuffix("_ms"), human_time(value, now_ms)
-            print(f"{key:>12}: {value}")
+            print(f"{key:>12}: {printable(value)}")
     return EXIT_OK
 
 
@@ -284,7 +284,10 @@ def human_time(ms: int | None, now_ms: int) -> str:
 async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     async with Client(settings) as client:
         st = await client.cancel(args.batch)
-    print(f"batch {st.batch_id} cancelled: {st.done}/{st.submitted} had results, {st.remaining} will not run")
+    print(
+        f"batch {printable(st.batch_id)} cancelled: {st.done}/{st.submitted} had results, "
+        f"{st.remaining} will not run"
+    )
     return EXIT_OK
 
 
@@ -551,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BatchError, QueueUnavailable) as exc:
         message = str(exc)
         if "cannot reach Redis" in message:
-            message += "\n" + redis_hint(args.command)
+            message += "; " + redis_hint(args.command)
         _err(message)
         return EXIT_FAILED
     except BrokenPipeError:
@@ -565,18 +568,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except REDIS_DOWN as exc:
         url = redact(load_settings().redis_url) if "settings" in locals() else "Redis"
-        _err(f"cannot reach Redis at {url}: {exc}\n{redis_hint(args.command)}")
+        # One line (scripts and the guarantee tests read it as one): the error, then what to do.
+        _err(f"cannot reach Redis at {url}: {exc}; {redis_hint(args.command)}")
         return EXIT_FAILED
 
 
 def redis_hint(command: str) -> str:
     if command == "run":
         return (
-            "  run uses FETCHFLEET_REDIS_URL when it is set: start that Redis, or unset the variable "
+            "run uses FETCHFLEET_REDIS_URL when it is set: start that Redis, or unset the variable "
             "to let run start a private one"
         )
     return (
-        "  start Redis there (e.g. `docker compose up -d redis`), point FETCHFLEET_REDIS_URL at "
+        "start Redis there (e.g. `docker compose up -d redis`), point FETCHFLEET_REDIS_URL at "
         "yours, or use `fetchfleet run FILE`, which needs no Redis"
     )
 

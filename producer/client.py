@@ -71,7 +71,10 @@ def new_batch_id() -> str:
 
 def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
     def num(name: str) -> int:
-        return int(meta.get(name.encode(), b"0"))
+        try:
+            return int(meta.get(name.encode(), b"0"))
+        except ValueError:  # not written by fetchfleet: read as 0 rather than fail `stats`
+            return 0
 
     submitted, done = num("submitted"), num("done")
     complete = meta.get(b"complete") == b"1"
@@ -92,7 +95,7 @@ def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
         failed=num("failed"),
         enqueued=num("enqueued"),
         created_ms=num("created_ms"),
-        finished_ms=int(finished) if finished else None,
+        finished_ms=num("finished_ms") if finished else None,
     )
 
 

@@ -7,6 +7,7 @@ import csv
 import heapq
 import io
 import os
+import re
 import sqlite3
 import stat
 import sys
@@ -37,6 +38,30 @@ CSV_FIELDS = (
     "worker",
 )
 FORMATS = ("jsonl", "csv")
+
+
+# Characters that move a terminal's cursor, recolour it, end a line or reorder text (bidi controls,
+# "Trojan Source"): C0 and C1 controls, DEL, the line and paragraph separators, bidi marks.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """`text` safe for a terminal: every control character written as an escape (`\\x1b`, `\\n`)."""
+    s = text if isinstance(text, str) else str(text)
+    if _UNPRINTABLE.search(s) is None:
+        return s
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
+
+
+# OWASP's CSV injection rule: a cell starting with one of these is a formula to a spreadsheet.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell as written: text that a spreadsheet would run as a formula gets a leading `'`."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return "" if value is None else value
 
 
 class ResultWriter(Protocol):
@@ -73,7 +98,7 @@ class CsvWriter:
         r = orjson.loads(document)
         err = r.get("error") or {}
         row = {**r, "error_kind": err.get("kind"), "error_message": err.get("message")}
-        self._csv.writerow(["" if row.get(f) is None else row.get(f) for f in CSV_FIELDS])
+        self._csv.writerow([csv_cell(row.get(f)) for f in CSV_FIELDS])
 
     def flush(self) -> None:
         self._text.flush()

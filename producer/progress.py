@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from producer.messages import say, stderr_usable
+from producer.output import printable
 
 
 def _rate(done: int, elapsed: float) -> str:
@@ -18,6 +19,8 @@ class Progress:
     """`update(done, failed)` with both counted from the results written, so failed never passes done."""
 
     def __init__(self, total: int, label: str, interval: float = 2.0, enabled: bool = True) -> None:
+        # The label holds a batch id: shown with its control characters escaped, never run.
+        label = printable(label)
         self.total, self.label, self.interval = total, label, interval
         self.enabled = enabled and stderr_usable()
         self.done = 0
@@ -51,7 +54,9 @@ class Progress:
                 console=Console(stderr=True),
             )
             self._bar.start()
-            self._task = self._bar.add_task(label, total=total, failed=0, rate="0/s")
+            from rich.markup import escape
+
+            self._task = self._bar.add_task(escape(label), total=total, failed=0, rate="0/s")
 
     def update(self, done: int, failed: int | None = None) -> None:
         self.done = done

@@ -17,7 +17,7 @@ from yarl import URL
 
 from worker import errors
 from worker.batchpolicy import BatchPolicy, NarrowedPolicy
-from worker.contract import FetchRequest, url_problem
+from worker.contract import FetchRequest, RejectedRequest, body_too_long, mask_password, url_problem
 from worker.deadlines import Deadline, Watchdog
 from worker.errormap import map_exception
 from worker.settings import Settings
@@ -146,11 +146,16 @@ class Fetcher:
         try:
             if isinstance(request, str) and url_problem(request) is None:
                 req: FetchRequest | _PlainGet = _PlainGet(request)  # the model's checks, ~1 us cheaper
+            elif isinstance(request, RejectedRequest):  # a job not written by our producer
+                raise ValueError(request.reason)
             else:
                 req = FetchRequest(url=request) if isinstance(request, str) else request
+                if req.body is not None and body_too_long(req.body, self.settings.max_request_body_bytes):
+                    raise ValueError(f"body longer than {self.settings.max_request_body_bytes} bytes")
         except ValueError as exc:  # a job not written by our producer: fail the URL, not the chunk
             err = errors.InvalidURL(str(exc).splitlines()[-1].strip())
-            return FetchOutcome(str(request), None, None, 0, None, None, 0, 0.0, error=err)
+            url = mask_password(request if isinstance(request, str) else request.url)
+            return FetchOutcome(url, None, None, 0, None, None, 0, 0.0, error=err)
         state = d = _Hop(url=req.url, batch=batch)
         self.watchdog.begin(d)
         if batch is not None:  # tighten this fetch's deadlines; the watchdog reads them per fetch
@@ -213,8 +218,14 @@ class Fetcher:
             if state.batch is not None:
                 state.batch.check_host(url.host)
             if headers and _origin(url) != origin:
-                # Credentials given for one site must not follow a redirect to another.
-                headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
+                # Headers given for one site do not follow a redirect to another, unless listed in
+                # FETCHFLEET_REDIRECT_KEEP_HEADERS; credentials never do.
+                keep = self.settings.redirect_keep_headers
+                headers = {
+                    k: v
+                    for k, v in headers.items()
+                    if k.lower() in keep and k.lower() not in _CREDENTIAL_HEADERS
+                }
             async with self.session_for(state.batch).request(
                 method,
                 url,
