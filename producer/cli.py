@@ -100,6 +100,16 @@ def check_output(output: str) -> None:
         raise UsageError(f"{output}: directory {parent} does not exist")
     if Path(output).is_dir():
         raise UsageError(f"{output}: is a directory")
+    # Open it the way the writer will, but appending, so an existing file is not emptied yet: a folder
+    # the process may not write (a bind mount owned by another uid) stops us here, not after queueing.
+    existed = Path(output).exists()
+    try:
+        with open(output, "ab"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
+    if not existed:
+        Path(output).unlink(missing_ok=True)
 
 
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
