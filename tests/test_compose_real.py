@@ -344,10 +344,18 @@ def project(pytestconfig: pytest.Config) -> Iterator[Project]:
         if engine.started_pid is not None:
             timings["dockerd stop"] = time.monotonic() - started
         shutil.rmtree(base, ignore_errors=True)
-        reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-        line = "compose on a real engine, timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
-        if reporter is not None:
-            reporter.write_line("\n" + line)
+        report_timings(pytestconfig, timings)
+
+
+def report_timings(config: pytest.Config, timings: dict[str, float]) -> None:
+    """Straight to the terminal, whatever the capture mode: CI's log should show where the time went."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    line = "compose on a real engine, timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("\n" + line)
 
 
 # ---- results ------------------------------------------------------------------------------------
