@@ -179,41 +179,30 @@ class Project:
     def compose(
         self, *args: str, timeout: float = 300, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """`docker compose ARGS` for the test's own steps (as the test's user)."""
+        """`docker compose ARGS` for the test's own steps, as the test's own user (root in CI)."""
         return sh(
             "docker", "compose", *args, cwd=self.directory, env=self.env(), timeout=timeout, check=check
         )
 
-    def as_user(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """A README line, through bash, as the normal user in the project directory."""
-        extra: dict[str, Any] = {}
+    def _as_user(self) -> dict[str, Any]:
+        """subprocess arguments that run a command as the normal user, in the project directory."""
+        extra: dict[str, Any] = {"cwd": self.directory, "env": {**self.env(), "HOME": str(self.home)}}
         if self.user is not None:
             uid, gid, groups = self.user
-            extra = {"user": uid, "group": gid, "extra_groups": groups}
-        return sh(
-            "bash",
-            "-c",
-            command,
-            cwd=self.directory,
-            env={**self.env(), "HOME": str(self.home)},
-            timeout=timeout,
-            check=False,
-            **extra,
-        )
+            extra.update(user=uid, group=gid, extra_groups=groups)
+        return extra
+
+    def as_user(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """A README line, through bash, as the normal user."""
+        return sh("bash", "-c", command, timeout=timeout, check=False, **self._as_user())
 
     def user_popen(self, command: str) -> subprocess.Popen[str]:
-        extra: dict[str, Any] = {}
-        if self.user is not None:
-            uid, gid, groups = self.user
-            extra = {"user": uid, "group": gid, "extra_groups": groups}
         return subprocess.Popen(
             ["bash", "-c", command],
-            cwd=self.directory,
-            env={**self.env(), "HOME": str(self.home)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            **extra,
+            **self._as_user(),
         )
 
     def write(self, name: str, text: str) -> Path:
@@ -304,12 +293,13 @@ def write_override(project: Project) -> None:
 @pytest.fixture(scope="module")
 def project(pytestconfig: pytest.Config) -> Iterator[Project]:
     engine = start_engine()
-    base = Path(tempfile.mkdtemp(prefix="fetchfleet-compose-"))
-    base.chmod(0o755)  # the normal user walks into it
     timings = engine.timings
     name = f"ffreal{os.getpid()}{secrets.token_hex(2)}"
     proj: Project | None = None
+    base: Path | None = None
     try:
+        base = Path(tempfile.mkdtemp(prefix="fetchfleet-compose-"))
+        base.chmod(0o755)  # the normal user walks into it
         directory = base / "fetchfleet"
         shutil.copytree(ROOT, directory, ignore=shutil.ignore_patterns(*IGNORED_NAMES))
         uid = USER_UID if os.geteuid() == 0 else None
@@ -343,7 +333,8 @@ def project(pytestconfig: pytest.Config) -> Iterator[Project]:
         engine.stop()
         if engine.started_pid is not None:
             timings["dockerd stop"] = time.monotonic() - started
-        shutil.rmtree(base, ignore_errors=True)
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
         report_timings(pytestconfig, timings)
 
 
