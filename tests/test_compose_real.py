@@ -251,6 +251,10 @@ def user_home(base: Path, uid: int | None) -> Path:
     return home
 
 
+def image_id(image: str) -> str:
+    return sh("docker", "image", "inspect", "-f", "{{.Id}}", image, check=False).stdout.strip()
+
+
 def docker_socket_gid() -> int:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     return os.stat(host.removeprefix("unix://")).st_gid
@@ -309,9 +313,13 @@ def project(pytestconfig: pytest.Config) -> Iterator[Project]:
         user = (uid, uid, [docker_socket_gid()]) if uid is not None else None
         proj = Project(name, directory, user_home(base, uid), user, timings)
         write_override(proj)
+        image = load_compose()["services"]["worker"]["image"]
+        previous = image_id(image)
         started = time.monotonic()
         proj.compose("build", "worker", timeout=900)
         timings["image build"] = time.monotonic() - started
+        if previous and previous != image_id(image):  # the earlier build's image, now untagged
+            sh("docker", "image", "rm", previous, check=False)
         yield proj
     finally:
         started = time.monotonic()
