@@ -16,49 +16,32 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 import urllib.parse
 import urllib.request
-import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.compose_local import (
-    ROOT,
-    duration_seconds,
-    healthcheck_argv,
-    load_compose,
+from tests.compose_local import ROOT, duration_seconds, healthcheck_argv, load_compose
+from tests.compose_project import (
+    IGNORED_NAMES,
+    USER_UID,
+    Project,
+    docker_socket_gid,
+    image_id,
+    user_home,
+    write_override,
 )
+from tests.docker_engine import sh, start_engine
 from tests.fresh_install import commands, readme_blocks
 
-SHARED_SCRIPT = ROOT.parent / "shared" / "docker-local.sh"
-ENGINE_DIR = Path(tempfile.gettempdir()) / "fetchfleet-docker"  # the script's own cache and dockerd.pid
-# What a clone holds, without virtualenvs, caches, build output or a quick start's own files.
-IGNORED_NAMES = (
-    ".git",
-    ".venv",
-    "venv",
-    "*.egg-info",
-    "__pycache__",
-    ".pytest_cache",
-    ".ruff_cache",
-    "build",
-    "dist",
-    "results.jsonl",
-    "urls.txt",
-    "data",
-    "docker-compose.override.yml",
-)
-USER_UID = 4242  # a normal Linux user: neither root nor the image's 10001
 TARGET = "http://target:8080"
 PROBE_BASELINE = (  # the worker healthcheck this file used to ship, measured against the current one
     'import os, urllib.request; urllib.request.urlopen("http://127.0.0.1:%s/healthz" '
@@ -69,229 +52,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.docker,
     pytest.mark.timeout(1500),  # a cold engine set-up alone takes minutes
-    pytest.mark.filterwarnings("always::tests.test_compose_real.NoDockerEngine"),
+    pytest.mark.filterwarnings("always::tests.docker_engine.NoDockerEngine"),
 ]
-
-
-class NoDockerEngine(UserWarning):
-    """The real-engine tests could not run here."""
-
-
-# ---- the engine ---------------------------------------------------------------------------------
-
-
-def sh(*argv: str, timeout: float = 300, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(argv)} -> {proc.returncode}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-        )
-    return proc
-
-
-def engine_ready() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    info = sh("docker", "info", check=False, timeout=60)
-    return info.returncode == 0 and sh("docker", "compose", "version", check=False).returncode == 0
-
-
-def skip_loudly(reason: str) -> None:
-    warnings.warn(NoDockerEngine(f"real-engine compose tests skipped: {reason}"), stacklevel=2)
-    pytest.skip(f"no Docker engine: {reason}")
-
-
-@dataclass
-class Engine:
-    started_pid: int | None  # dockerd, when this module started it
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def stop(self) -> None:
-        if self.started_pid is None:
-            return
-        try:
-            os.kill(self.started_pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and running(self.started_pid):
-            time.sleep(0.2)
-        if running(self.started_pid):
-            os.kill(self.started_pid, signal.SIGKILL)
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (dockerd is not our child: its parent, the script's shell, is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return not re.search(r"^State:\s+Z", status, re.M)
-
-
-def start_engine() -> Engine:
-    if engine_ready():
-        return Engine(started_pid=None)
-    if not SHARED_SCRIPT.is_file():
-        skip_loudly(f"`docker info` fails and {SHARED_SCRIPT.name} is not in ../shared beside the clone")
-    if os.geteuid() != 0:
-        skip_loudly(f"`docker info` fails and ../shared/{SHARED_SCRIPT.name} needs root")
-    started = time.monotonic()
-    (ENGINE_DIR / "dockerd.pid").unlink(missing_ok=True)
-    proc = sh(
-        "bash",
-        "-c",
-        'source "$1"',
-        "docker-local",
-        str(SHARED_SCRIPT),
-        check=False,
-        timeout=1200,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "FF_DOCKER_DIR": str(ENGINE_DIR)},
-    )
-    pid_file = ENGINE_DIR / "dockerd.pid"
-    engine = Engine(started_pid=int(pid_file.read_text()) if pid_file.is_file() else None)
-    engine.timings["engine start"] = time.monotonic() - started
-    if not engine_ready():
-        engine.stop()
-        # Here (root, the script beside the clone) an engine is promised: that it failed is a failure.
-        pytest.fail(f"../shared/{SHARED_SCRIPT.name} did not bring up an engine:\n{proc.stdout}{proc.stderr}")
-    return engine
-
-
-# ---- the project --------------------------------------------------------------------------------
-
-
-@dataclass
-class Project:
-    """A copy of the repository brought up under its own compose project name."""
-
-    name: str
-    directory: Path
-    home: Path  # the normal user's HOME, with the compose plugin
-    user: tuple[int, int, list[int]] | None  # uid, gid, groups; None: run as ourselves
-    timings: dict[str, float]
-
-    def env(self) -> dict[str, str]:
-        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "DOCKER_HOST", "LANG")}
-        return {**keep, "COMPOSE_PROJECT_NAME": self.name}
-
-    def compose(
-        self, *args: str, timeout: float = 300, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        """`docker compose ARGS` for the test's own steps, as the test's own user (root in CI)."""
-        return sh(
-            "docker", "compose", *args, cwd=self.directory, env=self.env(), timeout=timeout, check=check
-        )
-
-    def _as_user(self) -> dict[str, Any]:
-        """subprocess arguments that run a command as the normal user, in the project directory."""
-        extra: dict[str, Any] = {"cwd": self.directory, "env": {**self.env(), "HOME": str(self.home)}}
-        if self.user is not None:
-            uid, gid, groups = self.user
-            extra.update(user=uid, group=gid, extra_groups=groups)
-        return extra
-
-    def as_user(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """A README line, through bash, as the normal user."""
-        return sh("bash", "-c", command, timeout=timeout, check=False, **self._as_user())
-
-    def user_popen(self, command: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            ["bash", "-c", command],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            **self._as_user(),
-        )
-
-    def write(self, name: str, text: str) -> Path:
-        path = self.directory / name
-        path.write_text(text)
-        if self.user is not None:
-            os.chown(path, self.user[0], self.user[1])
-        return path
-
-    def containers(self, service: str | None = None, all_: bool = False) -> list[dict[str, Any]]:
-        args = ["ps", *(["-a"] if all_ else []), "--format", "json", *([service] if service else [])]
-        out = self.compose(*args).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def ip(self, container_id: str) -> str:
-        fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
-        return sh("docker", "inspect", "-f", fmt, container_id).stdout.split()[0]
-
-    def redis_cli(self, *args: str) -> str:
-        return self.compose("exec", "-T", "redis", "redis-cli", *args).stdout.strip()
-
-    def wait_healthy(self, timeout: float = 90) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = self.containers()
-            if all(r["State"] == "running" and r.get("Health", "") in ("", "healthy") for r in rows):
-                return rows
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"not all healthy: {[(r['Name'], r['State'], r.get('Health')) for r in rows]}"
-                )
-            time.sleep(1)
-
-
-def user_home(base: Path, uid: int | None) -> Path:
-    """A HOME whose ~/.docker/cli-plugins holds the compose plugin the test's own docker uses."""
-    home = base / "home"
-    plugins = home / ".docker" / "cli-plugins"
-    plugins.mkdir(parents=True)
-    info = json.loads(sh("docker", "info", "--format", "{{json .ClientInfo.Plugins}}").stdout)
-    (compose_path,) = [p["Path"] for p in info if p["Name"] == "compose"]
-    shutil.copy2(compose_path, plugins / "docker-compose")
-    if uid is not None:
-        for path in (home, home / ".docker", plugins, plugins / "docker-compose"):
-            os.chown(path, uid, uid)
-    return home
-
-
-def image_id(image: str) -> str:
-    return sh("docker", "image", "inspect", "-f", "{{.Id}}", image, check=False).stdout.strip()
-
-
-def docker_socket_gid() -> int:
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    return os.stat(host.removeprefix("unix://")).st_gid
-
-
-def override(prometheus_config: str) -> dict[str, Any]:
-    return {
-        "services": {
-            # Docker's DNS answers `target` with a private address, which the shipped file rightly blocks.
-            "worker": {"environment": {"FETCHFLEET_ALLOW_PRIVATE_NETWORKS": "true"}},
-            "target": {
-                "image": "fetchfleet:local",
-                "entrypoint": ["python", "/target/http_target.py", "8080"],
-                "volumes": ["./tests/http_target.py:/target/http_target.py:ro"],
-            },
-            "prometheus": {
-                "ports": [],  # replaced by !reset below: no host port, the test reads it on its own address
-                "volumes": [f"./{prometheus_config}:/etc/prometheus/prometheus.yml:ro"],
-            },
-        }
-    }
-
-
-def fast_prometheus_config() -> str:
-    """ops/prometheus/prometheus.yml with every interval at 1 s, so a test sees scrapes within seconds."""
-    config = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    for job in config["scrape_configs"]:
-        for sd in job.get("dns_sd_configs", []):
-            sd["refresh_interval"] = "1s"
-    return yaml.safe_dump(config)
-
-
-def write_override(project: Project) -> None:
-    project.write("prometheus-test.yml", fast_prometheus_config())
-    text = yaml.safe_dump(override("prometheus-test.yml"), sort_keys=False)
-    project.write("docker-compose.override.yml", text.replace("ports: []", "ports: !reset []"))
 
 
 @pytest.fixture(scope="module")
