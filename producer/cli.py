@@ -163,17 +163,6 @@ async def collect(
     return summary
 
 
-def check_output(output: str) -> None:
-    """Refuse an output path that cannot be written before any work is queued."""
-    if output == "-":
-        return
-    parent = Path(output).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{output}: directory {parent} does not exist")
-    if Path(output).is_dir():
-        raise UsageError(f"{output}: is a directory")
-
-
 def report(summary: Summary, started: float, label: str, quiet: bool) -> None:
     """The end-of-run summary on stderr: counts by outcome, an example URL each, hints for known causes."""
     if quiet:
