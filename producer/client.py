@@ -218,6 +218,18 @@ class Client:
 
         With `follow`, keep waiting until every submitted URL has a result. Reconnects if Redis goes away.
         """
+        async for entry_cursor, document, stored in self.entries(
+            batch_id, follow=follow, cursor=cursor, block_ms=block_ms
+        ):
+            yield entry_cursor, merge_body(document, stored)
+
+    async def entries(
+        self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000
+    ) -> AsyncIterator[tuple[str, bytes, bytes | None]]:
+        """Yield (cursor, result JSON, stored body or None) as recorded: `results` without the merging.
+
+        The body stays as the worker packed it (worker.bodies.pack), for callers that want its bytes.
+        """
         stream = results_key(batch_id)
         delay = 0.1
         while True:
@@ -235,7 +247,7 @@ class Client:
                 continue
             for entry_id, fields in entries:
                 cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
+                yield cursor, fields[b"r"], fields.get(b"b")
             if not follow:
                 if not entries:
                     return
@@ -245,7 +257,7 @@ class Client:
                 rest = await self.redis.xrange(stream, min=f"({cursor}")
                 for entry_id, fields in rest:
                     cursor = entry_id.decode()
-                    yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
+                    yield cursor, fields[b"r"], fields.get(b"b")
                 return
 
     async def _all_recorded(self, batch_id: str) -> bool:

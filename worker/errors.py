@@ -9,6 +9,7 @@ FetchfleetError
 ├── ServerUnavailable       `fetchfleet run`: no Redis-compatible server to start, or it would not start
 ├── LocalRunError           `fetchfleet run`: a local worker or the embedded server died
 ├── HandBack                a chunk stopped early for a graceful stop; the queue runs the rest again
+├── BodyUnavailable         a result has no body to give: none was kept, or its store cannot be read
 └── FetchError              one URL could not be fetched; `kind` is the result's error kind
     ├── TransientFetchError     worth another attempt
     │   ├── ConnectFailed           kind "connect"
@@ -73,6 +74,10 @@ class HandBack(FetchfleetError):
         super().__init__(f"batch {batch_id}: {handed_back} unstarted URLs handed back")
         self.batch_id = batch_id
         self.handed_back = handed_back
+
+
+class BodyUnavailable(FetchfleetError):
+    """A result's body was not kept (no `body=True`, or an error result), or cannot be read back."""
 
 
 class FetchError(FetchfleetError):
