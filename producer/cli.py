@@ -61,9 +61,10 @@ async def collect(
     fmt: str,
     follow: bool,
     progress: Progress | None,
+    body: bool = False,
 ) -> int:
-    """Write a batch's results; returns how many were written."""
-    writer = open_writer(output, fmt)
+    """Write a batch's results; returns how many were written. `body`: the batch keeps bodies."""
+    writer = open_writer(output, fmt, body=body)
     written = 0
     last_status = 0.0
     try:
@@ -113,7 +114,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             batch_id = await client.submit(
                 entries(path),
                 batch_id=args.batch_id,
-                store_body=args.store_body,
+                store_body=args.body,
                 total=total,
                 digest=digest,
             )
@@ -121,7 +122,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             if not args.wait:
                 return EXIT_OK
             progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
-            await collect(client, batch_id, args.output, args.format, True, progress)
+            await collect(client, batch_id, args.output, args.format, True, progress, body=args.body)
             return EXIT_OK
     finally:
         if temporary:
@@ -137,7 +138,8 @@ async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
         progress = None
         if args.follow and not args.quiet:
             progress = Progress(st.submitted, f"batch {args.batch}")
-        await collect(client, args.batch, args.output, args.format, args.follow, progress)
+        body = args.body or (await client.batch_options(args.batch)).store_body
+        await collect(client, args.batch, args.output, args.format, args.follow, progress, body=body)
     return EXIT_OK
 
 
@@ -215,6 +217,17 @@ def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
+def _add_body(p: argparse.ArgumentParser) -> None:
+    # One name everywhere; --store-body is the older spelling of submit's option.
+    p.add_argument(
+        "--body",
+        "--store-body",
+        dest="body",
+        action="store_true",
+        help="keep every response body: `body` in the results (text, or base64 per `body_encoding`)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fetchfleet",
@@ -236,12 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE|-", help="input file, or - for standard input")
     p.add_argument("--wait", action="store_true", help="wait for every result and write them out")
     p.add_argument("--batch-id", help="id for the batch; submitting again with it adds no work")
-    p.add_argument("--store-body", action="store_true", help="keep response bodies in the results")
+    _add_body(p)
     _add_output(p)
 
     p = add("results", "write the results of a batch")
     p.add_argument("batch", metavar="BATCH")
     p.add_argument("--follow", "-f", action="store_true", help="wait until every URL has a result")
+    p.add_argument("--body", action="store_true", help="write the bodies the batch kept into the results")
     _add_output(p)
 
     p = add("status", "show a batch's progress")
@@ -259,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "fetch a file of URLs on this machine: a private server and local workers, then stop")
     p.add_argument("file", metavar="FILE|-", help="input file, or - for standard input")
     p.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: one per core)")
+    _add_body(p)
     _add_output(p)
     return parser
 

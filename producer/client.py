@@ -211,6 +211,11 @@ class Client:
             raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
         return status_from_meta(batch_id, meta)
 
+    async def batch_options(self, batch_id: str) -> BatchOptions:
+        """The options the batch was submitted with (whether it keeps bodies, ...)."""
+        raw = await self.redis.hget(batch_key(batch_id), "options")
+        return BatchOptions.model_validate_json(raw) if raw else BatchOptions()
+
     async def results(
         self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000
     ) -> AsyncIterator[tuple[str, bytes]]:

@@ -225,9 +225,9 @@ async def submit_and_collect(
 
     async with Client(settings) as client:
         await client.ping()
-        batch_id = await client.submit(entries(path), total=total, digest=digest)
+        batch_id = await client.submit(entries(path), total=total, digest=digest, store_body=args.body)
         progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
-        return await collect(client, batch_id, args.output, args.format, True, progress)
+        return await collect(client, batch_id, args.output, args.format, True, progress, body=args.body)
 
 
 def _say(message: str) -> None:

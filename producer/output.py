@@ -25,6 +25,8 @@ CSV_FIELDS = (
     "redirects",
     "worker",
 )
+# With bodies kept: the body as text, or base64 as `body_encoding` says (never dropped silently).
+CSV_BODY_FIELDS = ("body", "body_encoding", "body_truncated")
 FORMATS = ("jsonl", "csv")
 
 
@@ -47,17 +49,18 @@ class JsonLinesWriter:
 
 
 class CsvWriter:
-    def __init__(self, out: IO[bytes], owned: bool) -> None:
+    def __init__(self, out: IO[bytes], owned: bool, body: bool = False) -> None:
         self._raw, self._owned = out, owned
         self._text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
         self._csv = csv.writer(self._text)
-        self._csv.writerow(CSV_FIELDS)
+        self._fields = CSV_FIELDS + CSV_BODY_FIELDS if body else CSV_FIELDS
+        self._csv.writerow(self._fields)
 
     def write(self, document: bytes) -> None:
         r = orjson.loads(document)
         err = r.get("error") or {}
         row = {**r, "error_kind": err.get("kind"), "error_message": err.get("message")}
-        self._csv.writerow(["" if row.get(f) is None else row.get(f) for f in CSV_FIELDS])
+        self._csv.writerow(["" if row.get(f) is None else row.get(f) for f in self._fields])
 
     def close(self) -> None:
         self._text.flush()
@@ -67,12 +70,12 @@ class CsvWriter:
             self._text.detach()
 
 
-def open_writer(path: str, fmt: str = "jsonl") -> ResultWriter:
-    """`path` "-" means standard output."""
+def open_writer(path: str, fmt: str = "jsonl", body: bool = False) -> ResultWriter:
+    """`path` "-" means standard output; `body`: CSV gets the body columns."""
     if path == "-":
         out, owned = sys.stdout.buffer, False
     else:
         out, owned = open(path, "wb"), True  # noqa: SIM115
     if fmt == "csv":
-        return CsvWriter(out, owned)
+        return CsvWriter(out, owned, body)
     return JsonLinesWriter(out, owned)
