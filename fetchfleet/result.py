@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 
 from worker.bodies import body_fields, unpack
-from worker.contract import ErrorKind
+from worker.contract import BodyRef, ErrorKind
 from worker.errors import BodyUnavailable
+from worker.warcstore import read_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class Result:
     content: bytes | None = None
     body_truncated: bool = False
     body_error: str | None = None
+    body_ref: BodyRef | None = None  # where the body store holds it (FETCHFLEET_BODY_STORE), if there
     cursor: str = ""
 
     @classmethod
@@ -58,6 +60,12 @@ class Result:
     ) -> Result:
         doc = orjson.loads(document) if isinstance(document, bytes) else document
         err = doc.get("error")
+        ref = BodyRef.model_validate(doc["body_ref"]) if doc.get("body_ref") else None
+        if ref is not None and content is None and body_error is None:
+            try:
+                content = read_body(ref.model_dump(), doc.get("sha256"))
+            except BodyUnavailable as exc:
+                body_error = str(exc)
         return cls(
             index=doc["index"],
             url=doc["url"],
@@ -75,6 +83,7 @@ class Result:
             content=content,
             body_truncated=body_truncated,
             body_error=body_error,
+            body_ref=ref,
             cursor=cursor,
         )
 

@@ -68,7 +68,7 @@ async def collect(
     written = 0
     last_status = 0.0
     try:
-        async for _cursor, document in client.results(batch_id, follow=follow):
+        async for _cursor, document in client.results(batch_id, follow=follow, inline_bodies=body):
             writer.write(document)
             written += 1
             if progress is not None:
@@ -138,7 +138,8 @@ async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
         progress = None
         if args.follow and not args.quiet:
             progress = Progress(st.submitted, f"batch {args.batch}")
-        body = args.body or (await client.batch_options(args.batch)).store_body
+        # CSV has no place for a reference: there the bodies a batch kept are always written out.
+        body = args.body or (args.format == "csv" and (await client.batch_options(args.batch)).store_body)
         await collect(client, args.batch, args.output, args.format, args.follow, progress, body=body)
     return EXIT_OK
 

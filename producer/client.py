@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.bodies import merge_body
+from worker.bodies import inline_ref, merge_body
 from worker.contract import (
     BATCHES_KEY,
     BatchOptions,
@@ -217,16 +217,25 @@ class Client:
         return BatchOptions.model_validate_json(raw) if raw else BatchOptions()
 
     async def results(
-        self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000
+        self,
+        batch_id: str,
+        *,
+        follow: bool = False,
+        cursor: str = "0-0",
+        block_ms: int = 1000,
+        inline_bodies: bool = False,
     ) -> AsyncIterator[tuple[str, bytes]]:
         """Yield (cursor, result JSON) pairs; resume later from the last cursor seen.
 
         With `follow`, keep waiting until every submitted URL has a result. Reconnects if Redis goes away.
+        Bodies kept in Redis are always in the documents; with `inline_bodies`, so are those in the body
+        store (read from it), else those documents carry only their `body_ref`.
         """
         async for entry_cursor, document, stored in self.entries(
             batch_id, follow=follow, cursor=cursor, block_ms=block_ms
         ):
-            yield entry_cursor, merge_body(document, stored)
+            merged = merge_body(document, stored)
+            yield entry_cursor, inline_ref(merged) if inline_bodies else merged
 
     async def entries(
         self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000

@@ -68,8 +68,15 @@ class LocalCluster:
     Use as a context manager: leaving the block, by return, error or Ctrl-C, stops every child.
     """
 
-    def __init__(self, settings: Settings, workers: int, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, workers: int, environ: dict[str, str] | None = None, bodies: bool = False
+    ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
+        # Bodies to a directory of this run (read back into the output before it is removed), not
+        # through the server's memory, unless FETCHFLEET_BODY_STORE says where.
+        self.body_dir = (
+            bodies and env_name("body_store") not in self.environ and REDIS_URL_ENV not in self.environ
+        )
         self.external = REDIS_URL_ENV in self.environ
         self.workers_wanted = workers
         self.base_settings = settings
@@ -127,6 +134,8 @@ class LocalCluster:
                 env.pop(env_name(name), None)
             env[REDIS_URL_ENV] = self.server.url
             env[env_name("redis_password")] = self.server.password
+            if self.body_dir:
+                env[env_name("body_store")] = (self.dir / "bodies").as_uri()
         else:
             env.pop(env_name("metrics_port"), None)
             ca_file = env.get(env_name("redis_ca_file"))
@@ -245,7 +254,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     try:
         total, digest = check_input(path, label)  # bad input: exit 2 before anything starts
-        with _terminations_interrupt(), LocalCluster(settings, args.workers or default_workers()) as cluster:
+        workers = args.workers or default_workers()
+        with _terminations_interrupt(), LocalCluster(settings, workers, bodies=args.body) as cluster:
             if not args.quiet:
                 _say(f"{total} URLs, {cluster.describe()}")
             install_event_loop()

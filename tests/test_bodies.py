@@ -86,6 +86,7 @@ def test_run_with_body_gives_every_page(target: FetchTarget, tmp_path: Path) -> 
         sent, encoding = expected[r["url"]]
         assert r["body_encoding"] == encoding, r
         assert body_bytes(r) == sent and sha256(sent) == r["sha256"]
+        assert r["body_ref"]["uri"].startswith("file:///")  # through run's own directory store
 
 
 @pytest.mark.slow

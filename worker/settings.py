@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # Comma-separated CIDR ranges opened despite the SSRF guard, e.g. "10.1.0.0/16,fd00::/8".
     allowed_networks: Annotated[tuple[str, ...], NoDecode] = ()
     max_stored_body_bytes: int = Field(default=1024 * 1024, ge=0, description="--store-body keeps this much")
+    # Kept bodies go to WARC files here instead of through Redis (docs/bodies.md); unset: inline in Redis.
+    body_store: str | None = None
+    warc_max_bytes: int = Field(default=1024**3, ge=1024, description="rotate a WARC file past this size")
+    warc_max_seconds: float = Field(default=3600.0, gt=0, description="rotate a WARC file this old")
+    body_store_max_wait: float = Field(default=30.0, gt=0, description="seconds a body may wait for fsync")
 
     # Retries (through the queue) and per-host politeness (through Redis, across all workers)
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -80,6 +85,18 @@ class Settings(BaseSettings):
     retry_after_max: float = Field(default=300.0, ge=0, description="longest Retry-After honoured")
     per_host_concurrency: int = Field(default=0, ge=0, description="0: no limit")
     per_host_rate: float = Field(default=0.0, ge=0, description="requests per second per host; 0: no limit")
+
+    @field_validator("body_store")
+    @classmethod
+    def _body_store(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value.startswith("s3://"):
+            raise ValueError("s3:// stores are not supported yet; use file:///path (a shared directory)")
+        from worker.warcstore import store_directory  # only when set: it loads warcio
+
+        store_directory(value)  # raises ValueError with the reason
+        return value
 
     @field_validator("redis_url")
     @classmethod
