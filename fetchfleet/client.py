@@ -10,6 +10,8 @@ from producer.client import Client as ProducerClient
 from worker.contract import FetchRequest
 from worker.settings import Settings
 
+FORGET_EVERY = 1000  # results taken between deletions of collected ones from Redis
+
 
 class Client:
     """A connection to one fetchfleet cluster (its Redis). Use as `async with Client() as client:`.
@@ -40,16 +42,28 @@ class Client:
         return await self.producer.submit(urls, batch_id=batch_id, store_body=body)
 
     async def results(
-        self, batch_id: str, *, follow: bool = False, cursor: str = "0-0"
+        self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", forget: bool | None = None
     ) -> AsyncIterator[Result]:
         """Yield each result as a `Result`, in completion order; `result.cursor` resumes after it.
 
-        With `follow`, keep waiting until every URL of the batch has its result.
+        With `follow`, keep waiting until every URL of the batch has its result. `forget`: delete from
+        Redis the results this loop has taken (default: when following, unless
+        FETCHFLEET_RESULT_RETENTION=ttl); a result counts as taken once the loop asks for the next.
         """
+        if forget is None:
+            forget = follow and self.producer.forgets_collected
+        taken = 0
+        last = cursor
         async for entry_cursor, document, stored in self.producer.entries(
             batch_id, follow=follow, cursor=cursor
         ):
+            if forget and taken and taken % FORGET_EVERY == 0:
+                await self.producer.forget_results(batch_id, last)
             yield Result.from_entry(entry_cursor, document, stored)
+            taken += 1
+            last = entry_cursor
+        if forget:
+            await self.producer.forget_results(batch_id, last)
 
     async def status(self, batch_id: str) -> BatchStatus:
         return await self.producer.status(batch_id)

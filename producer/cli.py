@@ -24,6 +24,7 @@ from worker.redisconn import redact
 from worker.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+FORGET_EVERY = 1000  # results written between deletions of collected ones from Redis
 
 
 def _err(message: str) -> None:
@@ -67,10 +68,16 @@ async def collect(
     writer = open_writer(output, fmt, body=body)
     written = 0
     last_status = 0.0
+    # A follower owns the batch's stream: what it has written out (and flushed) leaves Redis.
+    forget = follow and client.forgets_collected
+    cursor = "0-0"
     try:
-        async for _cursor, document in client.results(batch_id, follow=follow, inline_bodies=body):
+        async for cursor, document in client.results(batch_id, follow=follow, inline_bodies=body):
             writer.write(document)
             written += 1
+            if forget and written % FORGET_EVERY == 0:
+                writer.flush()
+                await client.forget_results(batch_id, cursor)
             if progress is not None:
                 now = time.monotonic()
                 failed = None
@@ -81,6 +88,9 @@ async def collect(
                     except REDIS_DOWN:
                         failed = None
                 progress.update(written, failed)
+        if forget:  # only after a complete, flushed write: a failed one leaves everything in Redis
+            writer.flush()
+            await client.forget_results(batch_id, cursor)
     finally:
         writer.close()
         if progress is not None:

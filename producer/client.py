@@ -275,14 +275,39 @@ class Client:
                 return
 
     async def _all_recorded(self, batch_id: str) -> bool:
+        # The `done` counter, not the stream's length: collected results may have been trimmed away.
+        # It goes up in the same script that appends to the stream, so it never runs ahead of it.
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(batch_key(batch_id), "complete", "submitted")
-                pipe.xlen(results_key(batch_id))
-                (complete, submitted), recorded = await pipe.execute()
+            complete, submitted, done = await self.redis.hmget(
+                batch_key(batch_id), "complete", "submitted", "done"
+            )
         except REDIS_DOWN:
             return False
-        return complete == b"1" and recorded >= int(submitted or 0)
+        return complete == b"1" and int(done or 0) >= int(submitted or 0)
+
+    @property
+    def forgets_collected(self) -> bool:
+        """Whether followers delete what they have written out (FETCHFLEET_RESULT_RETENTION)."""
+        return self.settings.result_retention == "collected"
+
+    async def forget_results(self, batch_id: str, cursor: str) -> int:
+        """Delete the batch's results up to and including `cursor` (collected ones); returns how many.
+
+        The done bitmap and the counters stay until the TTL: status, and exactly-once recording of a
+        chunk that runs again, do not need the stream.
+        """
+        if cursor == "0-0":
+            return 0
+        ms, _, seq = cursor.partition("-")
+        try:
+            return int(
+                await self.redis.xtrim(
+                    results_key(batch_id), minid=f"{ms}-{int(seq or 0) + 1}", approximate=False
+                )
+            )
+        except REDIS_DOWN as exc:  # the next trim takes these too
+            log.warning("could not delete collected results (%s); they expire with the batch", exc)
+            return 0
 
     async def cancel(self, batch_id: str) -> BatchStatus:
         key = batch_key(batch_id)

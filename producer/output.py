@@ -32,6 +32,7 @@ FORMATS = ("jsonl", "csv")
 
 class ResultWriter(Protocol):
     def write(self, document: bytes) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -41,6 +42,9 @@ class JsonLinesWriter:
 
     def write(self, document: bytes) -> None:
         self._out.write(document + b"\n")
+
+    def flush(self) -> None:
+        self._out.flush()
 
     def close(self) -> None:
         self._out.flush()
@@ -61,6 +65,10 @@ class CsvWriter:
         err = r.get("error") or {}
         row = {**r, "error_kind": err.get("kind"), "error_message": err.get("message")}
         self._csv.writerow(["" if row.get(f) is None else row.get(f) for f in self._fields])
+
+    def flush(self) -> None:
+        self._text.flush()
+        self._raw.flush()
 
     def close(self) -> None:
         self._text.flush()

@@ -104,7 +104,7 @@ async def test_client_streams_typed_results_and_resumes_from_a_cursor(
     urls = [http_target.url(f"/ok/{n}") for n in (1, 2, 3)] + [http_target.url("/status/404"), dead]
     async with fetchfleet.Client() as client:
         batch = await client.submit(urls, body=True)
-        results = [r async for r in client.results(batch, follow=True)]
+        results = [r async for r in client.results(batch, follow=True, forget=False)]
         assert sorted(r.index for r in results) == [0, 1, 2, 3, 4]
         by_index = {r.index: r for r in results}
         for i, n in enumerate((1, 2, 3)):

@@ -114,7 +114,7 @@ def test_file_store_through_real_workers(
     urls = [http_target.url(f"/ok/{50 + i}") for i in range(300)] + [http_target.url("/status/404")]
     path = write_urls(tmp_path / "urls.txt", urls)
     out = tmp_path / "refs.jsonl"
-    env = fetchfleet_env(redis_url, **settings)
+    env = fetchfleet_env(redis_url, result_retention="ttl", **settings)  # results are read twice
     proc = run_cli(["submit", str(path), "--body", "-q"], env)
     assert proc.returncode == 0, proc.stderr.decode()
     batch = proc.stdout.decode().strip()

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     queue_name: str = "fetchfleet:queue"
     chunk_size: int = Field(default=100, ge=1, le=10_000)
     result_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="seconds every batch key lives")
+    # "collected": a follower (`--wait`, `results --follow`, the API's follow) deletes the results it has
+    # written out, so Redis holds only what is uncollected; "ttl": results stay until result_ttl.
+    result_retention: Literal["collected", "ttl"] = "collected"
     job_timeout: int = Field(default=300, ge=1, description="seconds one chunk may run")
     max_queued_chunks: int = Field(default=10_000, ge=1, description="submit waits above this queue depth")
     poll_delay: float = Field(default=0.01, gt=0, le=5)
