@@ -18,7 +18,7 @@ from worker.recorder import Recorder
 from worker.results import encode, encode_doc, error_result, final_outcome, result_doc, stored_body
 from worker.retry import RetryPolicy, schedule_retry
 from worker.settings import Settings
-from worker.warcstore import WarcStore
+from worker.warcstore import BodyStore
 
 log = logging.getLogger("fetchfleet.chunks")
 
@@ -38,7 +38,7 @@ class Runtime:
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     cancels: CancelWatch | None = None
     # FETCHFLEET_BODY_STORE: kept bodies go to WARC files, results carry a body_ref instead.
-    body_store: WarcStore | None = None
+    body_store: BodyStore | None = None
     # Set on SIGTERM: fetches not yet started are handed back to the queue instead (errors.HandBack).
     stopping: bool = False
 

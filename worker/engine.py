@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the producer imports this module for enqueueing and must no
     from worker.chunks import Runtime
     from worker.lease import Leases
     from worker.ops import Ops
-    from worker.warcstore import WarcStore
+    from worker.warcstore import BodyStore
 
 log = logging.getLogger("fetchfleet.worker")
 
@@ -184,10 +184,22 @@ async def forget_try(ctx: WorkerCtx) -> None:
         log.debug("could not undo the try count of %s: %s", ctx.get("job_id"), exc)
 
 
-async def open_body_store(settings: Settings, worker_id: str) -> WarcStore:
+async def open_body_store(settings: Settings, worker_id: str) -> BodyStore:
     from worker.warcstore import WarcStore, store_directory
 
     assert settings.body_store is not None
+    if settings.body_store.startswith("s3://"):
+        from worker.s3store import S3WarcStore
+
+        s3 = S3WarcStore(
+            settings.body_store,
+            worker_id,
+            settings.warc_max_bytes,
+            settings.s3_flush_seconds,
+            settings.body_store_max_wait,
+            settings.s3_endpoint_url,
+        )
+        return await s3.__aenter__()
     store = WarcStore(
         store_directory(settings.body_store),
         worker_id,

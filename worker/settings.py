@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     warc_max_bytes: int = Field(default=1024**3, ge=1024, description="rotate a WARC file past this size")
     warc_max_seconds: float = Field(default=3600.0, gt=0, description="rotate a WARC file this old")
     body_store_max_wait: float = Field(default=30.0, gt=0, description="seconds a body may wait for fsync")
+    # s3:// stores: the endpoint of an S3-compatible server (unset: AWS); credentials from AWS_* variables
+    s3_endpoint_url: str | None = None
+    s3_flush_seconds: float = Field(default=1.0, gt=0, le=300, description="upload a WARC segment this often")
 
     # Retries (through the queue) and per-host politeness (through Redis, across all workers)
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -95,7 +98,10 @@ class Settings(BaseSettings):
         if not value:
             return None
         if value.startswith("s3://"):
-            raise ValueError("s3:// stores are not supported yet; use file:///path (a shared directory)")
+            from worker.s3store import parse_s3
+
+            parse_s3(value)  # raises ValueError with the reason
+            return value
         from worker.warcstore import store_directory  # only when set: it loads warcio
 
         store_directory(value)  # raises ValueError with the reason

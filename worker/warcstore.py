@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
@@ -48,6 +48,13 @@ class Exchange:
     reason: str
     version: str  # "1.1"
     response_headers: tuple[tuple[str, str], ...]
+
+
+class BodyStore(Protocol):
+    """What a worker needs of a body store: WarcStore (a directory) or s3store.S3WarcStore."""
+
+    async def put(self, exchange: Exchange, body: bytes) -> BodyRef: ...
+    async def close(self) -> None: ...
 
 
 def store_directory(store: str) -> Path:
@@ -265,15 +272,20 @@ def read_record(ref: dict[str, Any]) -> tuple[bytes, str | None]:
     """(payload, WARC-Payload-Digest) of the response record a result's `body_ref` points at."""
     try:
         uri, offset, length = ref["uri"], int(ref["offset"]), int(ref["length"])
-        path = store_directory(uri)
+        path = None if uri.startswith("s3://") else store_directory(uri)
     except (KeyError, TypeError, ValueError) as exc:
         raise BodyUnavailable(f"not a body reference: {exc}") from None
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            data = f.read(length)
-    except OSError as exc:
-        raise BodyUnavailable(f"{uri}: {exc.strerror}") from None
+    if path is None:
+        from worker.s3store import read_s3_range  # loads obstore, only for S3 references
+
+        data = read_s3_range(uri, offset, length)
+    else:
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except OSError as exc:
+            raise BodyUnavailable(f"{uri}: {exc.strerror}") from None
     if len(data) != length:
         raise BodyUnavailable(f"{uri}: {length} bytes at {offset} are not all there")
     try:
