@@ -155,8 +155,14 @@ def test_worker_sigkilled_mid_batch_loses_no_body(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    # Kill once the victim has written into its WARC file, while the batch is far from done.
-    wait_until(lambda: any(store.glob("*victim*.warc.gz")) and out.stat().st_size > 0, 30, "victim writing")
+
+    # Kill once the victim has written records into its WARC file (and, a moment later, recorded their
+    # results), while the batch is far from done.
+    def victim_bytes() -> int:
+        return sum(f.stat().st_size for f in store.glob("*victim*.warc.gz"))
+
+    wait_until(lambda: victim_bytes() > 20_000, 60, "victim writing")
+    time.sleep(0.5)
     victim.signal(signal.SIGKILL)
     assert victim.proc.wait(10) == -signal.SIGKILL
     try:

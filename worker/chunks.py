@@ -143,7 +143,7 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
         if rt.body_store is not None and outcome.exchange is not None and outcome.body is not None:
             if outcome.error is None:
                 # Durable before it is recorded: a result never points at bytes a crash could lose.
-                ref = await rt.body_store.put(outcome.exchange, outcome.body)
+                ref = await rt.body_store.put(outcome.exchange, outcome.body, outcome.sha256)
                 doc["body_ref"] = ref.model_dump()
         else:
             body = stored_body(outcome)

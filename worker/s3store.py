@@ -88,11 +88,11 @@ class S3WarcStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def put(self, exchange: Exchange, body: bytes) -> BodyRef:
+    async def put(self, exchange: Exchange, body: bytes, sha256_hex: str | None = None) -> BodyRef:
         """Add the exchange's records to the current segment; return their place once it is uploaded."""
         if self._closed:
             raise BodyStoreError("body store is closed")
-        response, request = build_records(exchange, body)
+        response, request = build_records(exchange, body, sha256_hex)
         seg = self._segment()
         offset = seg.size
         seg.parts.append(response + request)
@@ -102,12 +102,7 @@ class S3WarcStore:
         if seg.size >= self.max_bytes:
             self._seal()
         self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(done), self.flush_seconds + self.max_wait)
-        except TimeoutError:
-            raise BodyStoreError(
-                f"s3://{self.bucket}/{seg.key} not uploaded within {self.flush_seconds + self.max_wait:g}s"
-            ) from None
+        await done  # the uploader answers within flush_seconds + max_wait, one way or the other
         return BodyRef(uri=f"s3://{self.bucket}/{seg.key}", offset=offset, length=len(response))
 
     def _segment(self) -> _Segment:
@@ -148,9 +143,11 @@ class S3WarcStore:
         import obstore
 
         try:
-            await obstore.put_async(self.store, seg.key, b"".join(seg.parts))
+            upload = obstore.put_async(self.store, seg.key, b"".join(seg.parts))
+            await asyncio.wait_for(upload, self.max_wait)
         except Exception as exc:  # obstore raises its own tree; every kind fails the waiting chunks
-            error = BodyStoreError(f"upload of s3://{self.bucket}/{seg.key} failed: {exc}")
+            why = f"not uploaded within {self.max_wait:g}s" if isinstance(exc, TimeoutError) else str(exc)
+            error = BodyStoreError(f"s3://{self.bucket}/{seg.key}: {why}")
             for fut in seg.waiters:
                 if not fut.done():
                     fut.set_exception(error)
