@@ -2,8 +2,8 @@
 
 A worker appends gzip members, one per record, to its own file and rotates it by size and age. `put`
 returns a `BodyRef` (file URI, offset, length of the response record) only once the bytes it points at
-are fsynced: a result recorded in Redis never points at bytes a crash could lose. Imports only warcio
-and the standard library, so the producer reads bodies back with the same module.
+are fsynced: a result recorded in Redis never points at bytes a crash could lose. Imports only warcio,
+the contract and the standard library, so the producer reads bodies back with the same module.
 """
 
 from __future__ import annotations
