@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from worker.batchpolicy import batch_policy
 from worker.cancel import CancelWatch
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, batch_key, done_key
-from worker.errors import HandBack
+from worker.errors import BodyStoreError, HandBack
 from worker.fetcher import Fetcher
 from worker.hostlimits import HostLimiter, fetch_slot, make_limiter
 from worker.metrics import WorkerMetrics
@@ -19,6 +19,7 @@ from worker.recorder import Recorder
 from worker.results import encode, encode_doc, error_result, final_outcome, result_doc, stored_body
 from worker.retry import RetryPolicy, schedule_retry
 from worker.settings import Settings
+from worker.warcstore import BodyStore
 
 log = logging.getLogger("fetchfleet.chunks")
 
@@ -37,6 +38,8 @@ class Runtime:
     fetches: int = 0
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     cancels: CancelWatch | None = None
+    # FETCHFLEET_BODY_STORE: kept bodies go to WARC files, results carry a body_ref instead.
+    body_store: BodyStore | None = None
     # Set on SIGTERM: fetches not yet started are handed back to the queue instead (errors.HandBack).
     stopping: bool = False
 
@@ -140,10 +143,18 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
             return 1  # handled: the next attempt waits in the queue, not in this worker
         outcome = final_outcome(outcome, rt.retry.statuses)
         doc = result_doc(index, outcome, attempts, rt.worker_id)
+        if rt.body_store is not None and outcome.exchange is not None and outcome.body is not None:
+            if outcome.error is None:
+                # Durable before it is recorded: a result never points at bytes a crash could lose.
+                ref = await rt.body_store.put(outcome.exchange, outcome.body, outcome.sha256)
+                doc["body_ref"] = ref.model_dump()
+        else:
+            body = stored_body(outcome)
         payload = encode_doc(doc)
-        body = stored_body(outcome)
     except asyncio.CancelledError:
         raise
+    except BodyStoreError:
+        raise  # not this URL's fault: the chunk fails and runs again (with backoff), nothing recorded
     except Exception as exc:
         log.exception("internal error fetching batch %s index %d", job.batch_id, index)
         result = error_result(

@@ -333,6 +333,15 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class BodyRef(BaseModel):
+    """Where a body kept in FETCHFLEET_BODY_STORE is: its WARC response record, a gzip member of
+    `length` bytes at `offset` of the file `uri`."""
+
+    uri: str
+    offset: int
+    length: int
+
+
 class FetchResult(BaseModel):
     """One line of the results: exactly one per submitted URL."""
 
@@ -351,6 +360,7 @@ class FetchResult(BaseModel):
     worker: str = ""
     body: str | None = None
     body_encoding: Literal["text", "base64"] | None = None
+    body_ref: BodyRef | None = None
 
 
 def batch_key(batch_id: str) -> str:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the producer imports this module for enqueueing and must no
     from worker.chunks import Runtime
     from worker.lease import Leases
     from worker.ops import Ops
+    from worker.warcstore import BodyStore
 
 log = logging.getLogger("fetchfleet.worker")
 
@@ -183,6 +184,32 @@ async def forget_try(ctx: WorkerCtx) -> None:
         log.debug("could not undo the try count of %s: %s", ctx.get("job_id"), exc)
 
 
+async def open_body_store(settings: Settings, worker_id: str) -> BodyStore:
+    from worker.warcstore import WarcStore, store_directory
+
+    assert settings.body_store is not None
+    if settings.body_store.startswith("s3://"):
+        from worker.s3store import S3WarcStore
+
+        s3 = S3WarcStore(
+            settings.body_store,
+            worker_id,
+            settings.warc_max_bytes,
+            settings.s3_flush_seconds,
+            settings.body_store_max_wait,
+            settings.s3_endpoint_url,
+        )
+        return await s3.__aenter__()
+    store = WarcStore(
+        store_directory(settings.body_store),
+        worker_id,
+        settings.warc_max_bytes,
+        settings.warc_max_seconds,
+        settings.body_store_max_wait,
+    )
+    return await store.__aenter__()
+
+
 def make_worker_id(settings: Settings) -> str:
     if settings.worker_id:
         return settings.worker_id
@@ -217,6 +244,8 @@ def build_worker_settings(settings: Settings) -> type:
         ctx["leases"] = leases
         rt = Runtime(settings, ctx["redis"], fetcher, recorder, make_worker_id(settings))
         rt.cancels = cancels
+        if settings.body_store:
+            rt.body_store = await open_body_store(settings, rt.worker_id)
         ctx["runtime"] = rt
         ctx["ops"] = await start_ops(rt, ctx.get("poll_due"))  # heartbeat, /metrics, /healthz
         # What exists now lives as long as the process: frozen, the collector stops walking it, and a
@@ -245,6 +274,8 @@ def build_worker_settings(settings: Settings) -> type:
                 await rt.cancels.close()
             await rt.recorder.close()
             await rt.fetcher.close()
+            if rt.body_store is not None:
+                await rt.body_store.close()
             log.info("worker %s stopped after %d fetches", rt.worker_id, rt.fetches)
 
     async def on_job_start(ctx: WorkerCtx) -> None:
