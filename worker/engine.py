@@ -476,6 +476,7 @@ class FleetWorker(Worker):
     """arq's Worker, surviving a full Redis: a refused write there must not end the poll loop."""
 
     async def run_job(self, job_id: str, score: int) -> None:
+        ran = self.jobs_complete + self.jobs_failed + self.jobs_retried
         try:
             await super().run_job(job_id, score)
         except REDIS_ERRORS as exc:
@@ -483,7 +484,8 @@ class FleetWorker(Worker):
                 raise
             # arq's start (GET, INCR) or finish transaction was refused as a whole: no try was counted
             # (or the run is over). The claim's lease runs out and the chunk runs again after it.
-            log.warning("chunk %s: Redis full at its start or end; it runs again after its lease", job_id)
+            stage = "end" if self.jobs_complete + self.jobs_failed + self.jobs_retried > ran else "start"
+            log.warning("chunk %s: Redis full at its %s; it runs again after its lease", job_id, stage)
             rt: Runtime | None = self.ctx.get("runtime")
             if rt is not None:
                 rt.recorder.pressure.full_now()
@@ -491,6 +493,52 @@ class FleetWorker(Worker):
             rt = self.ctx.get("runtime")
             if rt is not None:
                 rt.reserved.pop(job_id, None)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        try:
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
+            # A full Redis refuses every command queued in a MULTI, even DEL and ZREM; left there, a
+            # finished chunk would stay queued and run a second time. Outside a transaction those run.
+            # (A deferral is a ZINCRBY, which it refuses anyway: the chunk then runs again at once.)
+            await self._finish_without_transaction(job_id, finish)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        try:
+            await super().finish_failed_job(job_id, result_data)
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
+            await self._finish_without_transaction(job_id, True)
+
+    async def _finish_without_transaction(self, job_id: str, finish: bool) -> None:
+        # Off the queue first: a worker dying between the two leaves a job key to expire, never a
+        # queued id without its job.
+        async with self.pool.pipeline(transaction=False) as pipe:
+            if finish:
+                pipe.zrem(self.queue_name, job_id)
+                pipe.delete(retry_key_prefix + job_id, JOB_KEY_PREFIX + job_id)
+            pipe.delete(IN_PROGRESS_KEY_PREFIX + job_id)
+            await pipe.execute()
 
     async def record_health(self) -> None:
         # arq's shared health-check key (a write): skipped while Redis is full, /healthz tells instead.

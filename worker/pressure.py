@@ -3,7 +3,7 @@
 Whoever meets an OOM reply (recorder, retry queue, claims) calls `RedisPressure.full_now()`. While the
 flag is up the worker claims no chunk and starts no fetch, keeps what it fetched in memory, pauses its
 chunk deadlines (waiting for room is not the chunk's fault), fails `/healthz`, and logs "Redis is full
-(used/max)" once a minute. It comes down when a write succeeds again or INFO memory shows room.
+(used/max)" once a minute. It comes down when INFO memory shows room again (5 % of maxmemory free).
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from worker.background import start_loop, stop_loop
-from worker.contract import KEY_PREFIX
 from worker.rediserrors import REDIS_ERRORS
 
 log = logging.getLogger("fetchfleet.pressure")
 
 REPORT_EVERY_S = 60.0
 CHECK_EVERY_S = 1.0
-PROBE_KEY = f"{KEY_PREFIX}:room-probe"
+# Room means this much of maxmemory free again, not one write squeezing in: resuming at the first
+# free byte would fill Redis again at once and flap between full and not every second.
+ROOM_FRACTION = 0.95
 
 
 def mib(n: int) -> str:
@@ -61,7 +62,7 @@ class RedisPressure:
         self._task = start_loop(self._task, self._watch, "fetchfleet-pressure")
 
     def room_again(self) -> None:
-        """A write succeeded (or INFO shows room): lower the flag and let everything move on."""
+        """INFO shows room: lower the flag and let everything move on."""
         if not self.full:
             return
         waited = time.monotonic() - self.since
@@ -84,17 +85,12 @@ class RedisPressure:
 
     async def read_memory(self) -> None:
         info = await self.redis.info("memory")
-        self.used = int(info.get("used_memory", 0))
+        # What Redis compares with maxmemory: replication and AOF buffers are not counted.
+        self.used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
         self.maxmemory = int(info.get("maxmemory", 0))
 
-    async def _write_succeeds(self) -> bool:
-        """One tiny write, the only true test of room (INFO's used_memory counts buffers Redis
-        does not count against maxmemory); made once a second while full, so it costs nothing."""
-        try:
-            await self.redis.set(PROBE_KEY, b"1", px=1000)
-        except REDIS_ERRORS:
-            return False
-        return True
+    def has_room(self) -> bool:
+        return self.maxmemory == 0 or self.used < self.maxmemory * ROOM_FRACTION
 
     async def close(self) -> None:
         await stop_loop(self._task)
@@ -106,9 +102,9 @@ class RedisPressure:
             while self.full:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self.read_memory()
-                if await self._write_succeeds():
-                    self.room_again()
-                    break
+                    if self.has_room():
+                        self.room_again()
+                        break
                 now = time.monotonic()
                 if now - self._last_report >= REPORT_EVERY_S:
                     self._last_report = now

@@ -136,20 +136,20 @@ class Recorder:
                             p.future.set_result(bool(flag))
                     # Recorded: a retry after an error further on must not send this group again.
                     del by_batch[batch_id]
-                self.pressure.room_again()
                 break
             except REDIS_ERRORS as exc:
                 problem = classify(exc)
-                if problem is RedisProblem.FULL:
+                if problem is RedisProblem.FULL and not (self._closed and delay >= FULL_BACKOFF_CAP_S):
                     # Redis is full: the script's first write was refused, so nothing of this group
                     # was written. Keep every result and try again until there is room; the chunks
                     # waiting on them hold their leases meanwhile, and no new chunk is claimed.
+                    # (Shutting down: the chunks fail after a while and run again elsewhere later.)
                     self.pressure.full_now()
                     self._progress_at = time.monotonic()  # waiting for room is not a stall
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, FULL_BACKOFF_CAP_S)
                     continue
-                if problem is not RedisProblem.UNREACHABLE:
+                if problem is not RedisProblem.UNREACHABLE and problem is not RedisProblem.FULL:
                     # Not transient: the chunks waiting on these results fail and retry
                     log.error("recording %d results failed: %s", len(items), exc)
                     self._fail(items, exc)

@@ -156,7 +156,6 @@ class Requeuer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_CAP_S)
                 continue
-            self._pressure.room_again()
             queued_before = {int(i) for i in seen}
             for w in items:
                 if (not seen or w.index in queued_before) and not w.future.done():
