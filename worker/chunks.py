@@ -92,12 +92,10 @@ async def chunk_state(redis: Redis, job: ChunkJob, indexes: list[int]) -> tuple[
     return cancelled, flags
 
 
-async def run_chunk(rt: Runtime, job: ChunkJob, claim_id: str | None = None) -> ChunkSummary:
+async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
     entries = job.entries()
     cancelled, flags = await chunk_state(rt.redis, job, [e[0] for e in entries])
     pending = [e for e, done in zip(entries, flags, strict=True) if not done]
-    # From here its URLs count as waiting for a slot, no longer as a claimed chunk of unknown size.
-    rt.reserved.pop(claim_id or "", None)
     if rt.cancels is not None:
         rt.cancels.note(job.batch_id, cancelled)
     if cancelled:
@@ -108,7 +106,7 @@ async def run_chunk(rt: Runtime, job: ChunkJob, claim_id: str | None = None) -> 
             records.append(rt.recorder.record(job.batch_id, index, True, encode(result)))
         await asyncio.gather(*records)  # one flush for the whole chunk, not a round trip per URL
         return ChunkSummary(fetched=0, skipped=len(entries), recorded=len(pending))
-    rt.waiting += len(pending)
+    rt.waiting += len(pending)  # counted until each holds a slot (claim sizing)
     outcomes = await asyncio.gather(*(fetch_one(rt, job, index, req, tries) for index, req, tries in pending))
     if rt.stopping and sum(outcomes) < len(pending):
         # Every fetch this chunk started has finished and is recorded; the rest go back to the queue.

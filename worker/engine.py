@@ -163,7 +163,9 @@ async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         # result with it. Here what finished stays recorded and the rest runs in the next try. Its
         # clock stops while Redis is full: waiting for room is not the chunk taking too long.
         async with rt.recorder.pressure.deadline(settings.job_timeout):
-            summary = await run_chunk(rt, job, job_id)
+            # From here its URLs count as waiting for a slot, no longer as a claimed chunk.
+            rt.reserved.pop(job_id, None)
+            summary = await run_chunk(rt, job)
     except HandBack as back:
         log.info("chunk %s: %d unstarted URLs handed back to the queue", job_id, back.handed_back)
         rt.metrics.chunk_done("handed_back")
