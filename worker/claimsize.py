@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 # How far ahead a claim looks: a claimed chunk starts fetching a poll, a claim round trip and a
 # chunk-state round trip later. ops/bench: 0.1 s keeps the slots of a busy worker full.
 HORIZON_S = 0.1
-# The fetch rate is measured over about this long, sampled every tenth of it.
-RATE_WINDOW_S = 1.0
+# The fetch rate is measured over about this long (sampled at every poll), and read once the window
+# spans at least RATE_MIN_S: a worker that just got busy shows its rate within a few polls.
+RATE_WINDOW_S = 0.5
+RATE_MIN_S = 0.02
 
 
 @dataclass
@@ -29,12 +31,11 @@ class ClaimSizer:
     def rate(self, now: float, fetches: int) -> float:
         """Fetches finished per second over the last RATE_WINDOW_S or so."""
         samples = self._samples
-        if not samples or now - samples[-1][0] >= RATE_WINDOW_S / 10:
-            samples.append((now, fetches))
-        while len(samples) > 1 and now - samples[0][0] > RATE_WINDOW_S:
+        samples.append((now, fetches))
+        while now - samples[0][0] > RATE_WINDOW_S:
             samples.popleft()
         then, before = samples[0]
-        return (fetches - before) / (now - then) if now > then else 0.0
+        return (fetches - before) / (now - then) if now - then >= RATE_MIN_S else 0.0
 
     def chunks(self, *, now: float, fetches: int, in_flight: int, waiting: int, reserved: int) -> int:
         """Chunks to claim: URLs the slots can start within the horizon, over URLs already held.
