@@ -116,7 +116,14 @@ class Requeuer:
             for group in groups.values():
                 group.sort(key=lambda w: w.index)
                 for i in range(0, len(group), size):
-                    await self._queue(group[i : i + size])
+                    part = group[i : i + size]
+                    try:
+                        await self._queue(part)
+                    except Exception as exc:  # a bug here must fail these retries, not hang their chunks
+                        log.exception("queueing %d retries failed", len(part))
+                        for w in part:
+                            if not w.future.done():
+                                w.future.set_exception(exc)
 
     async def _queue(self, items: list[Waiting]) -> None:
         """Queue one chunk; waits out a full or unreachable Redis, never drops a retry silently."""
@@ -145,14 +152,15 @@ class Requeuer:
                 )
             except REDIS_ERRORS as exc:
                 problem = classify(exc)
-                if problem is RedisProblem.FULL:
-                    self._pressure.full_now()  # nothing was written; the URLs wait here for room
-                elif problem is not RedisProblem.UNREACHABLE or (self._closed and delay >= BACKOFF_CAP_S):
+                transient = problem in (RedisProblem.FULL, RedisProblem.UNREACHABLE)
+                if not transient or (self._closed and delay >= BACKOFF_CAP_S):
                     log.error("could not queue %d retries of batch %s: %s", len(items), first.batch_id, exc)
                     for w in items:
                         if not w.future.done():
                             w.future.set_exception(exc)
                     return
+                if problem is RedisProblem.FULL:
+                    self._pressure.full_now()  # nothing was written; the URLs wait here for room
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_CAP_S)
                 continue
