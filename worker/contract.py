@@ -378,6 +378,11 @@ def done_key(batch_id: str) -> str:
     return f"{KEY_PREFIX}:batch:{batch_id}:done"
 
 
+def retried_key(batch_id: str, attempt: int) -> str:
+    """Bitmap, bit i set once attempt `attempt` of index i is queued: each retry queued once."""
+    return f"{KEY_PREFIX}:batch:{batch_id}:retried:{attempt}"
+
+
 def batch_keys(batch_id: str) -> tuple[str, str, str]:
     return batch_key(batch_id), results_key(batch_id), done_key(batch_id)
 
