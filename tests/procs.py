@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,17 @@ from producer.children import stop_process
 from worker.settings import environment
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def restore_sigint() -> None:
+    """A `preexec_fn` for a child a test will Ctrl-C: SIGINT back to its default before exec.
+
+    A shell runs a non-interactive background job (`nohup`, `cmd &` in a script, some CI runners)
+    with SIGINT ignored; an ignored signal stays ignored across fork and exec, and a Python child
+    that starts with SIGINT ignored never raises KeyboardInterrupt. Without this, such a test passes
+    or hangs depending on how the suite was started, not on the code under test.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def fetchfleet_env(redis_url: str, **settings: str | int | bool) -> dict[str, str]:
@@ -29,6 +41,7 @@ class WorkerProcess:
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=restore_sigint,  # tests Ctrl-C workers; a worker started by hand has it
         )
 
     @property

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from producer.cli import EXAMPLES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
 from tests.redis_proc import free_port
 
 
@@ -65,6 +65,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["run", "submit"])
 def test_missing_input_file_exits_2(command: str, tmp_path: Path) -> None:
     missing = tmp_path / "nope.txt"
@@ -73,6 +74,7 @@ def test_missing_input_file_exits_2(command: str, tmp_path: Path) -> None:
     assert f"{missing}: no such file" in proc.stderr.decode()
 
 
+@pytest.mark.slow
 def test_a_bad_setting_exits_2_naming_it(tmp_path: Path) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("http://example.com/\n")
@@ -83,6 +85,7 @@ def test_a_bad_setting_exits_2_naming_it(tmp_path: Path) -> None:
     assert "FETCHFLEET_CONCURRENCY" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_unreachable_redis_exits_1(tmp_path: Path) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("http://example.com/\n")
@@ -94,12 +97,14 @@ def test_unreachable_redis_exits_1(tmp_path: Path) -> None:
         assert "Redis" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_unknown_batch_exits_1(redis_url: str) -> None:
     proc = run_cli(["status", "0123456789abcdef"], fetchfleet_env(redis_url))
     assert proc.returncode == EXIT_FAILED
     assert "no batch" in proc.stderr.decode()
 
 
+@pytest.mark.slow
 def test_done_exits_0_even_with_failed_fetches(redis_url: str, spawn_worker) -> None:
     dead = f"http://127.0.0.1:{free_port()}/nothing"
     spawn_worker(redis_url)
@@ -109,6 +114,7 @@ def test_done_exits_0_even_with_failed_fetches(redis_url: str, spawn_worker) -> 
     assert b'"kind":"connect"' in proc.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_waiting_exits_130(redis_url: str, tmp_path: Path) -> None:
     """No worker runs, so `submit --wait` waits until the terminal's Ctrl-C reaches its process group."""
     urls = tmp_path / "urls.txt"
@@ -123,6 +129,7 @@ def test_ctrl_c_while_waiting_exits_130(redis_url: str, tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=err,
             start_new_session=True,
+            preexec_fn=restore_sigint,  # the Ctrl-C below must reach it however pytest was started
         )
     try:
         batch_id = proc.stdout.readline()  # printed once the batch is queued: now it waits

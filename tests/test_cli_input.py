@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.procs import fetchfleet_env, run_cli
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 
 def test_bad_lines_named_and_nothing_written(redis_url: str, tmp_path: Path) -> None:

@@ -178,6 +178,7 @@ async def test_redirect_to_a_forbidden_address_is_blocked_at_the_hop(
     assert counting.connections == 0
 
 
+@pytest.mark.slow
 def test_worker_with_default_settings_blocks_every_private_target(
     redis_url: str, spawn_worker, counting: FetchTarget, tmp_path: Path
 ) -> None:
@@ -204,6 +205,7 @@ def test_worker_with_default_settings_blocks_every_private_target(
         assert r.zcard("fetchfleet:queue") == 0  # no retry waiting either
 
 
+@pytest.mark.slow
 def test_bad_allowed_networks_is_named() -> None:
     proc = run_cli(
         ["status", "nope"], fetchfleet_env("redis://127.0.0.1:1/0", allowed_networks="10.0.0.0/33")
