@@ -1,4 +1,4 @@
-"""Starting fetchfleet workers and CLI commands as real processes for end-to-end tests."""
+"""Starting fetchfleet workers and CLI commands as real processes for end-to-end tests (or in-process)."""
 
 from __future__ import annotations
 
