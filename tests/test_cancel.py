@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.chaos import (
     SlowTarget,
     assert_each_index_once,
@@ -17,6 +19,8 @@ from tests.chaos import (
 )
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 REFRESH_MARGIN_S = 1.0  # the workers' cancel view refreshes every 0.5 s
 

@@ -81,6 +81,7 @@ def test_csv_has_a_header_and_one_row_per_result(tmp_path: Path) -> None:
     assert {ok["ok"], failed["ok"]} == {"True", "False"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_dash_is_stdout_and_stays_open(fmt: str) -> None:
     """After the writer closes, the process can still print: `-` must not close stdout."""
@@ -106,6 +107,7 @@ def test_dash_is_stdout_and_stays_open(fmt: str) -> None:
         assert [r["url"] for r in rows] == [OK["url"], FAILED["url"]]
 
 
+@pytest.mark.slow
 def test_submit_wait_csv_to_stdout_puts_the_batch_id_on_stderr(
     redis_url: str, http_target: HttpTarget, spawn_worker
 ) -> None:

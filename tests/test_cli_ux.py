@@ -22,7 +22,7 @@ import pytest
 from producer.cli import EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from producer.summary import Summary
 from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
 from tests.redis_proc import free_port
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
@@ -236,6 +236,7 @@ def test_wait_with_no_worker_says_so_and_ctrl_c_prints_the_next_commands(
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=err,
+            preexec_fn=restore_sigint,  # the Ctrl-C below must reach it however pytest was started
         )
     try:
         batch_id = proc.stdout.readline().decode().strip()

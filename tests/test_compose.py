@@ -75,6 +75,7 @@ def compose() -> dict[str, Any]:
     return load_compose()
 
 
+@pytest.mark.slow
 def test_compose_file_is_valid_and_the_check_catches_mistakes(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -263,6 +264,7 @@ class LocalCluster:
                 p.wait(10)
 
 
+@pytest.mark.slow
 def test_compose_services_run_as_local_processes(
     compose: dict[str, Any], http_target: HttpTarget, tmp_path: Path
 ) -> None:
@@ -316,6 +318,7 @@ def test_compose_services_run_as_local_processes(
         assert all(isinstance(json.loads(line), dict) for line in lines), log
 
 
+@pytest.mark.slow
 def test_a_renamed_setting_in_the_file_stops_the_worker(
     compose: dict[str, Any], redis_server: RedisProcess, tmp_path: Path
 ) -> None:

@@ -20,6 +20,8 @@ from tests.chaos import (
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 @pytest.fixture
 def slow_target() -> Iterator[SlowTarget]:

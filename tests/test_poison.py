@@ -15,6 +15,8 @@ from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 # Loaded by the worker subprocess only (PYTHONPATH): production code carries no test hooks.
 FAULTS = textwrap.dedent(
     """

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from producer.cli import EXIT_FAILED, EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
@@ -81,6 +82,7 @@ def test_readme_api_example_is_the_runnable_file() -> None:
     )
 
 
+@pytest.mark.slow
 def test_api_example_runs(redis_url: str, http_target: HttpTarget, spawn_worker) -> None:
     spawn_worker(redis_url)
     dead = f"http://127.0.0.1:{free_port()}/x"
@@ -106,6 +108,8 @@ def test_api_example_runs(redis_url: str, http_target: HttpTarget, spawn_worker)
     assert re.fullmatch(r"batch \w+: cancelled", lines[7]), lines[7]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # builds a virtualenv: measured 57 s
 def test_readme_commands_work_on_a_fresh_copy_in_a_new_virtualenv(tmp_path: Path) -> None:
     """`pip install .` then `fetchfleet run urls.txt -o results.jsonl`, as written (about 25 s here)."""
     proc = subprocess.run(

@@ -15,6 +15,8 @@ from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_u
 from tests.procs import ROOT, fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 DOWN_S = 8
 
 
@@ -35,6 +37,7 @@ def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.timeout(180)  # measured 28 s
 def test_redis_killed_and_restarted_mid_batch(aof_redis: RedisProcess, spawn_worker, tmp_path: Path) -> None:
     target = SlowTarget().start()
     try:
