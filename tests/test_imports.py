@@ -22,6 +22,7 @@ def test_no_pickle_in_job_codec() -> None:
     assert codec.load_job(codec.dump_job({"a": [1, "x"]})) == {"a": [1, "x"]}
 
 
+@pytest.mark.slow
 def test_import_fetchfleet_does_not_load_aiohttp() -> None:
     code = "import sys, fetchfleet; print('aiohttp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
