@@ -217,6 +217,8 @@ def build_worker_settings(settings: Settings) -> type:
         ctx["leases"] = leases
         rt = Runtime(settings, ctx["redis"], fetcher, recorder, make_worker_id(settings))
         rt.cancels = cancels
+        if rt.polite is not None:
+            rt.polite.start()  # the throttled-hosts refresh loop (worker/throttle.py)
         ctx["runtime"] = rt
         ctx["ops"] = await start_ops(rt, ctx.get("poll_due"))  # heartbeat, /metrics, /healthz
         # What exists now lives as long as the process: frozen, the collector stops walking it, and a
@@ -243,6 +245,8 @@ def build_worker_settings(settings: Settings) -> type:
         if rt is not None:
             if rt.cancels is not None:
                 await rt.cancels.close()
+            if rt.polite is not None:
+                await rt.polite.close()
             await rt.recorder.close()
             await rt.fetcher.close()
             log.info("worker %s stopped after %d fetches", rt.worker_id, rt.fetches)
