@@ -114,6 +114,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                 entries(path),
                 batch_id=args.batch_id,
                 store_body=args.store_body,
+                ignore_robots=args.ignore_robots,
                 total=total,
                 digest=digest,
             )
@@ -237,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for every result and write them out")
     p.add_argument("--batch-id", help="id for the batch; submitting again with it adds no work")
     p.add_argument("--store-body", action="store_true", help="keep response bodies in the results")
+    p.add_argument(
+        "--ignore-robots",
+        action="store_true",
+        help="ask workers to skip robots.txt (only where FETCHFLEET_ROBOTS_ALLOW_BATCH_IGNORE=true)",
+    )
     _add_output(p)
 
     p = add("results", "write the results of a batch")

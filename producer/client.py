@@ -124,6 +124,7 @@ class Client:
         *,
         batch_id: str | None = None,
         store_body: bool = False,
+        ignore_robots: bool = False,
         total: int | None = None,
         digest: str | None = None,
     ) -> str:
@@ -138,7 +139,7 @@ class Client:
         batch_id = batch_id or new_batch_id()
         s = self.settings
         key = batch_key(batch_id)
-        options = BatchOptions(store_body=store_body)
+        options = BatchOptions(store_body=store_body, ignore_robots=ignore_robots)
         meta = await self.redis.hgetall(key)
         if meta:
             if digest and meta.get(b"digest", b"").decode() not in ("", digest):

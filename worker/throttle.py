@@ -74,7 +74,7 @@ class Throttle:
     hosts: dict[str, int] = field(default_factory=dict)  # throttled host -> when it lapses (epoch ms)
     events: dict[str, int] = field(default_factory=dict)  # reports made, by event (bounded: 3 words)
     _failures: dict[str, int] = field(default_factory=dict, init=False, repr=False)
-    _last_report: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _last_report: dict[str, tuple[float, bool]] = field(default_factory=dict, init=False, repr=False)
     _script: object = field(init=False, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
@@ -128,10 +128,12 @@ class Throttle:
         pause = parse_retry_after(retry_after) if event == "slow_down" else None
         pause_ms = int(min(pause, self.policy.retry_after_max) * 1000) if pause else 0
         now = time.monotonic()
-        # This worker's own answers of one overloaded moment: one report (the script dedupes the fleet).
-        if not pause_ms and now - self._last_report.get(host, 0.0) < 1.0:
+        # This worker's own answers of one overloaded moment: one report (the script dedupes the fleet),
+        # and one more if a Retry-After comes after a report that had none.
+        last, paused_before = self._last_report.get(host, (0.0, False))
+        if now - last < 1.0 and (paused_before or not pause_ms):
             return
-        self._last_report[host] = now
+        self._last_report[host] = (now, bool(pause_ms))
         if len(self._last_report) > KNOWN_HOSTS_MAX:
             self._last_report.clear()
         p = self.policy

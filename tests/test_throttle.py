@@ -1,0 +1,90 @@
+"""Adaptive per-host backoff in Redis: cut once per round, pause on Retry-After, grow back, let go."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from worker.contract import THROTTLED_KEY, throttle_key
+from worker.hostlimits import HostLimiter, HostLimits
+from worker.throttle import FAILURE_RUN, Throttle, ThrottlePolicy
+
+
+@pytest.fixture
+async def aredis(redis_url: str):
+    r = Redis.from_url(redis_url)
+    yield r
+    await r.aclose()
+
+
+def _rate(doc: dict[bytes, bytes]) -> float:
+    return float(doc[b"rate"])
+
+
+def test_policy_starting_points() -> None:
+    unlimited = ThrottlePolicy(start_rate=10, configured_rate=0, retry_after_max=300)
+    assert (unlimited.first_rate, unlimited.ceiling, unlimited.step) == (10, 100, 1)
+    limited = ThrottlePolicy(start_rate=10, configured_rate=8, retry_after_max=300)
+    assert (limited.first_rate, limited.ceiling) == (4, 8)  # half the configured rate, back up to it
+
+
+def test_failure_runs_are_counted_per_host() -> None:
+    t = Throttle.__new__(Throttle)  # the run counting is plain bookkeeping: no Redis involved
+    t._failures = {}
+    assert t.needs_report("h", 429, None) == "slow_down"
+    assert t.needs_report("h", 503, None) == "slow_down"
+    assert t.needs_report("h", 500, None) is None
+    for _ in range(FAILURE_RUN - 1):
+        assert t.needs_report("h", None, "timeout") is None
+    assert t.needs_report("h", 200, None) is None  # a good answer ends the run
+    for _ in range(FAILURE_RUN - 1):
+        assert t.needs_report("h", None, "connect") is None
+    assert t.needs_report("other", None, "connect") is None  # another host's run is its own
+    assert t.needs_report("h", None, "timeout") == "failures"
+
+
+async def test_cut_once_per_round_then_pause_and_recover(aredis: Redis) -> None:
+    policy = ThrottlePolicy(start_rate=10, configured_rate=0, retry_after_max=300)
+    a, b = Throttle(aredis, policy), Throttle(aredis, policy)
+    await a.report("h", "slow_down", None)
+    assert _rate(await aredis.hgetall(throttle_key("h"))) == 10
+    await b.report("h", "slow_down", None)  # the same overloaded moment, seen by another worker
+    assert _rate(await aredis.hgetall(throttle_key("h"))) == pytest.approx(10, abs=0.1)
+    await asyncio.sleep(1.15)
+    await b.report("h", "slow_down", None)
+    assert _rate(await aredis.hgetall(throttle_key("h"))) == pytest.approx(5.6, abs=0.3)  # (10 + 1.15) / 2
+
+    # Retry-After pauses the host for everyone, and the limiter says so.
+    await a.report("h", "slow_down", "2")
+    limiter = HostLimiter(aredis, HostLimits())
+    wait = await limiter.try_acquire("h", "p")
+    assert 1500 < wait <= 2000
+    await b.refresh()
+    assert "h" in b.hosts  # every worker learns the host is throttled from one zset read
+
+
+async def test_recovered_host_is_let_go(aredis: Redis) -> None:
+    """With the rate back at the ceiling the throttle is deleted and the host leaves the set."""
+    policy = ThrottlePolicy(start_rate=1, configured_rate=0, retry_after_max=300)  # ceiling 10/s, +0.1/s
+    t = Throttle(aredis, policy)
+    await t.report("h", "slow_down", None)
+    limiter = HostLimiter(aredis, HostLimits())
+    assert await limiter.try_acquire("h", "p1") == 0
+    wait = await limiter.try_acquire("h", "p2")
+    assert 900 < wait <= 1000  # 1 request/s now
+    # Pretend the host has behaved for long enough: the rate is back at the ceiling.
+    await aredis.hset(throttle_key("h"), "since", 0)
+    await aredis.delete("ff:host:h:rate")
+    assert await limiter.try_acquire("h", "p3") == 0
+    assert not await aredis.exists(throttle_key("h"))
+    assert await aredis.zscore(THROTTLED_KEY, "h") is None
+
+
+async def test_configured_rate_is_the_ceiling(aredis: Redis) -> None:
+    policy = ThrottlePolicy(start_rate=10, configured_rate=4, retry_after_max=300)
+    t = Throttle(aredis, policy)
+    await t.report("h", "slow_down", None)
+    doc = await aredis.hgetall(throttle_key("h"))
+    assert _rate(doc) == 2 and float(doc[b"ceil"]) == 4
