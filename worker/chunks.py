@@ -153,7 +153,7 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
             rt.metrics.retried(kind or "http_status")
             return 1  # handled: the next attempt waits in the queue, not in this worker
         outcome = final_outcome(outcome, rt.retry.statuses)
-        wait_ms = (gate.waited_ms if gate is not None else 0.0) + (waited or 0.0)
+        wait_ms = round((gate.waited_ms if gate is not None else 0.0) + (waited or 0.0), 3)
         doc = result_doc(index, outcome, attempts, rt.worker_id, wait_ms)
         payload = encode_doc(doc)
         body = stored_body(outcome)
