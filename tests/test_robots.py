@@ -234,3 +234,39 @@ async def test_robots_fetch_goes_through_the_ssrf_guard(redis_url: str, site: Po
     finally:
         await cache.close()
         await redis.aclose()
+
+
+def test_open_to_all_is_conservative() -> None:
+    assert RobotsRules(ALLOW, token="fetchfleet").open_to_all
+    assert rules("\x00 garbage, no groups").open_to_all
+    assert rules("User-agent: otherbot\nDisallow: /\n").open_to_all
+    assert not rules("User-agent: *\nDisallow:\n").open_to_all
+    assert not rules("user-AGENT: FetchFleet # us\nDisallow: /x\n").open_to_all
+    assert not rules("User-agent: fetch\nDisallow: /x\n").open_to_all  # shares text with our token
+    assert not RobotsRules(DISALLOW, token="fetchfleet").open_to_all
+
+
+async def test_gate_fast_path_still_applies_the_rules() -> None:
+    """The per-origin memo of the hot path never lets a disallowed URL through, nor outlives the verdict."""
+    from worker.contract import BatchOptions
+    from worker.politeness import make_politeness
+
+    settings = load_settings(redis_url="redis://127.0.0.1:1/0")  # never contacted: all from memory
+    redis = Redis.from_url(settings.redis_url)
+    polite = make_politeness(settings, redis, "w", None)
+    assert polite is not None and polite.robots is not None
+    opts = BatchOptions()
+    polite.robots._remember("http://a.test:80", rules("User-agent: *\nDisallow: /private/\n"), 60)
+    polite.robots._remember("http://b.test:80", rules("User-agent: *\nCrawl-delay: 2\n"), 0.2)
+    for _ in range(3):  # the second and third times come through the memo
+        ok = polite.gate("http://a.test/public", opts)
+        no = polite.gate("http://A.test:80/private/x", opts)
+        assert ok is not None and ok.refused is None and ok.host == "a.test"
+        assert no is not None and no.refused is not None
+    slow = polite.gate("http://b.test/x", opts)
+    assert slow is not None and slow.interval_ms == 2000
+    await asyncio.sleep(0.25)
+    assert polite.gate("http://b.test/x", opts) is None  # verdict expired: ask Redis again
+    assert polite.gate("http://c.test/x", opts) is None  # never seen
+    assert (polite.allowed, polite.disallowed) == (4, 3)
+    await redis.aclose()

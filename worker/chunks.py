@@ -145,7 +145,9 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
                 rt.fetches += 1
         kind = outcome.error.kind if outcome.error is not None else None
         if gate is not None and polite is not None:
-            await polite.observe(gate, outcome.status, kind, outcome.retry_after)
+            event = polite.slow_down(gate, outcome.status, kind)
+            if event is not None:
+                await polite.report(gate, event, outcome.retry_after)
         method = "GET" if isinstance(req, str) else req.method
         if rt.retry.should_retry(attempts, outcome.status, kind, method) and await _retry_later(
             rt, job, index, req, attempts, rt.retry.delay(attempts, outcome.retry_after)

@@ -102,6 +102,25 @@ class RobotsRules:
         if self.parser is not None:  # read once: asked for every URL of the origin
             self.crawl_delay = self.parser.crawl_delay(self.token)
 
+    @property
+    def open_to_all(self) -> bool:
+        """True when no URL can be disallowed: no robots.txt, or no group that could be ours.
+
+        Conservative on purpose (any `*` group, or a name sharing text with our token, counts as ours),
+        so that skipping the per-URL check never skips a rule.
+        """
+        if self.state == ALLOW:
+            return True
+        if self.state != RULES:
+            return False
+        for line in self.body.splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip().lower() == "user-agent":
+                agent = value.split("#", 1)[0].strip().lower()
+                if agent == "*" or (agent and (agent in self.token or self.token in agent)):
+                    return False
+        return True
+
     def allows(self, url: str) -> bool:
         if self.state == ALLOW:
             return True
@@ -177,14 +196,19 @@ class RobotsCache:
         self.token = product_token(self.settings.user_agent)
 
     def cached(self, origin: str) -> RobotsRules | None:
-        """The verdict held in memory, if still fresh: the hot path's only cost."""
+        """The verdict held in memory, if still fresh."""
+        seen = self.remembered(origin)
+        return seen[0] if seen is not None else None
+
+    def remembered(self, origin: str) -> tuple[RobotsRules, float] | None:
+        """(verdict, monotonic time it is good until), if held in memory and still fresh."""
         seen = self._memory.get(origin)
         if seen is None:
             return None
         if seen.until < time.monotonic():
             del self._memory[origin]
             return None
-        return seen.rules
+        return seen.rules, seen.until
 
     async def rules(self, origin: str) -> RobotsRules:
         """The verdict for `origin`: memory, else Redis, else one fetch for the whole fleet."""

@@ -115,6 +115,7 @@ class Bench:
             allow_private_networks=True,
             concurrency=s.concurrency,
             chunk_size=s.chunk_size,
+            robots=s.robots,
         )
         workers = []
         for _ in range(n):
@@ -198,11 +199,13 @@ def check_exactly_once(out: Path, n: int) -> None:
         raise RuntimeError(f"{n - sum(seen)} results missing of {n}")
 
 
-async def fetchfleet_run(b: Bench, workers: list[procs.WorkerProc], n: int, first: int) -> E2E:
+async def fetchfleet_run(
+    b: Bench, workers: list[procs.WorkerProc], n: int, first: int, **extra: object
+) -> E2E:
     """Submit n URLs, collect every result to a file; the time from the first submit to the last line."""
     urls = [f"{b.base}/ok/{i}" for i in range(first, first + n)]
     out = b.workdir / f"e2e-{first}.jsonl"
-    async with Client(b.settings()) as client:
+    async with Client(b.settings(**extra)) as client:
         cmds0, rcpu0 = await redis_info(client.redis)
         wcpu0 = sum(procs.cpu_seconds(w.pid) for w in workers)
         tcpu0 = target_cpu(b)
@@ -428,6 +431,46 @@ def throughput(b: Bench, nworkers: int, workers: list[procs.WorkerProc], first: 
     return max(gathers, key=lambda g: g.rate), max(ours, key=lambda e: e.rate)
 
 
+def robots_comparison(b: Bench, first: int) -> tuple[E2E, E2E, int]:
+    """(best run obeying robots.txt, best run ignoring it, robots.txt requests made): one worker each,
+    on queues of their own, the runs interleaved so that other load hits both sides alike."""
+    n = b.profile.urls
+    obey_q, ignore_q = BENCH_QUEUE + ":obey", BENCH_QUEUE + ":ignore"
+    obey = b.spawn_workers(1, queue_name=obey_q, robots="obey")
+    ignore = b.spawn_workers(1, queue_name=ignore_q, robots="ignore")
+    try:
+        asyncio.run(fetchfleet_run(b, obey, min(n, 2000), first, queue_name=obey_q))  # warm both
+        asyncio.run(fetchfleet_run(b, ignore, min(n, 2000), first + n, queue_name=ignore_q))
+        first += 2 * n
+        obeyed, ignored = [], []
+        for _ in range(b.profile.rounds):
+            obeyed.append(asyncio.run(fetchfleet_run(b, obey, n, first, queue_name=obey_q)))
+            ignored.append(asyncio.run(fetchfleet_run(b, ignore, n, first + n, queue_name=ignore_q)))
+            first += 2 * n
+    finally:
+        for w in (*obey, *ignore):
+            w.stop()
+    # Each robots.txt fetch is logged once by the worker that made it ("<origin>/robots.txt: ...").
+    fetched = sum(w.log_path.read_text(errors="replace").count("/robots.txt: ") for w in (*obey, *ignore))
+    print(
+        f"robots obey: {[round(e.rate) for e in obeyed]} URLs/s; ignore: {[round(e.rate) for e in ignored]}",
+        file=sys.stderr,
+    )
+    return max(obeyed, key=lambda e: e.rate), max(ignored, key=lambda e: e.rate), fetched
+
+
+def robots_rows(b: Bench) -> None:
+    obeyed, ignored, fetched = robots_comparison(b, 200_000_000)
+    urls = b.profile.urls * (b.profile.rounds + 1) + min(b.profile.urls, 2000)
+    ratio = obeyed.rate / ignored.rate
+    b.rows += [
+        Row("throughput, robots obeyed, 1 worker (URLs/s)", obeyed.rate, "FETCHFLEET_ROBOTS=ignore",
+            ignored.rate, ">= 0.98x", ratio >= 0.98),
+        Row(f"robots.txt requests for {urls:,} URLs of 1 origin", fetched, "origins", 1.0, "= 1",
+            fetched == 1),
+    ]  # fmt: skip
+
+
 def run(b: Bench) -> None:
     p = b.profile
     n = p.urls
@@ -479,6 +522,7 @@ def run(b: Bench) -> None:
             (g2.cpu + g2.target_cpu) * 1e6),
         Row("Redis commands per URL (Lua's own calls too)", one.redis_commands / n, "-", None),
     ]  # fmt: skip
+    robots_rows(b)
 
 
 async def bytes_per_result(b: Bench, batch_id: str, out: Path, n: int) -> tuple[float, float]:
@@ -506,6 +550,9 @@ def main() -> int:
     parser.add_argument("--target", choices=("auto", "nginx", "python"), default="auto")
     parser.add_argument("--target-procs", type=int, default=1)
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument(
+        "--robots-only", action="store_true", help="only the robots.txt rows: obey against ignore"
+    )
     args = parser.parse_args()
     profile = PROFILES["quick" if args.quick else "full"]
     overrides = {k: v for k, v in (("rounds", args.rounds), ("urls", args.urls)) if v}
@@ -527,7 +574,10 @@ def main() -> int:
         cleanup.append(slow.close)
         b = Bench(profile, args.concurrency, args.chunk_size, args.loop, workdir, red, http, slow)
         load = os.getloadavg()[0]
-        run(b)
+        if args.robots_only:
+            robots_rows(b)
+        else:
+            run(b)
         print()
         print(
             f"fetchfleet benchmark: {os.cpu_count()} CPUs (load {load:.2f} at start); target {http.kind}; "
