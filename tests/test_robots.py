@@ -270,3 +270,25 @@ async def test_gate_fast_path_still_applies_the_rules() -> None:
     assert polite.gate("http://c.test/x", opts) is None  # never seen
     assert (polite.allowed, polite.disallowed) == (4, 3)
     await redis.aclose()
+
+
+async def test_a_cancelled_loader_does_not_fail_the_waiters(redis_url: str, site: PoliteTarget) -> None:
+    """The URL loading an origin's robots.txt is cancelled (its chunk stopped): the others load it."""
+    redis = Redis.from_url(redis_url)
+    cache = RobotsCache(_settings(redis_url), redis, "w")
+    origin = origin_of(site.url("/"))
+    assert origin is not None
+    try:
+        await redis.set(robots_keys(origin)[1], "someone-else", px=400)  # first make everyone wait
+        first = asyncio.create_task(cache.rules(origin))
+        await asyncio.sleep(0.05)
+        others = [asyncio.create_task(cache.rules(origin)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        first.cancel()
+        verdicts = await asyncio.wait_for(asyncio.gather(*others), 10)
+        assert all(v.state == RULES for v in verdicts)
+        assert first.cancelled()
+        assert site.hits["/robots.txt"] == 1
+    finally:
+        await cache.close()
+        await redis.aclose()

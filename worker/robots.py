@@ -212,12 +212,20 @@ class RobotsCache:
 
     async def rules(self, origin: str) -> RobotsRules:
         """The verdict for `origin`: memory, else Redis, else one fetch for the whole fleet."""
-        seen = self.cached(origin)
-        if seen is not None:
-            return seen
-        loading = self._loading.get(origin)
-        if loading is not None:  # another URL of this process asks already: one Redis read, not many
-            return await asyncio.shield(loading)
+        while True:
+            seen = self.cached(origin)
+            if seen is not None:
+                return seen
+            loading = self._loading.get(origin)
+            if loading is None:
+                break
+            try:  # another URL of this process asks already: one Redis read, not many
+                return await asyncio.shield(loading)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The URL that was loading it was cancelled (its chunk stopped): load it ourselves.
         future: asyncio.Future[RobotsRules] = asyncio.get_running_loop().create_future()
         self._loading[origin] = future
         try:
@@ -225,6 +233,9 @@ class RobotsCache:
             self._remember(origin, rules, min(MEMORY_SECONDS, ttl))
             future.set_result(rules)
             return rules
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: a future nobody else awaited must not warn
