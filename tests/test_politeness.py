@@ -122,11 +122,22 @@ def test_robots_unreachable_then_back(
 
 
 def test_robots_missing_allows_all(redis_url: str, spawn_worker, site: PoliteTarget, tmp_path: Path) -> None:
+    """404: everything allowed. And the common case is cheap: no Redis call per URL for politeness."""
     site.robots_status = 404
-    _fleet(spawn_worker, redis_url, 2, chunk_size=5)
-    results = _submit(redis_url, [site.url(f"/private/{i}") for i in range(30)], tmp_path, chunk_size=5)
-    assert len(results) == 30 and all(r["status"] == 200 for r in results)
-    assert len(site.pages()) == 30 and site.hits["/robots.txt"] == 1
+    _fleet(spawn_worker, redis_url, 2, chunk_size=20)
+    with SyncRedis.from_url(redis_url) as r:
+        r.config_resetstat()
+    n = 600
+    results = _submit(redis_url, [site.url(f"/private/{i}") for i in range(n)], tmp_path, chunk_size=20)
+    assert len(results) == n and all(r["status"] == 200 for r in results)
+    assert len(site.pages()) == n and site.hits["/robots.txt"] == 1
+    with SyncRedis.from_url(redis_url) as r:
+        stats = r.info("commandstats")
+    gets = stats.get("cmdstat_get", {}).get("calls", 0)
+    scripts = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("eval", "evalsha"))
+    print(f"{n} URLs, 2 workers: {gets} GETs (arq's per chunk, robots cache), {scripts} script calls")
+    assert gets <= n / 20 + 10  # arq reads each of the 30 chunk jobs; robots a few times per worker
+    assert scripts < n / 10  # no host-limit script per URL
 
 
 def test_a_batch_may_ignore_robots_only_if_the_worker_allows(
