@@ -11,11 +11,11 @@ from redis.asyncio import Redis
 
 from worker.cancel import CancelWatch
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, batch_key, done_key
-from worker.errors import HandBack
+from worker.errors import HandBack, RobotsDisallowed
 from worker.fetcher import Fetcher
 from worker.hostlimits import HostLimiter, fetch_slot, make_limiter
 from worker.metrics import WorkerMetrics
-from worker.politeness import Gate, Politeness, make_politeness
+from worker.politeness import Gate, HeldSlot, Politeness, make_politeness
 from worker.recorder import Recorder
 from worker.results import encode, encode_doc, error_result, final_outcome, result_doc, stored_body
 from worker.retry import RetryPolicy, schedule_retry
@@ -46,12 +46,14 @@ class Runtime:
     host_limiter: HostLimiter | None = field(init=False)
     # robots.txt, Crawl-delay, limits and adaptive backoff together; None when none of them applies.
     polite: Politeness | None = field(init=False)
+    held: HeldSlot = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.settings.concurrency)
         self.retry = RetryPolicy.from_settings(self.settings)
         self.host_limiter = make_limiter(self.redis, self.settings)
         self.polite = make_politeness(self.settings, self.redis, self.worker_id, self.host_limiter)
+        self.held = HeldSlot(self.slots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,7 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
             gate = polite.gate(url, job.options) or await polite.gate_async(url, job.options)
             if gate.refused is not None:
                 return await _refused(rt, job, index, req, attempts, gate)
-            slot = polite.slot(gate, rt.slots)
+            slot = await polite.take_slot(gate, rt.slots, rt.held)
         async with slot as waited:
             if rt.stopping:
                 return 0
@@ -184,7 +186,7 @@ async def _refused(
     refused = gate.refused
     assert refused is not None
     method = "GET" if isinstance(req, str) else req.method
-    kind, message = ErrorKind.ROBOTS, "disallowed by robots.txt"
+    kind, message = ErrorKind(RobotsDisallowed.kind), "disallowed by robots.txt"
     if gate.unreachable:
         message = refused.reason
         if refused.error_kind is not None:

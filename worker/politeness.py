@@ -39,6 +39,20 @@ class Gate:
         return self.refused is not None and self.refused.state == DISALLOW
 
 
+class HeldSlot:
+    """A slot of the worker's semaphore already taken: leaving the block gives it back. Stateless, so
+    one instance serves every URL."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self.slots = slots
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.slots.release()
+
+
 @dataclass
 class Politeness:
     settings: Settings
@@ -165,6 +179,20 @@ class Politeness:
         ):
             return slots
         return self.limiter.slot(gate.host, slots, gate.interval_ms)
+
+    async def take_slot(
+        self, gate: Gate, slots: asyncio.Semaphore, held: HeldSlot
+    ) -> contextlib.AbstractAsyncContextManager[float | None]:
+        """The slot, taken now when it is the bare semaphore: a host throttled while this URL waited
+        for it (its first 429s arrive while the rest of the chunk queues here) goes to the limiter."""
+        slot = self.slot(gate, slots)
+        if slot is not slots or self.throttle is None:
+            return slot
+        await slots.acquire()
+        if gate.host in self.throttle.hosts:
+            slots.release()
+            return self.limiter.slot(gate.host, slots, gate.interval_ms)
+        return held
 
     def slow_down(self, gate: Gate, status: int | None, kind: str | None) -> str | None:
         """After a fetch: the event to report if the host said "slow down" (plain checks, no Redis)."""
