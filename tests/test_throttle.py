@@ -88,3 +88,29 @@ async def test_configured_rate_is_the_ceiling(aredis: Redis) -> None:
     await t.report("h", "slow_down", None)
     doc = await aredis.hgetall(throttle_key("h"))
     assert _rate(doc) == 2 and float(doc[b"ceil"]) == 4
+
+
+async def test_a_url_queued_for_a_slot_sees_a_new_throttle(redis_url: str, aredis: Redis) -> None:
+    """The host is throttled while a URL waits for the worker's only slot: once it has the slot it
+    goes through the limiter (and waits out the pause there) instead of firing at once."""
+    from worker.contract import BatchOptions
+    from worker.politeness import HeldSlot, make_politeness
+    from worker.settings import load_settings
+
+    polite = make_politeness(load_settings(redis_url=redis_url, robots="ignore"), aredis, "w", None)
+    assert polite is not None and polite.throttle is not None
+    slots = asyncio.Semaphore(1)
+    held = HeldSlot(slots)
+    gate = polite.gate("http://h.test/x", BatchOptions())
+    assert gate is not None and gate.host == "h.test"
+    assert await polite.take_slot(gate, slots, held) is held  # not throttled: the bare slot, taken
+    waiting = asyncio.create_task(polite.take_slot(gate, slots, held))
+    await asyncio.sleep(0.05)
+    await polite.throttle.report("h.test", "slow_down", "1")  # a 429 with Retry-After: 1 came back
+    async with held:  # the first fetch ends and gives its slot back
+        pass
+    slot = await asyncio.wait_for(waiting, 2)
+    assert slot is not held
+    async with slot as waited:
+        assert waited is not None and 800 < waited < 1500
+    assert not slots.locked()  # the slot was given back
