@@ -431,8 +431,8 @@ def throughput(b: Bench, nworkers: int, workers: list[procs.WorkerProc], first: 
     return max(gathers, key=lambda g: g.rate), max(ours, key=lambda e: e.rate)
 
 
-def robots_comparison(b: Bench, first: int) -> tuple[E2E, E2E, int]:
-    """(best run obeying robots.txt, best run ignoring it, robots.txt requests made): one worker each,
+def robots_comparison(b: Bench, first: int) -> tuple[list[E2E], list[E2E], int]:
+    """(runs obeying robots.txt, runs ignoring it, robots.txt requests made): one worker each,
     on queues of their own, the runs interleaved so that other load hits both sides alike."""
     n = b.profile.urls
     obey_q, ignore_q = BENCH_QUEUE + ":obey", BENCH_QUEUE + ":ignore"
@@ -450,23 +450,33 @@ def robots_comparison(b: Bench, first: int) -> tuple[E2E, E2E, int]:
     finally:
         for w in (*obey, *ignore):
             w.stop()
-    # Each robots.txt fetch is logged once by the worker that made it ("<origin>/robots.txt: ...").
-    fetched = sum(w.log_path.read_text(errors="replace").count("/robots.txt: ") for w in (*obey, *ignore))
+    # Each robots.txt fetch is logged once by the worker that made it ("<origin>/robots.txt: ..."); the
+    # Redis cache serves every later worker, so count over every worker of the benchmark.
+    logs = b.workdir.glob("worker-*.log")
+    fetched = sum(path.read_text(errors="replace").count("/robots.txt: ") for path in logs)
     print(
         f"robots obey: {[round(e.rate) for e in obeyed]} URLs/s; ignore: {[round(e.rate) for e in ignored]}",
         file=sys.stderr,
     )
-    return max(obeyed, key=lambda e: e.rate), max(ignored, key=lambda e: e.rate), fetched
+    return obeyed, ignored, fetched
 
 
 def robots_rows(b: Bench) -> None:
-    obeyed, ignored, fetched = robots_comparison(b, 200_000_000)
-    urls = b.profile.urls * (b.profile.rounds + 1) + min(b.profile.urls, 2000)
+    obeyed_runs, ignored_runs, fetched = robots_comparison(b, 200_000_000)
+    obeyed = max(obeyed_runs, key=lambda e: e.rate)
+    ignored = max(ignored_runs, key=lambda e: e.rate)
     ratio = obeyed.rate / ignored.rate
+    # On a loaded machine the rate swings by more than the 2 % looked for; the worker's own CPU per URL
+    # (the least of the rounds) is what robots.txt can cost, and holds still far better.
+    n = b.profile.urls
+    cpu_obey = min(e.worker_cpu for e in obeyed_runs) / n * 1e6
+    cpu_ignore = min(e.worker_cpu for e in ignored_runs) / n * 1e6
     b.rows += [
         Row("throughput, robots obeyed, 1 worker (URLs/s)", obeyed.rate, "FETCHFLEET_ROBOTS=ignore",
             ignored.rate, ">= 0.98x", ratio >= 0.98),
-        Row(f"robots.txt requests for {urls:,} URLs of 1 origin", fetched, "origins", 1.0, "= 1",
+        Row("worker CPU us/URL, robots obeyed", cpu_obey, "FETCHFLEET_ROBOTS=ignore", cpu_ignore,
+            "<= 1.02x", cpu_obey <= cpu_ignore * 1.02),
+        Row("robots.txt requests, whole benchmark", fetched, "origins fetched from", 1.0, "= 1",
             fetched == 1),
     ]  # fmt: skip
 
