@@ -295,3 +295,31 @@ def test_stats_metrics_and_results_show_politeness(redis_url: str, spawn_worker,
         assert not [line for line in lines if "127.0.0.1" in line or str(site.port) in line]  # no host labels
     finally:
         site.stop()
+
+
+def test_retry_after_pauses_the_host_for_the_fleet(redis_url: str, spawn_worker, tmp_path: Path) -> None:
+    """One URL is answered 429 with Retry-After: 2; URLs of the same host submitted just after, on
+    either worker, wait out those 2 seconds."""
+    from tests.fetch_target import FetchTarget
+
+    target = FetchTarget().start()
+    try:
+        settings = {"chunk_size": 1, "concurrency": 2, "robots": "ignore"}  # 8 chunks held each
+        _fleet(spawn_worker, redis_url, 2, **settings)
+        env = fetchfleet_env(redis_url, **settings)
+        first = tmp_path / "first.txt"
+        first.write_text(target.url("/flaky/p/1/429?retry_after=2") + "\n")
+        assert run_cli(["submit", str(first)], env).returncode == 0
+        deadline = time.monotonic() + 20
+        while target.hits["flaky:p"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        told = target.times["/flaky/p/1/429"][0]
+        time.sleep(0.3)  # the worker reports the 429 after reading it
+        results = _submit(redis_url, [target.url(f"/ok/{i}") for i in range(20)], tmp_path, **settings)
+        assert all(r["status"] == 200 for r in results) and len({r["worker"] for r in results}) == 2
+        arrivals = sorted(t for path, ts in target.times.items() if path.startswith("/ok/") for t in ts)
+        print(f"first request to the paused host {arrivals[0] - told:.2f} s after its 429")
+        assert arrivals[0] - told >= 1.9
+        assert max(r["politeness_wait_ms"] for r in results) > 1000
+    finally:
+        target.stop()

@@ -216,6 +216,7 @@ async def test_unreachable_is_cached_for_a_bounded_time(redis_url: str, site: Po
         assert verdict.state == DISALLOW and not verdict.allows(site.url("/a"))
         assert 6000 < await redis.pttl(robots_keys(origin)[0]) <= 7000
         assert await redis.zscore("ff:robots-unreachable", origin) is not None  # for `fetchfleet stats`
+        assert 60_000 < await redis.pttl("ff:robots-unreachable") <= 67_000  # and expires
     finally:
         await cache.close()
         await redis.aclose()

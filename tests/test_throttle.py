@@ -63,6 +63,8 @@ async def test_cut_once_per_round_then_pause_and_recover(aredis: Redis) -> None:
     assert 1500 < wait <= 2000
     await b.refresh()
     assert "h" in b.hosts  # every worker learns the host is throttled from one zset read
+    for key in (throttle_key("h"), THROTTLED_KEY):
+        assert 60_000 < await aredis.pttl(key) < 200_000  # gone some time after the host recovers
 
 
 async def test_recovered_host_is_let_go(aredis: Redis) -> None:

@@ -279,6 +279,8 @@ class RobotsCache:
                     now_ms = int(time.time() * 1000)
                     pipe.zadd(ROBOTS_UNREACHABLE_KEY, {origin: now_ms + int(ttl * 1000)})
                     pipe.zremrangebyscore(ROBOTS_UNREACHABLE_KEY, "-inf", now_ms)
+                    # Every entry lasts as long as this newest one: the set expires with it.
+                    pipe.pexpire(ROBOTS_UNREACHABLE_KEY, int(ttl * 1000) + 60_000)
                 pipe.delete(lock)
                 await pipe.execute()
         except RedisError as exc:

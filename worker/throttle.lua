@@ -35,4 +35,8 @@ redis.call('HSET', KEYS[1], 'rate', string.format('%.4f', rate), 'since', since,
 redis.call('PEXPIRE', KEYS[1], lapses - now + 60000)
 redis.call('ZADD', KEYS[2], lapses, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+-- The set outlives its longest throttle, no more: every key of fetchfleet expires.
+if redis.call('PTTL', KEYS[2]) < lapses - now + 60000 then
+  redis.call('PEXPIRE', KEYS[2], lapses - now + 60000)
+end
 return {cut, string.format('%.4f', rate), paused}
