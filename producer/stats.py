@@ -11,6 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from producer.client import BatchStatus, Client, status_from_meta
+from producer.output import printable
 from worker.contract import (
     BATCHES_KEY,
     ROBOTS_UNREACHABLE_KEY,
@@ -40,21 +41,30 @@ class WorkerInfo:
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerInfo:
-        d = {k.decode(): v.decode() for k, v in raw.items()}
+        """From a heartbeat hash; whatever else a Redis writer left there reads as 0 or text, no crash."""
+        d = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
         return cls(
             id=d.get("id", "?"),
             host=d.get("host", "?"),
-            pid=int(d.get("pid", 0)),
-            in_flight=int(d.get("in_flight", 0)),
-            concurrency=int(d.get("concurrency", 0)),
-            fetches=int(d.get("fetches", 0)),
-            fetches_per_s=float(d.get("fetches_per_s", 0)),
-            started_ms=int(d.get("started_ms", 0)),
-            seen_ms=int(d.get("seen_ms", 0)),
+            pid=_number(d, "pid", int),
+            in_flight=_number(d, "in_flight", int),
+            concurrency=_number(d, "concurrency", int),
+            fetches=_number(d, "fetches", int),
+            fetches_per_s=_number(d, "fetches_per_s", float),
+            started_ms=_number(d, "started_ms", int),
+            seen_ms=_number(d, "seen_ms", int),
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}
+
+
+def _number(d: dict[str, str], key: str, kind: type[int] | type[float]) -> Any:
+    try:
+        value = kind(d.get(key, 0))
+    except (ValueError, OverflowError):
+        return kind(0)
+    return value if value == value and abs(value) != float("inf") else kind(0)  # no NaN or infinity
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +104,7 @@ async def _live_hashes(
     redis: Redis, index_key: str, members: list[bytes], key_of: Callable[[str], str]
 ) -> dict[str, dict[bytes, bytes]]:
     """The hashes of an index zset's members, in order; members whose hash expired leave the index."""
-    ids = [m.decode() for m in members]
+    ids = [m.decode(errors="replace") for m in members]
     if not ids:
         return {}
     async with redis.pipeline(transaction=False) as pipe:
@@ -136,16 +146,19 @@ async def politeness(client: Client) -> tuple[list[ThrottledHost], list[tuple[st
     found = await _live_hashes(r, THROTTLED_KEY, hosts, throttle_key)
     throttled = []
     for host, doc in found.items():
-        d = {k.decode(): v.decode() for k, v in doc.items()}
-        since, step = int(float(d.get("since", now_ms))), float(d.get("step", 0))
-        ceiling = float(d.get("ceil", 0))
-        rate = min(ceiling, float(d.get("rate", 0)) + step * max(0, now_ms - since) / 1000)
+        d = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in doc.items()}
+        try:
+            since, step = int(float(d.get("since", now_ms))), float(d.get("step", 0))
+            ceiling, paused = float(d.get("ceil", 0)), int(float(d.get("paused", 0)))
+            rate = min(ceiling, float(d.get("rate", 0)) + step * max(0, now_ms - since) / 1000)
+        except ValueError:  # not written by a worker: not shown rather than a crash
+            continue
         throttled.append(
             ThrottledHost(
                 host=host,
                 rate=round(rate, 2),
                 ceiling=ceiling,
-                paused_until_ms=int(float(d.get("paused", 0))),
+                paused_until_ms=paused,
                 lapses_ms=since + int(max(0.0, ceiling - rate) / step * 1000) if step else since,
                 robots="unreachable" if host in bad_hosts else "-",
             )
@@ -162,16 +175,18 @@ async def cluster_stats(client: Client) -> ClusterStats:
 
 
 def politeness_lines(stats: ClusterStats, now_ms: int) -> list[str]:
-    lines = [f"throttled hosts: {len(stats.throttled)}"]
+    """Throttled hosts and unreachable robots.txt; nothing at all while there are none."""
+    lines = [f"throttled hosts: {len(stats.throttled)}"] if stats.throttled else []
     for t in stats.throttled:
         paused = max(t.paused_until_ms - now_ms, 0) / 1000
         lines.append(
-            f"  {t.host}  rate={t.rate:g}/s of {t.ceiling:g}/s paused={paused:.1f}s robots={t.robots}"
+            f"  {printable(t.host)}  rate={t.rate:g}/s of {t.ceiling:g}/s paused={paused:.1f}s "
+            f"robots={t.robots}"
         )
     if stats.robots_unreachable:
         lines.append(f"robots.txt unreachable: {len(stats.robots_unreachable)}")
         for origin, until in stats.robots_unreachable:
-            lines.append(f"  {origin}  disallowed for {max(until - now_ms, 0) / 1000:.0f}s more")
+            lines.append(f"  {printable(origin)}  disallowed for {max(until - now_ms, 0) / 1000:.0f}s more")
     return lines
 
 
@@ -189,14 +204,15 @@ def render_plain(stats: ClusterStats) -> str:
     lines = [f"queue depth: {stats.queue_depth} chunks", f"live workers: {len(stats.workers)}"]
     for w in stats.workers:
         lines.append(
-            f"  {w.id}  host={w.host} pid={w.pid} in_flight={w.in_flight}/{w.concurrency} "
+            f"  {printable(w.id)}  host={printable(w.host)} pid={w.pid} "
+            f"in_flight={w.in_flight}/{w.concurrency} "
             f"fetches/s={w.fetches_per_s:g} up={_age(w.started_ms, now_ms)}"
         )
     lines.append(f"batches in progress: {len(stats.batches)}")
     for b in stats.batches:
         pct = 100.0 * b.done / b.submitted if b.submitted else 0.0
         lines.append(
-            f"  {b.batch_id}  {b.state.value} {b.done}/{b.submitted} ({pct:.0f}%) "
+            f"  {printable(b.batch_id)}  {b.state.value} {b.done}/{b.submitted} ({pct:.0f}%) "
             f"failed={b.failed} age={_age(b.created_ms, now_ms)}"
         )
     lines += politeness_lines(stats, now_ms)
@@ -206,6 +222,7 @@ def render_plain(stats: ClusterStats) -> str:
 def render_rich(stats: ClusterStats) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # a Text cell is shown as it is: no [markup] read from stored strings
 
     now_ms = int(time.time() * 1000)
     console = Console()
@@ -215,7 +232,8 @@ def render_rich(stats: ClusterStats) -> None:
         workers.add_column(col, justify="left" if col in ("id", "host") else "right")
     for w in stats.workers:
         workers.add_row(
-            w.id, w.host, str(w.pid), f"{w.in_flight}/{w.concurrency}", f"{w.fetches_per_s:g}",
+            Text(printable(w.id)), Text(printable(w.host)), str(w.pid), f"{w.in_flight}/{w.concurrency}",
+            f"{w.fetches_per_s:g}",
             _age(w.started_ms, now_ms),
         )  # fmt: skip
     console.print(workers)
@@ -225,7 +243,8 @@ def render_rich(stats: ClusterStats) -> None:
     for b in stats.batches:
         pct = 100.0 * b.done / b.submitted if b.submitted else 0.0
         batches.add_row(
-            b.batch_id, b.state.value, str(b.done), str(b.submitted), str(b.failed), f"{pct:.0f}%",
+            Text(printable(b.batch_id)), b.state.value, str(b.done), str(b.submitted), str(b.failed),
+            f"{pct:.0f}%",
             _age(b.created_ms, now_ms),
         )  # fmt: skip
     console.print(batches)

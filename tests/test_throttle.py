@@ -116,3 +116,16 @@ async def test_a_url_queued_for_a_slot_sees_a_new_throttle(redis_url: str, aredi
     async with slot as waited:
         assert waited is not None and 800 < waited < 1500
     assert not slots.locked()  # the slot was given back
+
+
+def test_stats_lines_escape_what_redis_holds() -> None:
+    """Host names and origins come from Redis: shown escaped, one line each, and nothing when empty."""
+    from producer.stats import ClusterStats, ThrottledHost, render_plain
+
+    evil = "a\nforged line\x1b[31m"
+    host = ThrottledHost(evil, 5.0, 100.0, 0, 0, "unreachable")
+    stats = ClusterStats(0, [], [], [host], [(f"http://{evil}:80", 0)])
+    lines = render_plain(stats).split("\n")
+    assert all(line.isprintable() for line in lines)
+    assert len(lines) == 3 + 2 + 2  # depth, workers, batches; one header and one row each
+    assert "throttled" not in render_plain(ClusterStats(0, [], []))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from worker.batchpolicy import batch_policy
 from worker.cancel import CancelWatch
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, batch_key, done_key
 from worker.errors import HandBack, RobotsDisallowed
@@ -141,7 +142,9 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
                 return int(await rt.recorder.record(job.batch_id, index, True, encode(result)))
             rt.in_flight += 1
             try:
-                outcome = await rt.fetcher.fetch(req, keep_body=job.options.store_body)
+                outcome = await rt.fetcher.fetch(
+                    req, keep_body=job.options.store_body, batch=batch_policy(job.options)
+                )
             finally:
                 rt.in_flight -= 1
                 rt.fetches += 1
