@@ -231,6 +231,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                 entries(path),
                 batch_id=batch_id,
                 store_body=args.body,
+                ignore_robots=args.ignore_robots,
                 total=total,
                 digest=digest,
                 options=options,
@@ -498,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for every result and write them out")
     p.add_argument("--batch-id", help="id for the batch; submitting again with it adds no work")
     _add_body(p)
+    p.add_argument(
+        "--ignore-robots",
+        action="store_true",
+        help="ask workers to skip robots.txt (only where FETCHFLEET_ROBOTS_ALLOW_BATCH_IGNORE=true)",
+    )
     _add_output(p)
     _add_fail_on(p)
     _add_batch_limits(p)

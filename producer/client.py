@@ -131,6 +131,7 @@ class Client:
         *,
         batch_id: str | None = None,
         store_body: bool = False,
+        ignore_robots: bool = False,
         total: int | None = None,
         digest: str | None = None,
         options: BatchOptions | None = None,
@@ -147,7 +148,10 @@ class Client:
         batch_id = batch_id or new_batch_id()
         s = self.settings
         key = batch_key(batch_id)
-        options = (options or BatchOptions()).model_copy(update={"store_body": store_body})
+        options = options or BatchOptions()
+        options = options.model_copy(
+            update={"store_body": store_body, "ignore_robots": ignore_robots or options.ignore_robots}
+        )
         meta = await self.redis.hgetall(key)
         if meta:
             if digest and meta.get(b"digest", b"").decode() not in ("", digest):

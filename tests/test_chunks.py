@@ -27,6 +27,8 @@ async def _runtime(redis_url: str, worker_id: str) -> Runtime:
 
 
 async def _close(rt: Runtime) -> None:
+    if rt.polite is not None:  # its robots.txt fetcher holds a session of its own
+        await rt.polite.close()
     await rt.recorder.close()
     await rt.fetcher.close()
     await rt.redis.aclose()

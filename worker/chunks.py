@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -11,10 +12,11 @@ from redis.asyncio import Redis
 from worker.batchpolicy import batch_policy
 from worker.cancel import CancelWatch
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, batch_key, done_key
-from worker.errors import BodyStoreError, HandBack
+from worker.errors import BodyStoreError, HandBack, RobotsDisallowed
 from worker.fetcher import Fetcher
 from worker.hostlimits import HostLimiter, fetch_slot, make_limiter
 from worker.metrics import WorkerMetrics
+from worker.politeness import Gate, HeldSlot, Politeness, make_politeness
 from worker.recorder import Recorder
 from worker.requeue import Requeuer
 from worker.results import encode, encode_doc, error_result, final_outcome, result_doc, stored_body
@@ -53,12 +55,17 @@ class Runtime:
     requeuer: Requeuer = field(init=False)
     # None when no per-host limit is set: then a fetch costs no Redis round trip for politeness.
     host_limiter: HostLimiter | None = field(init=False)
+    # robots.txt, Crawl-delay, limits and adaptive backoff together; None when none of them applies.
+    polite: Politeness | None = field(init=False)
+    held: HeldSlot = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.settings.concurrency)
         self.retry = RetryPolicy.from_settings(self.settings)
         self.requeuer = Requeuer(self.redis, self.settings, self.recorder.pressure)
         self.host_limiter = make_limiter(self.redis, self.settings)
+        self.polite = make_politeness(self.settings, self.redis, self.worker_id, self.host_limiter)
+        self.held = HeldSlot(self.slots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +131,26 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
     attempts = tries + 1
     body: bytes | None = None
     waiting = True  # counted in rt.waiting until it holds a slot
+    polite = rt.polite
+    gate: Gate | None = None
+    waited: float | None = None
     try:
         if rt.recorder.pressure.full:
             # Redis is full: a fetch now would only add a result that cannot be recorded (memory).
             await rt.recorder.pressure.wait_room()
-        # Waiting for a polite host holds no slot: other hosts' URLs keep flowing meanwhile.
-        # Without a host limit the bare semaphore is the slot (fetch_slot's wrapper costs ~3 us a URL).
-        slot = rt.slots if rt.host_limiter is None else fetch_slot(rt.host_limiter, rt.slots, url)
-        async with slot:
+        if polite is None:
+            # Waiting for a polite host holds no slot: other hosts' URLs keep flowing meanwhile.
+            # Without a host limit the bare semaphore is the slot (fetch_slot's wrapper costs ~3 us a URL).
+            slot = rt.slots if rt.host_limiter is None else fetch_slot(rt.host_limiter, rt.slots, url)
+        else:
+            # robots.txt is read (or waited for) before a slot is taken, so it holds none either.
+            gate = polite.gate(url, job.options) or await polite.gate_async(url, job.options)
+            if gate.refused is not None:
+                rt.waiting -= 1
+                waiting = False
+                return await _refused(rt, job, index, req, attempts, gate)
+            slot = await polite.take_slot(gate, rt.slots, rt.held)
+        async with slot as waited:
             rt.waiting -= 1
             waiting = False
             if rt.stopping:
@@ -150,6 +169,10 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
                 rt.in_flight -= 1
                 rt.fetches += 1
         kind = outcome.error.kind if outcome.error is not None else None
+        if gate is not None and polite is not None:
+            event = polite.slow_down(gate, outcome.status, kind)
+            if event is not None:
+                await polite.report(gate, event, outcome.retry_after)
         method = "GET" if isinstance(req, str) else req.method
         if rt.retry.should_retry(attempts, outcome.status, kind, method) and await _retry_later(
             rt, job, index, req, attempts, rt.retry.delay(attempts, outcome.retry_after)
@@ -157,7 +180,8 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
             rt.metrics.retried(kind or "http_status")
             return 1  # handled: the next attempt waits in the queue, not in this worker
         outcome = final_outcome(outcome, rt.retry.statuses)
-        doc = result_doc(index, outcome, attempts, rt.worker_id)
+        wait_ms = round((gate.waited_ms if gate is not None else 0.0) + (waited or 0.0), 3)
+        doc = result_doc(index, outcome, attempts, rt.worker_id, wait_ms)
         if rt.body_store is not None and outcome.exchange is not None and outcome.body is not None:
             if outcome.error is None:
                 # Durable before it is recorded: a result never points at bytes a crash could lose.
@@ -183,6 +207,39 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
         doc, payload = result.model_dump(mode="json"), encode(result)
     rt.metrics.fetched_doc(doc)
     return int(await rt.recorder.record(job.batch_id, index, not doc["ok"], payload, body))
+
+
+async def _refused(
+    rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | str, attempts: int, gate: Gate
+) -> int:
+    """A URL robots.txt keeps us from: nothing is sent to its origin (RFC 9309 2.3.1.4).
+
+    Disallowed by the rules: a final `robots` result. robots.txt answered 5xx: another attempt once the
+    disallow-all period is over. robots.txt could not be reached at all (connect, DNS, timeout): the
+    URL fails with that kind and is retried as such, as its own fetch would have been.
+    """
+    url = req if isinstance(req, str) else req.url
+    refused = gate.refused
+    assert refused is not None
+    method = "GET" if isinstance(req, str) else req.method
+    kind, message = ErrorKind(RobotsDisallowed.kind), "disallowed by robots.txt"
+    if gate.unreachable:
+        message = refused.reason
+        if refused.error_kind is not None:
+            kind = ErrorKind(refused.error_kind)
+            delay = rt.retry.delay(attempts)
+        else:
+            # A little past the cached verdict's expiry, so the next attempt meets a fresh robots.txt.
+            delay = rt.settings.robots_unreachable_seconds * random.uniform(1.05, 1.2)
+        retry_as = kind.value if kind != ErrorKind.ROBOTS else ErrorKind.CONNECT.value
+        if rt.retry.should_retry(attempts, None, retry_as, method) and await _retry_later(
+            rt, job, index, req, attempts, delay
+        ):
+            rt.metrics.retried("robots")
+            return 1
+    result = error_result(index, url, kind, message, attempts, rt.worker_id, gate.waited_ms)
+    rt.metrics.fetched(result)
+    return int(await rt.recorder.record(job.batch_id, index, True, encode(result)))
 
 
 async def _retry_later(

@@ -35,6 +35,7 @@ class ErrorKind(str, Enum):
     HTTP_STATUS = "http_status"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    ROBOTS = "robots"
 
 
 class BatchState(str, Enum):
@@ -264,6 +265,8 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     store_body: bool = False
+    # Asks the workers not to obey robots.txt; honoured only where FETCHFLEET_ROBOTS_ALLOW_BATCH_IGNORE is on.
+    ignore_robots: bool = False
     # A batch's own fetch limits. Each can only tighten the worker's: the worker applies the stricter
     # of the two (worker/batchpolicy.py), so a batch never loosens a worker's guard or caps.
     max_body_bytes: int | None = Field(default=None, ge=0)
@@ -361,6 +364,8 @@ class FetchResult(BaseModel):
     body: str | None = None
     body_encoding: Literal["text", "base64"] | None = None
     body_ref: BodyRef | None = None
+    # Milliseconds this attempt waited for robots.txt or its host's politeness budget, not for a slot.
+    politeness_wait_ms: float = 0.0
 
 
 def batch_key(batch_id: str) -> str:
@@ -398,6 +403,20 @@ def worker_key(worker_id: str) -> str:
 def host_keys(host: str) -> tuple[str, str]:
     """Per-host politeness, shared by all workers: in-flight permits (zset), next free time (string)."""
     return f"{KEY_PREFIX}:host:{host}:inflight", f"{KEY_PREFIX}:host:{host}:rate"
+
+
+THROTTLED_KEY = f"{KEY_PREFIX}:throttled"  # zset of throttled hosts by when their throttle lapses (ms)
+ROBOTS_UNREACHABLE_KEY = f"{KEY_PREFIX}:robots-unreachable"  # zset of origins by end of disallow (ms)
+
+
+def throttle_key(host: str) -> str:
+    """Hash of a host's adaptive budget, shared by all workers: rate, since, paused, last_cut."""
+    return f"{KEY_PREFIX}:host:{host}:throttle"
+
+
+def robots_keys(origin: str) -> tuple[str, str]:
+    """An origin's cached robots.txt verdict (JSON string, expires), and the lock of the one fetching it."""
+    return f"{KEY_PREFIX}:robots:{origin}", f"{KEY_PREFIX}:robots:{origin}:lock"
 
 
 def chunk_job_id(batch_id: str, chunk_no: int) -> str:

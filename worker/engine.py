@@ -289,6 +289,8 @@ def build_worker_settings(settings: Settings) -> type:
         rt.cancels = cancels
         if settings.body_store:
             rt.body_store = await open_body_store(settings, rt.worker_id)
+        if rt.polite is not None:
+            rt.polite.start()  # the throttled-hosts refresh loop (worker/throttle.py)
         ctx["runtime"] = rt
         ctx["ops"] = await start_ops(rt, ctx.get("poll_due"))  # heartbeat, /metrics, /healthz
         # What exists now lives as long as the process: frozen, the collector stops walking it, and a
@@ -316,6 +318,8 @@ def build_worker_settings(settings: Settings) -> type:
             if rt.cancels is not None:
                 await rt.cancels.close()
             await rt.requeuer.close()
+            if rt.polite is not None:
+                await rt.polite.close()
             await rt.recorder.close()
             await rt.recorder.pressure.close()
             await rt.fetcher.close()

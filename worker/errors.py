@@ -26,6 +26,7 @@ FetchfleetError
         ├── TooLarge                kind "too_large"
         ├── ProtocolFailed          kind "protocol"
         ├── Cancelled               kind "cancelled"
+        ├── RobotsDisallowed        kind "robots": robots.txt forbids it, or could not be read
         └── InternalFailed          kind "internal": a bug met while fetching one URL
 
 Outside the tree on purpose: ssrf.BlockedAddress is an OSError, since aiohttp's socket factory must raise
@@ -140,6 +141,10 @@ class ProtocolFailed(PermanentFetchError):
 
 class Cancelled(PermanentFetchError):
     kind = "cancelled"
+
+
+class RobotsDisallowed(PermanentFetchError):
+    kind = "robots"
 
 
 class InternalFailed(PermanentFetchError):

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -20,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from yarl import URL
 
-from worker.contract import host_keys
+from worker.contract import THROTTLED_KEY, host_keys, throttle_key
 from worker.settings import Settings
 
 log = logging.getLogger("fetchfleet.hostlimits")
@@ -81,22 +82,31 @@ class HostLimiter:
     def __post_init__(self) -> None:
         self._script = self.redis.register_script(HOSTLIMIT_LUA)
 
-    async def try_acquire(self, host: str, permit: str) -> int:
-        """0 if the permit was taken, FULL, or milliseconds until the rate allows the next request."""
-        interval_ms = 1000.0 / self.limits.rate if self.limits.rate > 0 else 0
+    async def try_acquire(self, host: str, permit: str, interval_ms: float | None = None) -> int:
+        """0 if the permit was taken, FULL, or milliseconds until the rate allows the next request.
+
+        `interval_ms` overrides the configured spacing (a Crawl-delay, already the stricter of the two);
+        the host's adaptive throttle, if any, is applied in the script on top.
+        """
+        if interval_ms is None:
+            interval_ms = 1000.0 / self.limits.rate if self.limits.rate > 0 else 0
         lease_ms = int(self.limits.lease_seconds * 1000)
-        args = [self.limits.concurrency, f"{interval_ms:.3f}", lease_ms, permit]
-        return int(await self._script(keys=list(host_keys(host)), args=args))  # type: ignore[operator]
+        args = [self.limits.concurrency, f"{interval_ms:.3f}", lease_ms, permit, host]
+        keys = [*host_keys(host), throttle_key(host), THROTTLED_KEY]
+        return int(await self._script(keys=keys, args=args))  # type: ignore[operator]
 
     async def release(self, host: str, permit: str) -> None:
         if self.limits.concurrency > 0:
             await self.redis.zrem(host_keys(host)[0], permit)
 
     @contextlib.asynccontextmanager
-    async def slot(self, host: str, slots: asyncio.Semaphore) -> AsyncIterator[None]:
+    async def slot(
+        self, host: str, slots: asyncio.Semaphore, interval_ms: float | None = None
+    ) -> AsyncIterator[float]:
         """Hold one of the worker's fetch slots and a permit for `host`; wait for either without the slot.
 
         A permit is only ever held together with a slot, so its lease need only outlast one fetch.
+        Yields the milliseconds spent waiting for the host (not for a slot).
         """
         permit = secrets.token_hex(8)
         # One poller per host in this process: the other URLs of a busy host wait here, asking nothing.
@@ -105,14 +115,17 @@ class HostLimiter:
             poller = self._pollers[host] = _Poller()
         poller.users += 1
         try:
+            started = time.monotonic()
             async with poller.lock:
-                await self._acquire(host, permit, slots)
+                # Queued behind another URL of the same host in this process: a wait for the host too.
+                waited = time.monotonic() - started
+                waited += await self._acquire(host, permit, slots, interval_ms)
         finally:
             poller.users -= 1
             if poller.users == 0:
                 del self._pollers[host]
         try:
-            yield
+            yield round(waited * 1000, 3)
         finally:
             slots.release()
             if self.limits.concurrency > 0:
@@ -120,13 +133,17 @@ class HostLimiter:
                     # If this fails the lease frees the permit later.
                     await self.release(host, permit)
 
-    async def _acquire(self, host: str, permit: str, slots: asyncio.Semaphore) -> None:
+    async def _acquire(
+        self, host: str, permit: str, slots: asyncio.Semaphore, interval_ms: float | None = None
+    ) -> float:
+        """Seconds spent waiting for the host's permission (0.0 when granted at the first ask)."""
         delay = 0.1
         waited = False
+        first_refusal = 0.0
         while True:
             await slots.acquire()
             try:
-                wait_ms = await self.try_acquire(host, permit)
+                wait_ms = await self.try_acquire(host, permit, interval_ms)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 slots.release()
                 log.warning("host limit for %s unavailable (%s); retrying in %.1fs", host, exc, delay)
@@ -137,10 +154,11 @@ class HostLimiter:
                 slots.release()
                 raise
             if wait_ms == 0:
-                return
+                return time.monotonic() - first_refusal if waited else 0.0
             slots.release()  # waiting for the host must not starve other hosts of this slot
             if not waited:
                 waited = True
+                first_refusal = time.monotonic()
                 self.waits += 1
             pause = POLL_SECONDS if wait_ms == FULL else wait_ms / 1000
             await asyncio.sleep(pause * random.uniform(1.0, 1.2))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from worker.monitor import Monitor, Probes
 from worker.opsserver import OpsServer
+from worker.politeness import PolitenessCounters
 
 if TYPE_CHECKING:
     from worker.chunks import Runtime
@@ -27,7 +28,9 @@ class Ops:
 async def start_ops(rt: Runtime, poll_due: Callable[[], float | None] | None = None) -> Ops:
     """Heartbeat always (for `fetchfleet stats`); /metrics and /healthz if FETCHFLEET_METRICS_PORT is set."""
     s = rt.settings
-    limiter = rt.host_limiter
+    limiter = rt.polite.limiter if rt.polite is not None else rt.host_limiter
+    if rt.polite is not None:
+        rt.metrics.registry.register(PolitenessCounters(rt.polite))
     rt.metrics.bind(
         rt.worker_id,
         lambda: rt.in_flight,

@@ -112,6 +112,22 @@ class Settings(BaseSettings):
         store_directory(value)  # raises ValueError with the reason
         return value
 
+    # Politeness on the open web (docs/politeness.md): robots.txt, crawl-delay, adaptive per-host backoff
+    robots: Literal["obey", "ignore"] = "obey"
+    robots_allow_batch_ignore: bool = Field(default=False, description="a batch may ask to ignore robots")
+    robots_cache_seconds: int = Field(default=86_400, ge=1, le=86_400, description="RFC 9309: 24 h at most")
+    robots_unreachable_seconds: float = Field(default=60.0, gt=0, le=86_400, description="disallow-all time")
+    crawl_delay_max: float = Field(default=30.0, ge=0, description="longest Crawl-delay honoured, seconds")
+    adaptive_throttle: bool = True
+    throttle_start_rate: float = Field(
+        default=10.0, gt=0, description="req/s after a first 429, no limit set"
+    )
+
+    @field_validator("robots", mode="before")
+    @classmethod
+    def _robots_word(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:

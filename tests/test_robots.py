@@ -1,0 +1,295 @@
+"""robots.txt per RFC 9309: the decision layer (every rule), and the fleet-wide cache with its one fetch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.polite_target import PoliteTarget
+from worker import errors
+from worker.contract import robots_keys
+from worker.fetcher import FetchOutcome
+from worker.robots import (
+    ALLOW,
+    DISALLOW,
+    ROBOTS_MAX_BYTES,
+    RULES,
+    RobotsCache,
+    RobotsRules,
+    host_of_origin,
+    origin_of,
+    product_token,
+    robots_text,
+    rules_from_fetch,
+)
+from worker.settings import load_settings
+
+
+def outcome(status: int | None, body: bytes = b"", error: errors.FetchError | None = None) -> FetchOutcome:
+    return FetchOutcome("http://h/robots.txt", None, status, len(body), None, None, 0, 1.0, body, error)
+
+
+def rules(text: str, token: str = "fetchfleet") -> RobotsRules:
+    return RobotsRules(RULES, "robots.txt 200", text, token)
+
+
+def test_product_token_and_origin() -> None:
+    assert product_token("FetchFleet/0.1 (+https://pypi.org/project/fetchfleet/)") == "fetchfleet"
+    assert product_token("mybot") == "mybot"
+    assert origin_of("http://Example.COM/a?b#c") == "http://example.com:80"
+    assert origin_of("https://example.com:8443") == "https://example.com:8443"
+    assert origin_of("https://user:pw@example.com/x") == "https://example.com:443"
+    assert origin_of("http://[::1]:8080/x") == "http://[::1]:8080"
+    assert origin_of("http://example.com:http/") is None
+    assert host_of_origin("http://[::1]:8080") == "::1"
+    assert host_of_origin("https://example.com:443") == "example.com"
+    # Distinct ports are distinct origins (RFC 9309 2.3: scheme, host and port).
+    assert origin_of("http://a.test:81/") != origin_of("http://a.test:82/")
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [(200, RULES), (404, ALLOW), (401, ALLOW), (403, ALLOW), (410, ALLOW), (500, DISALLOW), (503, DISALLOW),
+     (429, DISALLOW)],
+)  # fmt: skip
+def test_status_classes(status: int, state: str) -> None:
+    """2xx: parse it; 4xx: unavailable, so allow all; 5xx: unreachable, so disallow all (RFC 9309 2.3.1)."""
+    verdict = rules_from_fetch(outcome(status, b"User-agent: *\nDisallow: /x\n"), "fetchfleet")
+    assert verdict.state == state
+    assert verdict.allows("http://h/y") is (state != DISALLOW)
+
+
+@pytest.mark.parametrize(
+    ("error", "state", "kind"),
+    [
+        (errors.ConnectFailed("refused"), DISALLOW, "connect"),
+        (errors.FetchTimeout("slow"), DISALLOW, "timeout"),
+        (errors.DNSFailed("nxdomain"), DISALLOW, "dns"),
+        (errors.TooManyRedirects("more than 5"), ALLOW, None),  # 2.3.1.2: may be taken as unavailable
+        (errors.Blocked("private"), ALLOW, None),  # the URL's own fetch is refused by the same guard
+    ],
+)
+def test_fetch_failures(error: errors.FetchError, state: str, kind: str | None) -> None:
+    verdict = rules_from_fetch(outcome(None, error=error), "fetchfleet")
+    assert (verdict.state, verdict.error_kind) == (state, kind)
+
+
+def test_longest_match_wins() -> None:
+    r = rules("User-agent: *\nDisallow: /a\nAllow: /a/b\nDisallow: /a/b/c\n")
+    assert not r.allows("http://h/a/x")
+    assert r.allows("http://h/a/b/x")  # the longer Allow beats the shorter Disallow
+    assert not r.allows("http://h/a/b/c/x")
+    assert r.allows("http://h/other")
+
+
+def test_allow_wins_a_tie() -> None:
+    r = rules("User-agent: *\nDisallow: /page\nAllow: /page\n")
+    assert r.allows("http://h/page")
+    r = rules("User-agent: *\nAllow: /page\nDisallow: /page\n")  # order in the file does not matter
+    assert r.allows("http://h/page")
+
+
+def test_group_chosen_by_product_token() -> None:
+    text = (
+        "User-agent: *\nDisallow: /\n\n"
+        "User-agent: FetchFleet\nDisallow: /private/\n\n"
+        "User-agent: otherbot\nAllow: /\n"
+    )
+    ours = rules(text, product_token("fetchfleet/0.1 (+https://pypi.org/project/fetchfleet/)"))
+    assert ours.allows("http://h/public") and not ours.allows("http://h/private/x")
+    # Another product token falls back to the * group.
+    assert not rules(text, "somebot").allows("http://h/public")
+    # A token that merely contains a group's name is not that group.
+    assert not rules(text, "notfetchfleet").allows("http://h/public")
+
+
+def test_crawl_delay_per_group() -> None:
+    r = rules("User-agent: *\nCrawl-delay: 7\n\nUser-agent: fetchfleet\nCrawl-delay: 1.5\n")
+    assert r.crawl_delay == 1.5
+    assert rules("User-agent: *\nDisallow:\n").crawl_delay is None
+
+
+def test_at_least_500_kib_parsed() -> None:
+    """A rule after 490 KiB of comments still counts; a file cut at the limit ends at its last line."""
+    filler = b"# " + b"x" * 1000 + b"\n"
+    body = b"User-agent: *\n" + filler * 490 + b"Disallow: /late\n"
+    assert len(body) < ROBOTS_MAX_BYTES
+    r = rules_from_fetch(outcome(200, body), "fetchfleet")
+    assert not r.allows("http://h/late/page")
+    long = body + filler * 100 + b"Disallow: /beyond"
+    text = robots_text(long[: ROBOTS_MAX_BYTES + 1], truncated=True)
+    assert len(text.encode()) <= ROBOTS_MAX_BYTES and text.endswith("\n")
+    assert "Disallow: /late" in text and "/beyond" not in text
+
+
+def test_robots_txt_itself_and_bad_bytes() -> None:
+    r = rules_from_fetch(outcome(200, b"User-agent: *\nDisallow: /\n\xff\xfe"), "fetchfleet")
+    assert not r.allows("http://h/anything")
+    assert rules_from_fetch(outcome(200, b"\x00garbage"), "fetchfleet").allows("http://h/x")
+
+
+def test_verdict_survives_the_cache() -> None:
+    r = rules_from_fetch(outcome(None, error=errors.ConnectFailed("refused")), "fetchfleet")
+    back = RobotsRules.load(r.dump(), "fetchfleet")
+    assert (back.state, back.reason, back.error_kind) == (r.state, r.reason, r.error_kind)
+
+
+# ---- the fleet-wide cache, against a real Redis and a real server -----------------------------------
+
+
+@pytest.fixture
+def site() -> Iterator[PoliteTarget]:
+    t = PoliteTarget(200, "User-agent: *\nDisallow: /private/\n").start()
+    yield t
+    t.stop()
+
+
+def _settings(redis_url: str, **extra: object):
+    return load_settings(redis_url=redis_url, allow_private_networks=True, **extra)
+
+
+async def test_one_fetch_for_many_workers(redis_url: str, site: PoliteTarget) -> None:
+    """Four caches (four workers) asking at once for an uncached origin: one robots.txt request."""
+    redis = Redis.from_url(redis_url)
+    caches = [RobotsCache(_settings(redis_url), redis, f"w{i}") for i in range(4)]
+    origin = origin_of(site.url("/"))
+    assert origin is not None
+    try:
+        verdicts = await asyncio.gather(*(c.rules(origin) for c in caches for _ in range(25)))
+        assert all(v.state == RULES for v in verdicts)
+        assert not verdicts[0].allows(site.url("/private/a")) and verdicts[0].allows(site.url("/a"))
+        assert site.hits["/robots.txt"] == 1
+        key, lock = robots_keys(origin)
+        assert 86_000_000 < await redis.pttl(key) <= 86_400_000  # cached for 24 h at most
+        assert not await redis.exists(lock)
+    finally:
+        for c in caches:
+            await c.close()
+        await redis.aclose()
+
+
+async def test_memory_spares_redis(redis_url: str, site: PoliteTarget) -> None:
+    """Once known, a verdict is served from memory: 1,000 checks, no Redis command."""
+    redis = Redis.from_url(redis_url)
+    cache = RobotsCache(_settings(redis_url), redis, "w")
+    origin = origin_of(site.url("/"))
+    assert origin is not None
+    try:
+        await cache.rules(origin)
+        await redis.config_resetstat()
+        for _ in range(1000):
+            assert cache.cached(origin) is not None
+            await cache.rules(origin)
+        calls = (await redis.info("commandstats")).get("cmdstat_get", {}).get("calls", 0)
+        assert calls == 0
+    finally:
+        await cache.close()
+        await redis.aclose()
+
+
+@pytest.mark.parametrize(("hops", "state"), [(5, RULES), (6, ALLOW)])
+async def test_five_redirects_followed(redis_url: str, site: PoliteTarget, hops: int, state: str) -> None:
+    """RFC 9309 2.3.1.2: five redirects are followed; more mean unavailable (allow all)."""
+    site.robots_redirects = hops
+    redis = Redis.from_url(redis_url)
+    cache = RobotsCache(_settings(redis_url, max_redirects=0), redis, "w")  # the worker's own limit aside
+    origin = origin_of(site.url("/"))
+    assert origin is not None
+    try:
+        assert (await cache.rules(origin)).state == state
+    finally:
+        await cache.close()
+        await redis.aclose()
+
+
+async def test_unreachable_is_cached_for_a_bounded_time(redis_url: str, site: PoliteTarget) -> None:
+    site.robots_status = 503
+    redis = Redis.from_url(redis_url)
+    cache = RobotsCache(_settings(redis_url, robots_unreachable_seconds=7), redis, "w")
+    origin = origin_of(site.url("/"))
+    assert origin is not None
+    try:
+        verdict = await cache.rules(origin)
+        assert verdict.state == DISALLOW and not verdict.allows(site.url("/a"))
+        assert 6000 < await redis.pttl(robots_keys(origin)[0]) <= 7000
+        assert await redis.zscore("ff:robots-unreachable", origin) is not None  # for `fetchfleet stats`
+        assert 60_000 < await redis.pttl("ff:robots-unreachable") <= 67_000  # and expires
+    finally:
+        await cache.close()
+        await redis.aclose()
+
+
+async def test_robots_fetch_goes_through_the_ssrf_guard(redis_url: str, site: PoliteTarget) -> None:
+    """Without private networks allowed, robots.txt on loopback is never requested."""
+    redis = Redis.from_url(redis_url)
+    cache = RobotsCache(load_settings(redis_url=redis_url), redis, "w")
+    origin = origin_of(site.url("/"))
+    assert origin is not None
+    try:
+        verdict = await cache.rules(origin)
+        assert verdict.state == ALLOW and verdict.reason.startswith("robots.txt not fetched"), verdict.reason
+        assert site.hits["/robots.txt"] == 0
+    finally:
+        await cache.close()
+        await redis.aclose()
+
+
+def test_open_to_all_is_conservative() -> None:
+    assert RobotsRules(ALLOW, token="fetchfleet").open_to_all
+    assert rules("\x00 garbage, no groups").open_to_all
+    assert rules("User-agent: otherbot\nDisallow: /\n").open_to_all
+    assert not rules("User-agent: *\nDisallow:\n").open_to_all
+    assert not rules("user-AGENT: FetchFleet # us\nDisallow: /x\n").open_to_all
+    assert not rules("User-agent: fetch\nDisallow: /x\n").open_to_all  # shares text with our token
+    assert not RobotsRules(DISALLOW, token="fetchfleet").open_to_all
+
+
+async def test_gate_fast_path_still_applies_the_rules() -> None:
+    """The per-origin memo of the hot path never lets a disallowed URL through, nor outlives the verdict."""
+    from worker.contract import BatchOptions
+    from worker.politeness import make_politeness
+
+    settings = load_settings(redis_url="redis://127.0.0.1:1/0")  # never contacted: all from memory
+    redis = Redis.from_url(settings.redis_url)
+    polite = make_politeness(settings, redis, "w", None)
+    assert polite is not None and polite.robots is not None
+    opts = BatchOptions()
+    polite.robots._remember("http://a.test:80", rules("User-agent: *\nDisallow: /private/\n"), 60)
+    polite.robots._remember("http://b.test:80", rules("User-agent: *\nCrawl-delay: 2\n"), 0.2)
+    for _ in range(3):  # the second and third times come through the memo
+        ok = polite.gate("http://a.test/public", opts)
+        no = polite.gate("http://A.test:80/private/x", opts)
+        assert ok is not None and ok.refused is None and ok.host == "a.test"
+        assert no is not None and no.refused is not None
+    slow = polite.gate("http://b.test/x", opts)
+    assert slow is not None and slow.interval_ms == 2000
+    await asyncio.sleep(0.25)
+    assert polite.gate("http://b.test/x", opts) is None  # verdict expired: ask Redis again
+    assert polite.gate("http://c.test/x", opts) is None  # never seen
+    assert (polite.allowed, polite.disallowed) == (4, 3)
+    await redis.aclose()
+
+
+async def test_a_cancelled_loader_does_not_fail_the_waiters(redis_url: str, site: PoliteTarget) -> None:
+    """The URL loading an origin's robots.txt is cancelled (its chunk stopped): the others load it."""
+    redis = Redis.from_url(redis_url)
+    cache = RobotsCache(_settings(redis_url), redis, "w")
+    origin = origin_of(site.url("/"))
+    assert origin is not None
+    try:
+        await redis.set(robots_keys(origin)[1], "someone-else", px=400)  # first make everyone wait
+        first = asyncio.create_task(cache.rules(origin))
+        await asyncio.sleep(0.05)
+        others = [asyncio.create_task(cache.rules(origin)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        first.cancel()
+        verdicts = await asyncio.wait_for(asyncio.gather(*others), 10)
+        assert all(v.state == RULES for v in verdicts)
+        assert first.cancelled()
+        assert site.hits["/robots.txt"] == 1
+    finally:
+        await cache.close()
+        await redis.aclose()

@@ -1,0 +1,319 @@
+"""robots.txt per RFC 9309, fetched once per origin for the whole fleet and cached in Redis.
+
+The decision layer (`RobotsRules`, `rules_from_fetch`) is pure; `RobotsCache` adds the fleet-wide cache:
+one worker fetches an origin's robots.txt under a short Redis lock while the others wait on the cache
+key, and every worker keeps the verdict in memory for a short while, so obeying robots costs about one
+Redis read per origin and interval, not one per URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import orjson
+from protego import Protego
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from worker import errors
+from worker.contract import ROBOTS_UNREACHABLE_KEY, robots_keys
+from worker.fetcher import Fetcher, FetchOutcome
+from worker.settings import Settings
+
+log = logging.getLogger("fetchfleet.robots")
+
+# RFC 9309 2.5: parse at least 500 KiB. What is kept of a longer file is cut at its last full line.
+ROBOTS_MAX_BYTES = 500 * 1024
+# RFC 9309 2.3.1.2: follow at least five consecutive redirects.
+ROBOTS_REDIRECTS = 5
+# How long a worker trusts its in-memory copy before reading Redis again.
+MEMORY_SECONDS = 30.0
+MEMORY_ORIGINS = 10_000  # origins remembered per process; the least recently used go first
+WAIT_POLL_SECONDS = 0.05  # how often a worker waiting for another's fetch looks at the cache key
+LOCK_MARGIN_SECONDS = 5.0
+
+ALLOW, DISALLOW, RULES = "allow", "unreachable", "rules"
+
+
+def product_token(user_agent: str) -> str:
+    """The product token of a User-Agent (`fetchfleet` of `fetchfleet/0.1 (+https://...)`), lowercased."""
+    token = user_agent.strip().split("/", 1)[0].split(None, 1)
+    return token[0].lower() if token else "*"
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host:port` of an http(s) URL, lowercased, default port made explicit; None if unparsable.
+
+    Plain string work (no URL object): it runs for every URL. A URL reaching here passed url_problem.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    scheme = scheme.lower()
+    end = len(rest)
+    for ch in "/?#":
+        i = rest.find(ch)
+        if 0 <= i < end:
+            end = i
+    authority = rest[:end].rpartition("@")[2].lower()
+    if authority.startswith("["):
+        close = authority.find("]")
+        if close < 0:
+            return None
+        host, port = authority[: close + 1], authority[close + 2 :]
+    else:
+        host, _, port = authority.partition(":")
+    if not host:
+        return None
+    if not port:
+        port = "443" if scheme == "https" else "80"
+    elif not port.isdigit():
+        return None
+    return f"{scheme}://{host}:{int(port)}"
+
+
+def host_of_origin(origin: str) -> str:
+    """The politeness key (worker.hostlimits.host_of) of an origin: its host, without brackets or port."""
+    host = origin.partition("://")[2].rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") else host
+
+
+@dataclass(slots=True)
+class RobotsRules:
+    """What one origin's robots.txt says to this crawler's product token."""
+
+    state: str  # RULES: a robots.txt was read; ALLOW: none (4xx); DISALLOW: unreachable (5xx, network)
+    reason: str = ""
+    body: str = ""
+    token: str = "*"
+    # For a network failure: the fetch error's kind, which the URL's result reports (its own fetch would
+    # most likely fail the same way, and `robots` would hide why).
+    error_kind: str | None = None
+    parser: Protego | None = field(default=None, repr=False)
+    crawl_delay: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.state == RULES and self.parser is None:
+            self.parser = Protego.parse(self.body)
+        if self.parser is not None:  # read once: asked for every URL of the origin
+            self.crawl_delay = self.parser.crawl_delay(self.token)
+
+    @property
+    def open_to_all(self) -> bool:
+        """True when no URL can be disallowed: no robots.txt, or no group that could be ours.
+
+        Conservative on purpose (any `*` group, or a name sharing text with our token, counts as ours),
+        so that skipping the per-URL check never skips a rule.
+        """
+        if self.state == ALLOW:
+            return True
+        if self.state != RULES:
+            return False
+        for line in self.body.splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip().lower() == "user-agent":
+                agent = value.split("#", 1)[0].strip().lower()
+                if agent == "*" or (agent and (agent in self.token or self.token in agent)):
+                    return False
+        return True
+
+    def allows(self, url: str) -> bool:
+        if self.state == ALLOW:
+            return True
+        if self.state == DISALLOW or self.parser is None:
+            return False
+        # Protego: longest match wins, Allow over Disallow on a tie, group chosen by the product token.
+        return self.parser.can_fetch(url, self.token)
+
+    def dump(self) -> bytes:
+        doc = {"state": self.state, "reason": self.reason, "body": self.body, "error_kind": self.error_kind}
+        return orjson.dumps(doc)
+
+    @classmethod
+    def load(cls, raw: bytes, token: str) -> RobotsRules:
+        doc = orjson.loads(raw)
+        return cls(doc["state"], doc.get("reason", ""), doc.get("body", ""), token, doc.get("error_kind"))
+
+
+def robots_text(body: bytes, truncated: bool) -> str:
+    """The text parsed: at most ROBOTS_MAX_BYTES, a cut file ending at its last full line."""
+    if truncated or len(body) > ROBOTS_MAX_BYTES:
+        body = body[:ROBOTS_MAX_BYTES]
+        cut = body.rfind(b"\n")
+        body = body[: cut + 1] if cut >= 0 else b""
+    return body.decode("utf-8", errors="replace")
+
+
+def rules_from_fetch(outcome: FetchOutcome, token: str) -> RobotsRules:
+    """RFC 9309 2.3.1: what a robots.txt fetch's outcome means."""
+    err = outcome.error
+    if err is not None:
+        if isinstance(err, errors.TooManyRedirects):
+            # 2.3.1.2: more than five redirects MAY be taken as unavailable, i.e. as a 4xx.
+            return RobotsRules(ALLOW, f"robots.txt: {err}", token=token)
+        if isinstance(err, errors.Blocked | errors.InvalidURL):
+            # The URL's own fetch meets the same guard and reports it as such; robots adds nothing.
+            return RobotsRules(ALLOW, f"robots.txt not fetched: {err}", token=token)
+        # 2.3.1.4: unreachable (network error, timeout, too large to read) -> disallow everything.
+        reason = f"robots.txt unreachable ({err.kind}: {err})"
+        return RobotsRules(DISALLOW, reason, token=token, error_kind=err.kind)
+    status = outcome.status or 0
+    if 200 <= status < 300:
+        text = robots_text(outcome.body or b"", outcome.body_truncated)
+        return RobotsRules(RULES, f"robots.txt {status}", text, token)
+    if status == 429 or status >= 500:
+        # 2.3.1.4: a server error means complete disallow; 429 says the same thing ("too busy") as 503.
+        return RobotsRules(DISALLOW, f"robots.txt unreachable (HTTP {status})", token=token)
+    # 2.3.1.3: 4xx (and a redirect that led nowhere) -> unavailable: everything allowed.
+    return RobotsRules(ALLOW, f"robots.txt HTTP {status}", token=token)
+
+
+@dataclass(slots=True)
+class _Remembered:
+    rules: RobotsRules
+    until: float  # monotonic
+
+
+@dataclass
+class RobotsCache:
+    """One per worker process: in-memory verdicts in front of the fleet's Redis cache and fetch lock."""
+
+    settings: Settings
+    redis: Redis
+    owner: str = "?"
+    token: str = field(init=False)
+    fetcher: Fetcher | None = field(default=None, init=False, repr=False)
+    fetched: dict[str, int] = field(default_factory=dict)  # robots.txt fetched here, by resulting state
+    _memory: OrderedDict[str, _Remembered] = field(default_factory=OrderedDict, init=False, repr=False)
+    _loading: dict[str, asyncio.Future[RobotsRules]] = field(default_factory=dict, init=False, repr=False)
+    _fetcher_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.token = product_token(self.settings.user_agent)
+
+    def cached(self, origin: str) -> RobotsRules | None:
+        """The verdict held in memory, if still fresh."""
+        seen = self.remembered(origin)
+        return seen[0] if seen is not None else None
+
+    def remembered(self, origin: str) -> tuple[RobotsRules, float] | None:
+        """(verdict, monotonic time it is good until), if held in memory and still fresh."""
+        seen = self._memory.get(origin)
+        if seen is None:
+            return None
+        if seen.until < time.monotonic():
+            del self._memory[origin]
+            return None
+        return seen.rules, seen.until
+
+    async def rules(self, origin: str) -> RobotsRules:
+        """The verdict for `origin`: memory, else Redis, else one fetch for the whole fleet."""
+        while True:
+            seen = self.cached(origin)
+            if seen is not None:
+                return seen
+            loading = self._loading.get(origin)
+            if loading is None:
+                break
+            try:  # another URL of this process asks already: one Redis read, not many
+                return await asyncio.shield(loading)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The URL that was loading it was cancelled (its chunk stopped): load it ourselves.
+        future: asyncio.Future[RobotsRules] = asyncio.get_running_loop().create_future()
+        self._loading[origin] = future
+        try:
+            rules, ttl = await self._load(origin)
+            self._remember(origin, rules, min(MEMORY_SECONDS, ttl))
+            future.set_result(rules)
+            return rules
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a future nobody else awaited must not warn
+            raise
+        finally:
+            del self._loading[origin]
+
+    def _remember(self, origin: str, rules: RobotsRules, seconds: float) -> None:
+        self._memory[origin] = _Remembered(rules, time.monotonic() + seconds)
+        self._memory.move_to_end(origin)
+        while len(self._memory) > MEMORY_ORIGINS:
+            self._memory.popitem(last=False)
+
+    async def _load(self, origin: str) -> tuple[RobotsRules, float]:
+        key, lock = robots_keys(origin)
+        lease_ms = int((self.settings.total_timeout + LOCK_MARGIN_SECONDS) * 1000)
+        deadline = time.monotonic() + lease_ms / 1000 * 2
+        try:
+            while True:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.get(key)
+                    pipe.pttl(key)
+                    raw, pttl = await pipe.execute()
+                if raw is not None:
+                    return RobotsRules.load(raw, self.token), max(pttl, 0) / 1000
+                if await self.redis.set(lock, self.owner, nx=True, px=lease_ms):
+                    break
+                if time.monotonic() > deadline:  # the holder is stuck beyond its lease: fetch ourselves
+                    break
+                await asyncio.sleep(WAIT_POLL_SECONDS)
+        except RedisError as exc:
+            log.warning("robots cache unavailable (%s); fetching %s/robots.txt for this worker", exc, origin)
+            rules = await self._fetch(origin)
+            return rules, self._ttl(rules)
+        try:
+            rules = await self._fetch(origin)
+            ttl = self._ttl(rules)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(key, rules.dump(), px=int(ttl * 1000))
+                if rules.state == DISALLOW:
+                    now_ms = int(time.time() * 1000)
+                    pipe.zadd(ROBOTS_UNREACHABLE_KEY, {origin: now_ms + int(ttl * 1000)})
+                    pipe.zremrangebyscore(ROBOTS_UNREACHABLE_KEY, "-inf", now_ms)
+                    # Every entry lasts as long as this newest one: the set expires with it.
+                    pipe.pexpire(ROBOTS_UNREACHABLE_KEY, int(ttl * 1000) + 60_000)
+                pipe.delete(lock)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not cache robots.txt of %s: %s", origin, exc)
+        return rules, ttl
+
+    def _ttl(self, rules: RobotsRules) -> float:
+        if rules.state == DISALLOW:
+            return self.settings.robots_unreachable_seconds
+        return float(self.settings.robots_cache_seconds)
+
+    async def _fetch(self, origin: str) -> RobotsRules:
+        fetcher = await self._robots_fetcher()
+        outcome = await fetcher.fetch(f"{origin}/robots.txt", keep_body=True)
+        rules = rules_from_fetch(outcome, self.token)
+        self.fetched[rules.state] = self.fetched.get(rules.state, 0) + 1
+        log.info("%s/robots.txt: %s", origin, rules.reason)
+        return rules
+
+    async def _robots_fetcher(self) -> Fetcher:
+        """A Fetcher like the worker's (SSRF guard, timeouts, body cap), with RFC 9309's redirects and size.
+
+        Its own small session: robots.txt fetches are one per origin, and the fetch path stays untouched.
+        """
+        async with self._fetcher_lock:
+            if self.fetcher is None:
+                update = {"max_redirects": ROBOTS_REDIRECTS, "max_stored_body_bytes": ROBOTS_MAX_BYTES + 1}
+                fetcher = Fetcher(self.settings.model_copy(update=update))
+                await fetcher.start()
+                self.fetcher = fetcher
+            return self.fetcher
+
+    async def close(self) -> None:
+        if self.fetcher is not None:
+            await self.fetcher.close()
+            self.fetcher = None
