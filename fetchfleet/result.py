@@ -16,7 +16,7 @@ from worker.errors import BodyUnavailable
 
 @dataclass(frozen=True, slots=True)
 class ResultError:
-    """Why a URL has no usable response; `kind` is one of the README's error kinds."""
+    """Why a URL has no usable response; `kind` is one of the error kinds in docs/results.md."""
 
     kind: ErrorKind
     message: str

@@ -18,6 +18,8 @@ from tests.redis_proc import free_port
 from tests.test_cli_help import subcommands
 
 README = (ROOT / "README.md").read_text()
+CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
+SETTINGS_DOC = (ROOT / "docs" / "settings.md").read_text()
 FIRST_SCREEN = "\n".join(README.splitlines()[:30])
 EXAMPLE = ROOT / "examples" / "api_example.py"
 
@@ -32,20 +34,28 @@ def test_first_screen_shows_install_run_and_the_test_command() -> None:
     assert test_command[0] in ci.splitlines(), ".ci/run must run the README's test command"
 
 
-def test_sections_come_in_the_promised_order() -> None:
-    order = ["```sh\npip install .", "## A cluster", "## Python API", "## The command line", "### Exit codes"]
+def test_front_page_order_and_length() -> None:
+    """What it is, the two commands, a result line, bodies, the API, the cluster, where next: in that order,
+    short enough to read in three minutes (reference material lives in docs/)."""
+    order = ["```sh\npip install .", "```json\n{", "## Pages", "## Python API", "## A cluster"]
+    order.append("## Where next")
     positions = [README.index(heading) for heading in order]
     assert positions == sorted(positions)
+    assert len(README.split()) < 1200, len(README.split())
+
+
+def test_every_docs_page_the_readme_links_exists() -> None:
+    for link in re.findall(r"\]\(((?:docs|examples|ops)/[^)#]+)", README):
+        assert (ROOT / link).is_file(), link
 
 
 def test_cli_table_names_every_subcommand() -> None:
-    table = README[README.index("## The command line") :]
     for name in subcommands():
-        assert f"| `fetchfleet {name}" in table, f"`fetchfleet {name}` has no row in the README's CLI table"
+        assert f"| `fetchfleet {name}" in CLI_DOC, f"`fetchfleet {name}` has no row in docs/cli.md's table"
 
 
 def test_exit_codes_table_matches_the_code() -> None:
-    table = README[README.index("### Exit codes") :].split("\n\n")[1]
+    table = CLI_DOC[CLI_DOC.index("## Exit codes") :].split("\n\n")[1]
     codes = [int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)]
     assert codes == [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FETCH_FAILED, EXIT_INTERRUPTED]
 
@@ -126,8 +136,7 @@ def test_readme_commands_work_on_a_fresh_copy_in_a_new_virtualenv(tmp_path: Path
 def test_settings_table_lists_every_setting_and_nothing_else() -> None:
     from worker.settings import Settings
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    rows = set(re.findall(r"^\| `(FETCHFLEET_[A-Z0-9_]+)` \|", readme, re.M))
+    rows = set(re.findall(r"^\| `(FETCHFLEET_[A-Z0-9_]+)` \|", SETTINGS_DOC, re.M))
     fields = {f"FETCHFLEET_{name.upper()}" for name in Settings.model_fields}
     assert rows == fields, (sorted(fields - rows), sorted(rows - fields))
 
@@ -136,7 +145,7 @@ def test_settings_table_says_which_process_reads_each_setting() -> None:
     """The `read by` column against worker/settings.py's one classification (read_by)."""
     from worker.settings import Settings, read_by
 
-    header = re.search(r"^\| variable \| read by \| default \| meaning \|$", README, re.M)
+    header = re.search(r"^\| variable \| read by \| default \| meaning \|$", SETTINGS_DOC, re.M)
     assert header, "the settings table lost its `read by` column"
-    rows = dict(re.findall(r"^\| `FETCHFLEET_([A-Z0-9_]+)` \| (\w+) \|", README, re.M))
+    rows = dict(re.findall(r"^\| `FETCHFLEET_([A-Z0-9_]+)` \| (\w+) \|", SETTINGS_DOC, re.M))
     assert rows == {name.upper(): read_by(name) for name in Settings.model_fields}

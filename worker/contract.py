@@ -21,7 +21,7 @@ METHODS = ("GET", "HEAD", "POST")
 
 
 class ErrorKind(str, Enum):
-    """Stable words for why a URL has no usable response; documented in the README."""
+    """Stable words for why a URL has no usable response; documented in docs/results.md."""
 
     INVALID_URL = "invalid_url"
     BLOCKED = "blocked"

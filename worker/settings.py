@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
-# Which process reads each setting; README's settings table shows it (tests/test_readme.py checks).
+# Which process reads each setting; docs/settings.md's table shows it (tests/test_readme.py checks).
 PRODUCER_FIELDS = frozenset({"chunk_size", "max_queued_chunks", "result_retention"})
 SHARED_FIELDS = frozenset(
     {
