@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -85,10 +86,12 @@ class Fetcher:
         # Sessions of batches that narrow the networks (BatchOptions.only_networks): their connections
         # are checked against both rules and never shared with other batches' pooled connections.
         self._narrow: dict[tuple[IPNetwork, ...], aiohttp.ClientSession] = {}
+        self._tls: ssl.SSLContext | bool = settings.verify_tls
 
     async def start(self) -> None:
         log.info("%s", describe_policy(self.settings))
         self.watchdog.start()
+        self._tls = tls_context(self.settings)
         self._session = self._new_session(None if self.policy.allow_all else self.policy.socket_factory)
 
     def _new_session(self, socket_factory: Any) -> aiohttp.ClientSession:
@@ -96,7 +99,8 @@ class Fetcher:
             limit=0,  # the worker's own slots bound concurrency; a second cap here would only queue
             limit_per_host=0,
             ttl_dns_cache=300,
-            ssl=self.settings.verify_tls,  # True: verify against the system CAs
+            ssl=self._tls,
+            resolver=resolver(self.settings),
             socket_factory=socket_factory,
             enable_cleanup_closed=False,
         )
@@ -287,6 +291,24 @@ class Fetcher:
                 parts.append(piece)
                 kept += len(piece)
         return sha.hexdigest(), size, (b"".join(parts) if parts is not None else None)
+
+
+def tls_context(s: Settings) -> ssl.SSLContext | bool:
+    """False (no verification), True (aiohttp's default context: the system CAs), or a context that also
+    trusts FETCHFLEET_CA_FILE. One context per worker, built once: loading CAs costs milliseconds."""
+    if not s.verify_tls or not s.ca_file:
+        return s.verify_tls
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=s.ca_file)
+    return context
+
+
+def resolver(s: Settings) -> aiohttp.abc.AbstractResolver | None:
+    """aiodns asking FETCHFLEET_DNS_SERVERS, or None: aiohttp's default (aiodns on the system's servers
+    when aiodns is installed, as fetchfleet's dependencies make it)."""
+    if not s.dns_servers:
+        return None
+    return aiohttp.AsyncResolver(nameservers=list(s.dns_servers))
 
 
 def describe_policy(s: Settings) -> str:

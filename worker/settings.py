@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # Headers of the input kept on a redirect to another origin; every other one given is dropped
     # there (Authorization, Cookie and Proxy-Authorization always are), as curl does for Authorization.
     redirect_keep_headers: Annotated[tuple[str, ...], NoDecode] = ()
+    # A PEM file of CAs trusted for https targets besides the system's (a private CA, a bench's).
+    ca_file: str | None = None
+    # Name servers the fetcher's resolver asks ("IP" or "IP:port", comma-separated); empty: the system's.
+    dns_servers: Annotated[tuple[str, ...], NoDecode] = ()
 
     # Retries (through the queue) and per-host politeness (through Redis, across all workers)
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -106,6 +110,25 @@ class Settings(BaseSettings):
                     raise ValueError(f"{item!r} is not a CIDR network") from None
         return tuple(out)
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        if value and not os.path.isfile(value):
+            raise ValueError("no such file")
+        return value or None
+
+    @field_validator("dns_servers", mode="before")
+    @classmethod
+    def _dns_servers(cls, value: Any) -> Any:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        out = []
+        for item in items or ():
+            if item and nameserver_problem(str(item)):
+                raise ValueError(f"{item!r}: {nameserver_problem(str(item))}")
+            if item:
+                out.append(str(item))
+        return tuple(out)
+
     @field_validator("redirect_keep_headers", mode="before")
     @classmethod
     def _header_names(cls, value: Any) -> Any:
@@ -125,6 +148,23 @@ class Settings(BaseSettings):
     @property
     def resolved_worker_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def nameserver_problem(server: str) -> str | None:
+    """Why `server` is not a name server address as c-ares takes it ("IP", "IP:port", "[IPv6]:port")."""
+    host, port = server, "53"
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (rest or "53")
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "not an IP address (IP, IP:port or [IPv6]:port)"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return "bad port"
+    return None
 
 
 # Which process reads each setting; README's settings table shows it (tests/test_readme.py checks).

@@ -198,9 +198,12 @@ def check_exactly_once(out: Path, n: int) -> None:
         raise RuntimeError(f"{n - sum(seen)} results missing of {n}")
 
 
-async def fetchfleet_run(b: Bench, workers: list[procs.WorkerProc], n: int, first: int) -> E2E:
+async def fetchfleet_run(
+    b: Bench, workers: list[procs.WorkerProc], n: int, first: int, urls: list[str] | None = None
+) -> E2E:
     """Submit n URLs, collect every result to a file; the time from the first submit to the last line."""
-    urls = [f"{b.base}/ok/{i}" for i in range(first, first + n)]
+    if urls is None:
+        urls = [f"{b.base}/ok/{i}" for i in range(first, first + n)]
     out = b.workdir / f"e2e-{first}.jsonl"
     async with Client(b.settings()) as client:
         cmds0, rcpu0 = await redis_info(client.redis)
@@ -491,6 +494,33 @@ async def bytes_per_result(b: Bench, batch_id: str, out: Path, n: int) -> tuple[
     return used / n, sum(map(len, docs)) / len(docs)
 
 
+def web_main(
+    args: argparse.Namespace, profile: Profile, workdir: Path, red: redisproc.PrivateRedis, cleanup: list
+) -> int:
+    """`--profile web`: its own site (CA, name server, HTTPS targets); the rows of web.py."""
+    import web  # this folder's module; it imports this one's helpers
+
+    wp = web.WEB_PROFILES["quick" if args.quick else "full"]
+    overrides = {"rounds": args.rounds, "urls": args.urls, "concurrency": args.concurrency}
+    wp = web.WebProfile(**{**wp.__dict__, **{k: v for k, v in overrides.items() if v}})
+    site = web.WebSite(workdir, wp)
+    cleanup.append(site.close)
+    b = Bench(profile, wp.concurrency, args.chunk_size, args.loop, workdir, red, site.http, site.slow)
+    load = os.getloadavg()[0]
+    web.run(b, site)
+    print()
+    print(
+        f"fetchfleet benchmark, web profile: {os.cpu_count()} CPUs (load {load:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} at the end); {args.loop}; {wp.hosts} hosts; concurrency {wp.concurrency}; "
+        f"chunk {args.chunk_size}; {wp.urls:,} URLs x best of {wp.rounds}"
+    )
+    print_table(b)
+    if args.json:
+        Path(args.json).write_text(json.dumps([{**r.__dict__, "ratio": r.ratio} for r in b.rows], indent=2))
+    failed = [r.name for r in b.rows if r.ok is False]
+    return 1 if failed and not args.quick else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -500,7 +530,16 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, help="throughput runs per side (best counts)")
     parser.add_argument("--urls", type=int, help="URLs per throughput run")
-    parser.add_argument("--concurrency", type=int, default=100, help="fetches in flight, both sides")
+    parser.add_argument(
+        "--profile",
+        choices=("floor", "web"),
+        default="floor",
+        help="floor: plain HTTP, one host, no latency (the CPU floor); web: HTTPS, 1,000 hosts through a "
+        "local name server, 50 ms per response (docs/benchmark.md)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help="fetches in flight, both sides (floor: 100; web: the profile's)"
+    )
     parser.add_argument("--chunk-size", type=int, default=100)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="both sides")
     parser.add_argument("--target", choices=("auto", "nginx", "python"), default="auto")
@@ -515,6 +554,9 @@ def main() -> int:
     red = redisproc.PrivateRedis()
     cleanup: list = [red.close]
     try:
+        if args.profile == "web":
+            return web_main(args, profile, workdir, red, cleanup)
+        args.concurrency = args.concurrency or 100
         port = redisproc.free_port()
         use_nginx = args.target == "nginx" or (args.target == "auto" and shutil.which("nginx"))
         http = (

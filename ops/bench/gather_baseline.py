@@ -5,6 +5,8 @@ uvloop when installed (as the worker uses it), no cookie jar, a connector sized 
 
     python ops/bench/gather_baseline.py http://127.0.0.1:8080 --count 20000 --concurrency 100
 
+The web profile gives it `--urls-file` (one URL per line, many hosts), `--ca-file` (its private CA) and
+`--dns-servers` (its name server, through aiohttp's AsyncResolver): what a user's script would need there.
 With `--wait-go` it warms its connections, prints `ready`, waits for a line on stdin and then runs, so
 that the benchmark can start several copies at the same moment; it prints one JSON line of figures.
 """
@@ -14,15 +16,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import time
 
 import aiohttp
 
 
-async def fetch_all(base: str, first: int, count: int, concurrency: int, wait_go: bool) -> dict[str, float]:
+async def fetch_all(
+    base: str,
+    first: int,
+    count: int,
+    concurrency: int,
+    wait_go: bool,
+    urls: list[str] | None = None,
+    ca_file: str | None = None,
+    dns_servers: list[str] | None = None,
+) -> dict[str, float]:
     sem = asyncio.Semaphore(concurrency)
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    tls: ssl.SSLContext | bool = True
+    if ca_file:
+        tls = ssl.create_default_context()
+        tls.load_verify_locations(cafile=ca_file)
+    resolver = aiohttp.AsyncResolver(nameservers=dns_servers) if dns_servers else None
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=tls, resolver=resolver)
     ok = errors = 0
 
     async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
@@ -37,14 +54,19 @@ async def fetch_all(base: str, first: int, count: int, concurrency: int, wait_go
                 except aiohttp.ClientError:
                     errors += 1
 
-        if wait_go:
+        if wait_go and urls is not None:
+            # Many hosts, new names each run: nothing to warm but the interpreter, as for a worker.
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        elif wait_go:
             # Open the connections first, as a running worker already has them.
             await asyncio.gather(*(fetch(f"{base}/warm/{i}") for i in range(concurrency)))
             ok = errors = 0
             print("ready", flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         start, cpu = time.time(), time.process_time()
-        await asyncio.gather(*(fetch(f"{base}/ok/{i}") for i in range(first, first + count)))
+        todo = urls if urls is not None else (f"{base}/ok/{i}" for i in range(first, first + count))
+        await asyncio.gather(*(fetch(url) for url in todo))
         end, cpu = time.time(), time.process_time() - cpu
     return {"start": start, "end": end, "cpu": cpu, "count": count, "ok": ok, "errors": errors}
 
@@ -53,7 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("base", help="target base URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("base", nargs="?", default="", help="target base URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--urls-file", help="fetch these URLs (one a line) instead of BASE/ok/N")
+    parser.add_argument("--ca-file", help="PEM CAs trusted besides the system's")
+    parser.add_argument("--dns-servers", help="comma-separated name servers (IP or IP:port)")
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--first", type=int, default=0, help="index of the first URL (distinct per copy)")
     parser.add_argument("--concurrency", type=int, default=100)
@@ -68,7 +93,15 @@ def main() -> None:
             run = uvloop.run
         except ImportError:
             pass
-    figures = run(fetch_all(args.base, args.first, args.count, args.concurrency, args.wait_go))
+    urls = None
+    if args.urls_file:
+        with open(args.urls_file) as f:
+            urls = [line.strip() for line in f if line.strip()]
+        args.count = len(urls)
+    dns = [s for s in (args.dns_servers or "").split(",") if s]
+    figures = run(
+        fetch_all(args.base, args.first, args.count, args.concurrency, args.wait_go, urls, args.ca_file, dns)
+    )
     figures["rate"] = figures["count"] / (figures["end"] - figures["start"])
     print(json.dumps(figures), flush=True)
 

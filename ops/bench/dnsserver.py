@@ -1,0 +1,127 @@
+"""The web profile's name server: `h<N>-<anything>.bench.test` -> a loopback address, one process, UDP.
+
+Host N gets address number N % addresses of `addresses(count)` (spread over 127.0.0.0/8), so a run can
+use thousands of distinct names that all land on the benchmark's own target. Any other name gets
+NXDOMAIN; AAAA and other types get an empty answer. Run as a script it serves until killed:
+
+    python ops/bench/dnsserver.py --port 5353 --addresses 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import socket
+import subprocess
+import sys
+import time
+
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+
+DOMAIN = "bench.test"
+TTL = 300
+_HOST = re.compile(r"h(\d+)-[a-z0-9-]*\.bench\.test\.?$")
+
+
+def addresses(count: int) -> list[str]:
+    """`count` loopback addresses, 127.0.1.1 onwards, 250 per /24 (never .0 or .255, never 127.0.0.1)."""
+    return [f"127.0.{1 + k // 250}.{1 + k % 250}" for k in range(count)]
+
+
+def host_name(n: int, run: str) -> str:
+    return f"h{n}-{run}.{DOMAIN}"
+
+
+class Resolver(asyncio.DatagramProtocol):
+    def __init__(self, table: list[str]) -> None:
+        self.table = table
+        self.answered = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            request = DNSRecord.parse(data)
+        except Exception:  # not a DNS query: nothing to answer
+            return
+        reply = request.reply()
+        q = request.q
+        found = _HOST.match(str(q.qname).lower())
+        if found is None:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif q.qtype == QTYPE.A:
+            ip = self.table[int(found.group(1)) % len(self.table)]
+            reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(ip), ttl=TTL))
+        self.answered += 1
+        self.transport.sendto(reply.pack(), addr)
+
+
+async def serve(host: str, port: int, count: int) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: Resolver(addresses(count)), local_addr=(host, port))
+    await asyncio.Event().wait()
+
+
+def ask(host: str, port: int, name: str, timeout: float = 0.5) -> list[str]:
+    """One A query (for readiness checks and tests): the addresses answered."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(DNSRecord.question(name, "A").pack(), (host, port))
+        reply = DNSRecord.parse(s.recv(4096))
+    return [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
+
+
+class DnsServer:
+    """This script as a process on 127.0.0.1:`port`; `close()` stops it."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.host, self.port = "127.0.0.1", port
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--port", str(port), "--addresses", str(count)]
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"DNS server exited at start (code {self.proc.returncode})")
+            with contextlib.suppress(OSError):
+                if ask(self.host, port, host_name(0, "ready")):
+                    return
+            time.sleep(0.05)
+        self.close()
+        raise RuntimeError("DNS server did not answer")
+
+    @property
+    def nameserver(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--addresses", type=int, default=1000)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.host, args.port, args.addresses))
+
+
+if __name__ == "__main__":
+    main()
