@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = (
     "throughput, 1 worker",
@@ -47,5 +49,37 @@ def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
         [name] = [n for n in rows if n.startswith(row)]
         measured = rows[name]
         # Every row was measured, and so was its baseline, in this same run.
+        assert measured["value"] > 0, measured
+        assert measured["baseline"] is not None and measured["baseline"] > 0, measured
+
+
+BENCH = (sys.executable, str(ROOT / "ops" / "bench" / "bench.py"))
+WEB_ROWS = (
+    "web throughput, 1 worker at",
+    "web throughput, 1 worker (same run)",
+    "web throughput, 2 workers at",
+    "web throughput, 2 workers (same run)",
+    "web worker RSS",
+    "web CPU us/URL, 1 worker",
+)
+
+
+@pytest.mark.slow
+def test_bench_web_quick_prints_every_row(tmp_path: Path) -> None:
+    """`--profile web --quick`: the CA, the name server, the HTTPS target, both baselines, every row."""
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [*BENCH, "--profile", "web", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    print(proc.stdout.decode())  # the figures, for the log (-s)
+    rows = {r["name"]: r for r in json.loads(out.read_text())}
+    for row in WEB_ROWS:
+        [name] = [n for n in rows if n.startswith(row)]
+        measured = rows[name]
         assert measured["value"] > 0, measured
         assert measured["baseline"] is not None and measured["baseline"] > 0, measured

@@ -19,6 +19,7 @@ import json
 import ssl
 import sys
 import time
+from typing import Any
 
 import aiohttp
 
@@ -32,7 +33,7 @@ async def fetch_all(
     urls: list[str] | None = None,
     ca_file: str | None = None,
     dns_servers: list[str] | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     sem = asyncio.Semaphore(concurrency)
     tls: ssl.SSLContext | bool = True
     if ca_file:
@@ -41,6 +42,7 @@ async def fetch_all(
     resolver = aiohttp.AsyncResolver(nameservers=dns_servers) if dns_servers else None
     connector = aiohttp.TCPConnector(limit=concurrency, ssl=tls, resolver=resolver)
     ok = errors = 0
+    kinds: dict[str, int] = {}  # error class names, to tell why a fetch failed
 
     async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
 
@@ -51,8 +53,10 @@ async def fetch_all(
                     async with session.get(url) as resp:
                         await resp.read()
                         ok += resp.status == 200
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     errors += 1
+                    name = f"{type(exc).__name__}: {exc}"[:200]
+                    kinds[name] = kinds.get(name, 0) + 1
 
         if wait_go and urls is not None:
             # Many hosts, new names each run: nothing to warm but the interpreter, as for a worker.
@@ -62,13 +66,15 @@ async def fetch_all(
             # Open the connections first, as a running worker already has them.
             await asyncio.gather(*(fetch(f"{base}/warm/{i}") for i in range(concurrency)))
             ok = errors = 0
+            kinds.clear()
             print("ready", flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         start, cpu = time.time(), time.process_time()
         todo = urls if urls is not None else (f"{base}/ok/{i}" for i in range(first, first + count))
         await asyncio.gather(*(fetch(url) for url in todo))
         end, cpu = time.time(), time.process_time() - cpu
-    return {"start": start, "end": end, "cpu": cpu, "count": count, "ok": ok, "errors": errors}
+    figures: dict[str, Any] = {"start": start, "end": end, "cpu": cpu, "count": count, "ok": ok}
+    return {**figures, "errors": errors, "error_kinds": kinds}
 
 
 def main() -> None:
