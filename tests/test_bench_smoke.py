@@ -42,6 +42,7 @@ def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     table = proc.stdout.decode()
+    print(table)  # the figures, for the log (-s)
     for row in ROWS:
         assert row in table, f"row {row!r} missing from:\n{table}"
     rows = {r["name"]: r for r in json.loads(out.read_text())}
@@ -51,6 +52,12 @@ def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
         # Every row was measured, and so was its baseline, in this same run.
         assert measured["value"] > 0, measured
         assert measured["baseline"] is not None and measured["baseline"] > 0, measured
+    # Redis's cost with 12 workers: per URL it cannot be nothing; idle it may be (a blocking wait).
+    for row in ("Redis commands per URL, 12 workers", "Redis CPU us per URL, 12 workers"):
+        [name] = [n for n in rows if n.startswith(row)]
+        assert rows[name]["value"] > 0, rows[name]
+    [idle] = [n for n in rows if n.startswith("idle Redis commands/s per worker (12 idle)")]
+    assert rows[idle]["value"] >= 0, rows[idle]
 
 
 BENCH = (sys.executable, str(ROOT / "ops" / "bench" / "bench.py"))

@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE.parent.parent))  # measure the working tree, not an 
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 import procs  # noqa: E402  (this folder's modules: the bench runs as a script)
+import rediscost  # noqa: E402
 import redisproc  # noqa: E402
 import target  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
@@ -51,6 +52,8 @@ class Profile:
     inflight: int  # fetches in flight for the memory row (the issue asks for 1,000)
     slow_ms: int
     enqueue_urls: int
+    redis_workers: int = 12  # the Redis cost rows: this many workers on one Redis
+    redis_urls: int = 20_000
 
 
 PROFILES = {
@@ -58,7 +61,14 @@ PROFILES = {
         urls=30_000, rounds=3, latency_samples=300, inflight=1000, slow_ms=6000, enqueue_urls=200_000
     ),
     "quick": Profile(
-        urls=1_000, rounds=1, latency_samples=20, inflight=1000, slow_ms=3000, enqueue_urls=5_000
+        urls=1_000,
+        rounds=1,
+        latency_samples=20,
+        inflight=1000,
+        slow_ms=3000,
+        enqueue_urls=5_000,
+        redis_workers=12,
+        redis_urls=2_000,
     ),
 }
 
@@ -376,6 +386,28 @@ def rss_at_inflight(b: Bench) -> tuple[float, float]:
     return ours, theirs
 
 
+def redis_cost(b: Bench, nworkers: int, n: int) -> rediscost.RedisCost:
+    """Redis's commands and CPU per URL with `nworkers` workers on it, and what each costs idle."""
+    workers = b.spawn_workers(nworkers)
+    try:
+
+        async def measure() -> rediscost.RedisCost:
+            async with Client(b.settings()) as client:
+                idle = await rediscost.idle_rate(client.redis, nworkers)
+                run = fetchfleet_run(b, workers, n, 200_000_000)
+                per_url, cpu, top = await rediscost.busy_cost(client.redis, run, n)
+            return rediscost.RedisCost(nworkers, n, per_url, cpu, idle, top)
+
+        cost = asyncio.run(measure())
+    finally:
+        for w in workers:
+            w.proc.terminate()
+        for w in workers:
+            w.stop()
+    rediscost.report(cost)
+    return cost
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return "-"
@@ -452,6 +484,7 @@ def run(b: Bench) -> None:
     col, col_raw = asyncio.run(collection_rates(b, one.batch_id, n))
     stored, doc_bytes = asyncio.run(bytes_per_result(b, one.batch_id, one.out, n))
     rss, rss_gather = rss_at_inflight(b)
+    cost = redis_cost(b, p.redis_workers, p.redis_urls)
 
     r1, r2 = one.rate / g1.rate, two.rate / g2.rate
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
@@ -481,6 +514,12 @@ def run(b: Bench) -> None:
         Row("CPU us/URL, 2 workers: whole machine", two.machine_cpu(n), "2 gathers + target",
             (g2.cpu + g2.target_cpu) * 1e6),
         Row("Redis commands per URL (Lua's own calls too)", one.redis_commands / n, "-", None),
+        Row(f"Redis commands per URL, {cost.workers} workers (commandstats)", cost.commands_per_url, "-",
+            None, "<= 2", cost.commands_per_url <= 2),
+        Row(f"Redis CPU us per URL, {cost.workers} workers", cost.cpu_us_per_url, "-", None, "<= 8",
+            cost.cpu_us_per_url <= 8),
+        Row(f"idle Redis commands/s per worker ({cost.workers} idle)", cost.idle_commands_per_worker_s,
+            "-", None, "<= 1", cost.idle_commands_per_worker_s <= 1),
     ]  # fmt: skip
 
 
