@@ -13,7 +13,7 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from tests.fetch_target import FetchTarget
 from worker.errors import SettingsError
-from worker.fetcher import Fetcher
+from worker.fetcher import Fetcher, describe_policy
 from worker.settings import load_settings
 
 NAME = "site.fetchfleet.test"  # .test is reserved (RFC 6761): no real resolver answers it
@@ -132,3 +132,10 @@ def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch, variable: str, va
 def test_server_forms_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FETCHFLEET_DNS_SERVERS", " 127.0.0.1 , 127.0.0.1:5353, ::1, [::1]:5353 ")
     assert load_settings().dns_servers == ("127.0.0.1", "127.0.0.1:5353", "::1", "[::1]:5353")
+
+
+def test_start_up_line_names_them(ca_file: str) -> None:
+    line = describe_policy(load_settings(ca_file=ca_file, dns_servers="127.0.0.1:5353"))
+    assert f"CA file {ca_file} trusted too" in line
+    assert "name servers 127.0.0.1:5353" in line
+    assert "name servers" not in describe_policy(load_settings())

@@ -324,6 +324,8 @@ def describe_policy(s: Settings) -> str:
         f"total {s.total_timeout:g}s; redirects {s.max_redirects}; "
         f"TLS verify {'on' if s.verify_tls else 'off'}; attempts {s.max_attempts}; "
         f"concurrency {s.concurrency}"
+        + (f"; CA file {s.ca_file} trusted too" if s.ca_file else "")
+        + (f"; name servers {','.join(s.dns_servers)}" if s.dns_servers else "")
     )
 
 
