@@ -30,6 +30,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n
 class Stats:
     open_slow = 0
     served = 0
+    connections = 0  # accepted (for TLS: handshakes), to compare how many connections each side opens
 
 
 class HttpServer(asyncio.Protocol):
@@ -40,6 +41,7 @@ class HttpServer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.buf = b""
+        Stats.connections += 1
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -60,7 +62,11 @@ class HttpServer(asyncio.Protocol):
                 Stats.open_slow += 1
                 asyncio.get_running_loop().call_later(self.slow_s, self._slow_done)
             elif path.startswith(b"/stats"):
-                body = b'{"open_slow": %d, "served": %d}' % (Stats.open_slow, Stats.served)
+                body = b'{"open_slow": %d, "served": %d, "connections": %d}' % (
+                    Stats.open_slow,
+                    Stats.served,
+                    Stats.connections,
+                )
                 self.transport.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                     % (len(body), body)
