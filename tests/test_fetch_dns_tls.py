@@ -7,6 +7,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import trustme
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
@@ -139,3 +140,14 @@ def test_start_up_line_names_them(ca_file: str) -> None:
     assert f"CA file {ca_file} trusted too" in line
     assert "name servers 127.0.0.1:5353" in line
     assert "name servers" not in describe_policy(load_settings())
+
+
+async def test_the_resolver_is_async_by_default() -> None:
+    """aiodns, not aiohttp's thread pool of getaddrinfo calls: a thousand new hosts at once would queue
+    behind a handful of threads (docs/benchmark.md)."""
+    f = Fetcher(load_settings())
+    await f.start()
+    try:
+        assert isinstance(f.session.connector._resolver, aiohttp.AsyncResolver)  # type: ignore[union-attr]
+    finally:
+        await f.close()
