@@ -130,6 +130,23 @@ def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch, variable: str, va
     assert says in str(caught.value)
 
 
+def test_a_file_that_is_no_ca_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    monkeypatch.setenv("FETCHFLEET_CA_FILE", str(bad))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "FETCHFLEET_CA_FILE: Value error, not a readable PEM file of CA certificates" in str(caught.value)
+
+
+async def test_resolvers_made_for_the_servers_are_closed(nameserver: tuple[str, NameServer]) -> None:
+    f = Fetcher(load_settings(dns_servers=nameserver[0]))
+    await f.start()
+    [made] = f._resolvers
+    await f.close()
+    assert made._resolver is None  # type: ignore[attr-defined]  (aiohttp clears it on close)
+
+
 def test_server_forms_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FETCHFLEET_DNS_SERVERS", " 127.0.0.1 , 127.0.0.1:5353, ::1, [::1]:5353 ")
     assert load_settings().dns_servers == ("127.0.0.1", "127.0.0.1:5353", "::1", "[::1]:5353")

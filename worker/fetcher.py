@@ -87,6 +87,8 @@ class Fetcher:
         # are checked against both rules and never shared with other batches' pooled connections.
         self._narrow: dict[tuple[IPNetwork, ...], aiohttp.ClientSession] = {}
         self._tls: ssl.SSLContext | bool = settings.verify_tls
+        # Resolvers we made for FETCHFLEET_DNS_SERVERS: a connector closes only the ones it made itself.
+        self._resolvers: list[aiohttp.abc.AbstractResolver] = []
 
     async def start(self) -> None:
         log.info("%s", describe_policy(self.settings))
@@ -100,7 +102,7 @@ class Fetcher:
             limit_per_host=0,
             ttl_dns_cache=300,
             ssl=self._tls,
-            resolver=resolver(self.settings),
+            resolver=self._resolver(),
             socket_factory=socket_factory,
             enable_cleanup_closed=False,
         )
@@ -114,6 +116,12 @@ class Fetcher:
             auto_decompress=True,
         )
 
+    def _resolver(self) -> aiohttp.abc.AbstractResolver | None:
+        made = resolver(self.settings)
+        if made is not None:
+            self._resolvers.append(made)
+        return made
+
     async def close(self) -> None:
         await self.watchdog.close()
         for narrow in self._narrow.values():
@@ -122,6 +130,9 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        for made in self._resolvers:
+            await made.close()
+        self._resolvers.clear()
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -6,6 +6,7 @@ import difflib
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -115,6 +116,11 @@ class Settings(BaseSettings):
     def _ca_file(cls, value: str | None) -> str | None:
         if value and not os.path.isfile(value):
             raise ValueError("no such file")
+        if value:
+            try:  # a bad file stops the command here, in one line, not the worker at its first https
+                ssl.create_default_context().load_verify_locations(cafile=value)
+            except (ssl.SSLError, OSError, ValueError):
+                raise ValueError("not a readable PEM file of CA certificates") from None
         return value or None
 
     @field_validator("dns_servers", mode="before")
@@ -123,8 +129,9 @@ class Settings(BaseSettings):
         items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
         out = []
         for item in items or ():
-            if item and nameserver_problem(str(item)):
-                raise ValueError(f"{item!r}: {nameserver_problem(str(item))}")
+            problem = nameserver_problem(str(item)) if item else None
+            if problem:
+                raise ValueError(f"{item!r}: {problem}")
             if item:
                 out.append(str(item))
         return tuple(out)
