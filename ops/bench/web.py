@@ -24,7 +24,7 @@ import redisproc
 import target
 import trustme
 from bench import Bench, Row, fetchfleet_run
-from dnsserver import DnsServer, addresses, host_name
+from dnsserver import DOMAIN, DnsServer, addresses, host_name
 
 from producer.client import Client
 
@@ -62,7 +62,7 @@ class WebSite:
     def __init__(self, workdir: Path, p: WebProfile) -> None:
         self.p = p
         ca = trustme.CA()
-        cert = ca.issue_cert(f"*.{'bench.test'}")
+        cert = ca.issue_cert(f"*.{DOMAIN}")
         self.ca_file = str(workdir / "ca.pem")
         ca.cert_pem.write_to_path(self.ca_file)
         chain, key = str(workdir / "chain.pem"), str(workdir / "key.pem")
