@@ -32,7 +32,7 @@ def test_cancel_stops_every_worker(
         workers = [spawn_worker(redis_url, worker_id=f"w{i}", **settings) for i in range(2)]
         for w in workers:
             wait_started(w)
-        env = fetchfleet_env(redis_url, **settings)
+        env = fetchfleet_env(redis_url, result_retention="ttl", **settings)  # the stream is read again below
         assert run_cli(["submit", str(urls), "--batch-id", "stopme"], env).returncode == 0
         with redis_server.client() as r:
             wait_until(lambda: int(r.hget("ff:batch:stopme", "done") or 0) >= 200, 30, "some results")

@@ -111,7 +111,8 @@ def test_submit_wait_csv_to_stdout_puts_the_batch_id_on_stderr(
 ) -> None:
     urls = [http_target.url(f"/ok/{n}") for n in (1, 2, 3)]
     spawn_worker(redis_url)
-    env = fetchfleet_env(redis_url, allow_private_networks=True)
+    # results are read again below: keep them in Redis after --wait collected them
+    env = fetchfleet_env(redis_url, allow_private_networks=True, result_retention="ttl")
     stdin = "\n".join(urls).encode()
     proc = run_cli(["submit", "-", "--wait", "--format", "csv", "-o", "-", "-q"], env, stdin=stdin)
     assert proc.returncode == 0, proc.stderr.decode()

@@ -164,7 +164,8 @@ def test_summary_by_outcome_and_fail_on(
         blocked,
     ]
     path = write_urls(tmp_path / "urls.txt", urls)
-    env = fetchfleet_env(redis_url, allow_private_networks=True)
+    # The same batch is collected three times below: keep its results in Redis after each collection.
+    env = fetchfleet_env(redis_url, allow_private_networks=True, result_retention="ttl")
     out = tmp_path / "out.jsonl"
     proc = run_cli(["submit", str(path), "--wait", "-o", str(out), "--fail-on", "error-kinds"], env)
     err = proc.stderr.decode()
@@ -398,7 +399,7 @@ def test_ordered_results_from_run_submit_and_results(
     assert indexes(run.stdout.decode()) == list(range(n))
 
     spawn_worker(redis_url, chunk_size=n)
-    env = fetchfleet_env(redis_url)
+    env = fetchfleet_env(redis_url, result_retention="ttl")  # "unordered" is read again below
     plain = run_cli(["submit", str(path), "--wait", "-q", "--batch-id", "unordered"], env)
     assert sorted(indexes(plain.stdout.decode())) == list(range(n))
     assert indexes(plain.stdout.decode()) != list(range(n))  # the delays do reorder them

@@ -211,6 +211,8 @@ class LocalCluster:
         env = rewrite_redis(service_env(self.compose["services"][service]), self.redis.url)
         # The test's HTTP targets are on loopback, which the file rightly leaves blocked.
         env["FETCHFLEET_ALLOW_PRIVATE_NETWORKS"] = "true"
+        if "FETCHFLEET_BODY_STORE" in env:  # the `bodies` volume: a directory every process shares
+            env["FETCHFLEET_BODY_STORE"] = (self.data_dir / "bodies").as_uri()
         return {**base, **env, **extra, "PYTHONUNBUFFERED": "1"}
 
     def argv(self, service: str, command: list[str] | None = None) -> list[str]:

@@ -17,3 +17,9 @@ def test_no_pickle_in_job_codec() -> None:
 
     assert "pickle" not in codec.dump_job.__module__
     assert codec.load_job(codec.dump_job({"a": [1, "x"]})) == {"a": [1, "x"]}
+
+
+def test_import_fetchfleet_does_not_load_aiohttp() -> None:
+    code = "import sys, fetchfleet; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

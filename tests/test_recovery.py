@@ -33,7 +33,7 @@ def test_sigkill_two_seconds_in_20000_urls(
     wait_started(survivor)
 
     out = tmp_path / "out.jsonl"
-    env = fetchfleet_env(redis_url, **settings)
+    env = fetchfleet_env(redis_url, result_retention="ttl", **settings)  # the stream is read again below
     started = time.monotonic()
     submit = subprocess.Popen(
         [sys.executable, "-m", "producer", "submit", str(urls), "--wait", "-q", "-o", str(out)],

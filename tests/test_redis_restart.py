@@ -46,7 +46,8 @@ def test_redis_killed_and_restarted_mid_batch(aof_redis: RedisProcess, spawn_wor
         idle = spawn_worker(aof_redis.url, worker_id="idle", queue_name="ff:other", **settings)
         for w in [*workers, idle]:
             wait_started(w)
-        env = fetchfleet_env(aof_redis.url, **settings)
+        # Two readers follow one batch: each must see every result, so neither deletes what it read.
+        env = fetchfleet_env(aof_redis.url, result_retention="ttl", **settings)
         out = tmp_path / "out.jsonl"
         submit = cli(["submit", str(urls), "--batch-id", "restart", "--wait", "-o", str(out)], env)
         follow = None

@@ -30,11 +30,14 @@ async def fetch_all(
     count: int,
     concurrency: int,
     wait_go: bool,
+    write: str | None = None,
     urls: list[str] | None = None,
     ca_file: str | None = None,
     dns_servers: list[str] | None = None,
 ) -> dict[str, Any]:
     sem = asyncio.Semaphore(concurrency)
+    # --write: keep every page's text, as a script that uses the content would (ops/bench/bodies.py)
+    out = open(write, "w", encoding="utf-8") if write else None  # noqa: SIM115
     tls: ssl.SSLContext | bool = True
     if ca_file:
         tls = ssl.create_default_context()
@@ -51,7 +54,11 @@ async def fetch_all(
             async with sem:
                 try:
                     async with session.get(url) as resp:
-                        await resp.read()
+                        if out is not None:
+                            out.write(await resp.text())
+                            out.write("\n")
+                        else:
+                            await resp.read()
                         ok += resp.status == 200
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     errors += 1
@@ -72,6 +79,8 @@ async def fetch_all(
         start, cpu = time.time(), time.process_time()
         todo = urls if urls is not None else (f"{base}/ok/{i}" for i in range(first, first + count))
         await asyncio.gather(*(fetch(url) for url in todo))
+        if out is not None:
+            out.close()  # flushed to the OS before the clock stops, like a worker's fsynced WARC
         end, cpu = time.time(), time.process_time() - cpu
     figures: dict[str, Any] = {"start": start, "end": end, "cpu": cpu, "count": count, "ok": ok}
     return {**figures, "errors": errors, "error_kinds": kinds}
@@ -90,6 +99,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--wait-go", action="store_true")
+    parser.add_argument("--write", metavar="PATH", help="write every page's text to this file")
     args = parser.parse_args()
     run = asyncio.run
     if args.loop == "uvloop":
@@ -106,8 +116,11 @@ def main() -> None:
         args.count = len(urls)
     dns = [s for s in (args.dns_servers or "").split(",") if s]
     figures = run(
-        fetch_all(args.base, args.first, args.count, args.concurrency, args.wait_go, urls, args.ca_file, dns)
-    )
+        fetch_all(
+            args.base, args.first, args.count, args.concurrency, args.wait_go, args.write, urls,
+            args.ca_file, dns,
+        )
+    )  # fmt: skip
     figures["rate"] = figures["count"] / (figures["end"] - figures["start"])
     print(json.dumps(figures), flush=True)
 

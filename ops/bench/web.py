@@ -133,7 +133,7 @@ def gather_run(b: Bench, site: WebSite, nprocs: int, concurrency: int, n: int) -
         path = b.workdir / f"web-urls-{i}.txt"
         path.write_text("\n".join(site.urls(per)) + "\n")
         extra = ("--urls-file", str(path), *site.gather_args())
-        copies.append(procs.GatherProc("", 0, per, concurrency, b.loop, extra))
+        copies.append(procs.GatherProc("", 0, per, concurrency, b.loop, extra=extra))
     for c in copies:
         c.wait_ready()
     for c in copies:
@@ -238,7 +238,8 @@ def rss(b: Bench, site: WebSite) -> tuple[float, float]:
     wait_closed(site, p.hold_ms / 1000 + 10)
     path = b.workdir / "web-rss-urls.txt"
     path.write_text("\n".join(site.urls(n, site.slow_port, p.hold_ms)) + "\n")
-    gather = procs.GatherProc("", 0, n, n, b.loop, ("--urls-file", str(path), *site.gather_args()))
+    extra = ("--urls-file", str(path), *site.gather_args())
+    gather = procs.GatherProc("", 0, n, n, b.loop, extra=extra)
     try:
         gather.wait_ready()
         gather.go()
