@@ -72,6 +72,7 @@ WEB_ROWS = (
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # measured 38 s at load 3, about 100 s at load 12
 def test_bench_web_quick_prints_every_row(tmp_path: Path) -> None:
     """`--profile web --quick`: the CA, the name server, the HTTPS target, both baselines, every row."""
     out = tmp_path / "rows.json"

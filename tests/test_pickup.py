@@ -30,6 +30,7 @@ async def commands_per_second(url: str, seconds: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)  # measured 10 s
 async def test_an_idle_worker_sends_a_few_commands_a_second(redis_url: str, spawn_worker) -> None:
     w = spawn_worker(redis_url)  # FETCHFLEET_POLL_DELAY 0.01: polling would send ~100 a second
     wait_started(w)
@@ -41,6 +42,7 @@ async def test_an_idle_worker_sends_a_few_commands_a_second(redis_url: str, spaw
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)  # measured 20 s
 async def test_a_chunk_is_claimed_as_soon_as_it_is_queued(
     redis_url: str, spawn_worker, http_target: HttpTarget
 ) -> None:
