@@ -45,6 +45,7 @@ def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     table = proc.stdout.decode()
+    print(table)  # the figures, for the log (-s)
     for row in ROWS:
         assert row in table, f"row {row!r} missing from:\n{table}"
     rows = {r["name"]: r for r in json.loads(out.read_text())}
@@ -52,5 +53,44 @@ def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
         [name] = [n for n in rows if n.startswith(row)]
         measured = rows[name]
         # Every row was measured, and so was its baseline, in this same run.
+        assert measured["value"] > 0, measured
+        assert measured["baseline"] is not None and measured["baseline"] > 0, measured
+    # Redis's cost with 12 workers: per URL it cannot be nothing; idle it may be (a blocking wait).
+    for row in ("Redis commands per URL, 12 workers", "Redis CPU us per URL, 12 workers"):
+        [name] = [n for n in rows if n.startswith(row)]
+        assert rows[name]["value"] > 0, rows[name]
+    [idle] = [n for n in rows if n.startswith("idle Redis commands/s per worker (12 idle)")]
+    assert rows[idle]["value"] >= 0, rows[idle]
+
+
+BENCH = (sys.executable, str(ROOT / "ops" / "bench" / "bench.py"))
+WEB_ROWS = (
+    "web throughput, 1 worker at",
+    "web throughput, 1 worker (same run)",
+    "web throughput, 2 workers at",
+    "web throughput, 2 workers (same run)",
+    "web worker RSS",
+    "web CPU us/URL, 1 worker",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # measured 38 s at load 3, about 100 s at load 12
+def test_bench_web_quick_prints_every_row(tmp_path: Path) -> None:
+    """`--profile web --quick`: the CA, the name server, the HTTPS target, both baselines, every row."""
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [*BENCH, "--profile", "web", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    print(proc.stdout.decode())  # the figures, for the log (-s)
+    rows = {r["name"]: r for r in json.loads(out.read_text())}
+    for row in WEB_ROWS:
+        [name] = [n for n in rows if n.startswith(row)]
+        measured = rows[name]
         assert measured["value"] > 0, measured
         assert measured["baseline"] is not None and measured["baseline"] > 0, measured

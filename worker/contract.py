@@ -425,3 +425,12 @@ def chunk_job_id(batch_id: str, chunk_no: int) -> str:
 
 def retry_job_id(batch_id: str, index: int, attempt: int) -> str:
     return f"{batch_id}:r{index}:{attempt}"
+
+
+# Idle workers block on this list (BLPOP) instead of polling the queue; whoever queues chunks (submit,
+# retries) pushes one token per chunk, up to WAKE_TOKENS_MAX, so that many waiting workers wake at once.
+WAKE_TOKENS_MAX = 64
+
+
+def wake_key(queue_name: str) -> str:
+    return f"{queue_name}:wake"

@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker.codec import dump_job, load_job
-from worker.contract import CHUNK_TASK, ChunkJob, ErrorKind
+from worker.contract import CHUNK_TASK, WAKE_TOKENS_MAX, ChunkJob, ErrorKind, wake_key
 from worker.redisconn import make_pool, redact
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify
 from worker.settings import Settings
@@ -50,6 +50,8 @@ REDIS_DOWN = (RedisError, OSError)
 # Results waiting this long without the recorder making progress: claim nothing more for now.
 STALLED_NO_CLAIM_S = 1.0
 RECONNECT_CAP_S = 5.0
+WAKE_CAP_S = 1.0  # an idle worker's longest wait on the wake list (see FleetWorker.wait_for_work)
+WAKE_MIN_S = 0.01  # a shorter wait is not worth a round trip: poll again
 STILL_DOWN_EVERY_S = 60.0
 # arq's own try limit and job timeout, set out of reach: when arq reaches either it deletes the job
 # with no result for its URLs (ARQ-NOTES). fetch_chunk counts the tries that matter itself (a run
@@ -101,7 +103,17 @@ async def enqueue_chunks(
             data = serialize_job(CHUNK_TASK, (chunk_payload(job),), {}, None, now, serializer=dump_job)
             pipe.set(JOB_KEY_PREFIX + job_id, data, px=ttl_ms, nx=True)
             pipe.zadd(settings.queue_name, {job_id: now + defer_ms}, nx=True)
+        if jobs:
+            wake_workers(pipe, settings.queue_name, len(jobs))
         await pipe.execute()
+
+
+def wake_workers(pipe: Any, queue_name: str, chunks: int) -> None:
+    """Wake up to `chunks` idle workers blocked on the wake list (FleetWorker.wait_for_work); a deferred
+    chunk wakes them too, so that they wait for its due time instead of their longest wait."""
+    key = wake_key(queue_name)
+    pipe.rpush(key, *["1"] * min(chunks, WAKE_TOKENS_MAX))
+    pipe.ltrim(key, -WAKE_TOKENS_MAX, -1)  # tokens nobody waited for must not pile up
 
 
 async def queue_depth(redis: Redis, settings: Settings) -> int:
@@ -512,7 +524,34 @@ def claim_in_one_round_trip(worker: Worker) -> None:
 
 
 class FleetWorker(Worker):
-    """arq's Worker, surviving a full Redis: a refused write there must not end the poll loop."""
+    """arq's Worker, surviving a full Redis: a refused write there must not end the poll loop.
+
+    Idle, it blocks on the wake list instead of polling every poll_delay (~100 commands/s a worker):
+    a submit or a retry pushes a token and the worker claims at once, through the claim script still.
+    """
+
+    async def _poll_iteration(self) -> None:
+        await super()._poll_iteration()
+        # Nothing running and nothing claimed: wait for work on Redis, then claim at once (not
+        # poll_delay later, which would be most of a one-URL batch's latency).
+        while self.allow_pick_jobs and self.job_counter == 0 and not self.burst:
+            await self.wait_for_work()
+            await super()._poll_iteration()
+
+    async def wait_for_work(self) -> None:
+        """Block until a wake token arrives, the next deferred chunk falls due, or WAKE_CAP_S passes.
+
+        The cap bounds how late an idle worker notices a chunk whose claim lapsed (its worker died),
+        which no one announces."""
+        now = timestamp_ms()
+        due = await self.pool.zrangebyscore(
+            self.queue_name, f"({now}", "+inf", start=0, num=1, withscores=True
+        )
+        wait = WAKE_CAP_S
+        if due:
+            wait = min(wait, (float(due[0][1]) - now) / 1000)
+        if wait >= WAKE_MIN_S:
+            await self.pool.blpop([wake_key(self.queue_name)], timeout=wait)
 
     async def run_job(self, job_id: str, score: int) -> None:
         ran = self.jobs_complete + self.jobs_failed + self.jobs_retried

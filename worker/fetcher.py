@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -88,10 +89,14 @@ class Fetcher:
         # Sessions of batches that narrow the networks (BatchOptions.only_networks): their connections
         # are checked against both rules and never shared with other batches' pooled connections.
         self._narrow: dict[tuple[IPNetwork, ...], aiohttp.ClientSession] = {}
+        self._tls: ssl.SSLContext | bool = settings.verify_tls
+        # Resolvers we made for FETCHFLEET_DNS_SERVERS: a connector closes only the ones it made itself.
+        self._resolvers: list[aiohttp.abc.AbstractResolver] = []
 
     async def start(self) -> None:
         log.info("%s", describe_policy(self.settings))
         self.watchdog.start()
+        self._tls = tls_context(self.settings)
         self._session = self._new_session(None if self.policy.allow_all else self.policy.socket_factory)
 
     def _new_session(self, socket_factory: Any) -> aiohttp.ClientSession:
@@ -99,7 +104,8 @@ class Fetcher:
             limit=0,  # the worker's own slots bound concurrency; a second cap here would only queue
             limit_per_host=0,
             ttl_dns_cache=300,
-            ssl=self.settings.verify_tls,  # True: verify against the system CAs
+            ssl=self._tls,
+            resolver=self._resolver(),
             socket_factory=socket_factory,
             enable_cleanup_closed=False,
         )
@@ -113,6 +119,12 @@ class Fetcher:
             auto_decompress=True,
         )
 
+    def _resolver(self) -> aiohttp.abc.AbstractResolver | None:
+        made = resolver(self.settings)
+        if made is not None:
+            self._resolvers.append(made)
+        return made
+
     async def close(self) -> None:
         await self.watchdog.close()
         for narrow in self._narrow.values():
@@ -121,6 +133,9 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        for made in self._resolvers:
+            await made.close()
+        self._resolvers.clear()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -304,6 +319,24 @@ class Fetcher:
         return sha.hexdigest(), size, (b"".join(parts) if parts is not None else None)
 
 
+def tls_context(s: Settings) -> ssl.SSLContext | bool:
+    """False (no verification), True (aiohttp's default context: the system CAs), or a context that also
+    trusts FETCHFLEET_CA_FILE. One context per worker, built once: loading CAs costs milliseconds."""
+    if not s.verify_tls or not s.ca_file:
+        return s.verify_tls
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=s.ca_file)
+    return context
+
+
+def resolver(s: Settings) -> aiohttp.abc.AbstractResolver | None:
+    """aiodns asking FETCHFLEET_DNS_SERVERS, or None: aiohttp's default (aiodns on the system's servers
+    when aiodns is installed, as fetchfleet's dependencies make it)."""
+    if not s.dns_servers:
+        return None
+    return aiohttp.AsyncResolver(nameservers=list(s.dns_servers))
+
+
 def describe_policy(s: Settings) -> str:
     """One line for the worker's start-up log: the fetch policy in force, since only workers read it."""
     if s.allow_private_networks:
@@ -317,6 +350,8 @@ def describe_policy(s: Settings) -> str:
         f"total {s.total_timeout:g}s; redirects {s.max_redirects}; "
         f"TLS verify {'on' if s.verify_tls else 'off'}; attempts {s.max_attempts}; "
         f"concurrency {s.concurrency}"
+        + (f"; CA file {s.ca_file} trusted too" if s.ca_file else "")
+        + (f"; name servers {','.join(s.dns_servers)}" if s.dns_servers else "")
     )
 
 

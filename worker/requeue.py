@@ -21,7 +21,15 @@ from redis.asyncio import Redis
 
 from worker.background import start_loop, stop_loop
 from worker.codec import dump_job
-from worker.contract import CHUNK_TASK, BatchOptions, ChunkJob, FetchRequest, retried_key, retry_job_id
+from worker.contract import (
+    CHUNK_TASK,
+    BatchOptions,
+    ChunkJob,
+    FetchRequest,
+    retried_key,
+    retry_job_id,
+    wake_key,
+)
 from worker.engine import JOB_KEY_PREFIX, chunk_payload
 from worker.pressure import RedisPressure
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify
@@ -147,7 +155,12 @@ class Requeuer:
             ttl = self._settings.result_ttl
             try:
                 seen = await self._script(
-                    keys=[retried_key(first.batch_id, attempt), JOB_KEY_PREFIX + job_id, self._queue_name],
+                    keys=[
+                        retried_key(first.batch_id, attempt),
+                        JOB_KEY_PREFIX + job_id,
+                        self._queue_name,
+                        wake_key(self._queue_name),
+                    ],
                     args=[ttl, ttl * 1000, job_id, first.due_ms, data, *(w.index for w in items)],
                 )
             except REDIS_ERRORS as exc:

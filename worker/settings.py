@@ -6,6 +6,7 @@ import difflib
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -79,6 +80,10 @@ class Settings(BaseSettings):
     # Headers of the input kept on a redirect to another origin; every other one given is dropped
     # there (Authorization, Cookie and Proxy-Authorization always are), as curl does for Authorization.
     redirect_keep_headers: Annotated[tuple[str, ...], NoDecode] = ()
+    # A PEM file of CAs trusted for https targets besides the system's (a private CA, a bench's).
+    ca_file: str | None = None
+    # Name servers the fetcher's resolver asks ("IP" or "IP:port", comma-separated); empty: the system's.
+    dns_servers: Annotated[tuple[str, ...], NoDecode] = ()
     # Kept bodies go to WARC files here instead of through Redis (docs/bodies.md); unset: inline in Redis.
     body_store: str | None = None
     warc_max_bytes: int = Field(default=1024**3, ge=1024, description="rotate a WARC file past this size")
@@ -148,6 +153,31 @@ class Settings(BaseSettings):
                     raise ValueError(f"{item!r} is not a CIDR network") from None
         return tuple(out)
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        if value and not os.path.isfile(value):
+            raise ValueError("no such file")
+        if value:
+            try:  # a bad file stops the command here, in one line, not the worker at its first https
+                ssl.create_default_context().load_verify_locations(cafile=value)
+            except (ssl.SSLError, OSError, ValueError):
+                raise ValueError("not a readable PEM file of CA certificates") from None
+        return value or None
+
+    @field_validator("dns_servers", mode="before")
+    @classmethod
+    def _dns_servers(cls, value: Any) -> Any:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        out = []
+        for item in items or ():
+            problem = nameserver_problem(str(item)) if item else None
+            if problem:
+                raise ValueError(f"{item!r}: {problem}")
+            if item:
+                out.append(str(item))
+        return tuple(out)
+
     @field_validator("redirect_keep_headers", mode="before")
     @classmethod
     def _header_names(cls, value: Any) -> Any:
@@ -169,6 +199,23 @@ class Settings(BaseSettings):
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
+def nameserver_problem(server: str) -> str | None:
+    """Why `server` is not a name server address as c-ares takes it ("IP", "IP:port", "[IPv6]:port")."""
+    host, port = server, "53"
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (rest or "53")
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "not an IP address (IP, IP:port or [IPv6]:port)"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return "bad port"
+    return None
+
+
 # Which process reads each setting; docs/settings.md's table shows it (tests/test_readme.py checks).
 PRODUCER_FIELDS = frozenset({"chunk_size", "max_queued_chunks", "result_retention"})
 SHARED_FIELDS = frozenset(
@@ -184,6 +231,7 @@ FETCH_POLICY_FIELDS = frozenset(
         "concurrency", "user_agent", "connect_timeout", "read_timeout", "total_timeout", "max_redirects",
         "max_body_bytes", "verify_tls", "allow_private_networks", "allowed_networks",
         "max_stored_body_bytes", "max_attempts", "retry_statuses", "per_host_concurrency", "per_host_rate",
+        "ca_file", "dns_servers",
     }
 )  # fmt: skip
 

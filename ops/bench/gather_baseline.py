@@ -5,6 +5,8 @@ uvloop when installed (as the worker uses it), no cookie jar, a connector sized 
 
     python ops/bench/gather_baseline.py http://127.0.0.1:8080 --count 20000 --concurrency 100
 
+The web profile gives it `--urls-file` (one URL per line, many hosts), `--ca-file` (its private CA) and
+`--dns-servers` (its name server, through aiohttp's AsyncResolver): what a user's script would need there.
 With `--wait-go` it warms its connections, prints `ready`, waits for a line on stdin and then runs, so
 that the benchmark can start several copies at the same moment; it prints one JSON line of figures.
 """
@@ -14,20 +16,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import time
+from typing import Any
 
 import aiohttp
 
 
 async def fetch_all(
-    base: str, first: int, count: int, concurrency: int, wait_go: bool, write: str | None = None
-) -> dict[str, float]:
+    base: str,
+    first: int,
+    count: int,
+    concurrency: int,
+    wait_go: bool,
+    write: str | None = None,
+    urls: list[str] | None = None,
+    ca_file: str | None = None,
+    dns_servers: list[str] | None = None,
+) -> dict[str, Any]:
     sem = asyncio.Semaphore(concurrency)
     # --write: keep every page's text, as a script that uses the content would (ops/bench/bodies.py)
     out = open(write, "w", encoding="utf-8") if write else None  # noqa: SIM115
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    tls: ssl.SSLContext | bool = True
+    if ca_file:
+        tls = ssl.create_default_context()
+        tls.load_verify_locations(cafile=ca_file)
+    resolver = aiohttp.AsyncResolver(nameservers=dns_servers) if dns_servers else None
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=tls, resolver=resolver)
     ok = errors = 0
+    kinds: dict[str, int] = {}  # error class names, to tell why a fetch failed
 
     async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
 
@@ -42,28 +60,40 @@ async def fetch_all(
                         else:
                             await resp.read()
                         ok += resp.status == 200
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     errors += 1
+                    name = f"{type(exc).__name__}: {exc}"[:200]
+                    kinds[name] = kinds.get(name, 0) + 1
 
-        if wait_go:
+        if wait_go and urls is not None:
+            # Many hosts, new names each run: nothing to warm but the interpreter, as for a worker.
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        elif wait_go:
             # Open the connections first, as a running worker already has them.
             await asyncio.gather(*(fetch(f"{base}/warm/{i}") for i in range(concurrency)))
             ok = errors = 0
+            kinds.clear()
             print("ready", flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         start, cpu = time.time(), time.process_time()
-        await asyncio.gather(*(fetch(f"{base}/ok/{i}") for i in range(first, first + count)))
+        todo = urls if urls is not None else (f"{base}/ok/{i}" for i in range(first, first + count))
+        await asyncio.gather(*(fetch(url) for url in todo))
         if out is not None:
             out.close()  # flushed to the OS before the clock stops, like a worker's fsynced WARC
         end, cpu = time.time(), time.process_time() - cpu
-    return {"start": start, "end": end, "cpu": cpu, "count": count, "ok": ok, "errors": errors}
+    figures: dict[str, Any] = {"start": start, "end": end, "cpu": cpu, "count": count, "ok": ok}
+    return {**figures, "errors": errors, "error_kinds": kinds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("base", help="target base URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("base", nargs="?", default="", help="target base URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--urls-file", help="fetch these URLs (one a line) instead of BASE/ok/N")
+    parser.add_argument("--ca-file", help="PEM CAs trusted besides the system's")
+    parser.add_argument("--dns-servers", help="comma-separated name servers (IP or IP:port)")
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--first", type=int, default=0, help="index of the first URL (distinct per copy)")
     parser.add_argument("--concurrency", type=int, default=100)
@@ -79,7 +109,18 @@ def main() -> None:
             run = uvloop.run
         except ImportError:
             pass
-    figures = run(fetch_all(args.base, args.first, args.count, args.concurrency, args.wait_go, args.write))
+    urls = None
+    if args.urls_file:
+        with open(args.urls_file) as f:
+            urls = [line.strip() for line in f if line.strip()]
+        args.count = len(urls)
+    dns = [s for s in (args.dns_servers or "").split(",") if s]
+    figures = run(
+        fetch_all(
+            args.base, args.first, args.count, args.concurrency, args.wait_go, args.write, urls,
+            args.ca_file, dns,
+        )
+    )  # fmt: skip
     figures["rate"] = figures["count"] / (figures["end"] - figures["start"])
     print(json.dumps(figures), flush=True)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import resource
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n
 class Stats:
     open_slow = 0
     served = 0
+    connections = 0  # accepted (for TLS: handshakes), to compare how many connections each side opens
 
 
 class HttpServer(asyncio.Protocol):
@@ -38,6 +41,7 @@ class HttpServer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.buf = b""
+        Stats.connections += 1
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -49,11 +53,20 @@ class HttpServer(asyncio.Protocol):
             buf = buf[end + 4 :]
             path = line.split(b" ", 2)[1] if line.count(b" ") >= 2 else b"/"
             Stats.served += 1
-            if path.startswith(b"/slow"):
+            if path.startswith(b"/d/"):  # /d/<ms>/...: the web profile's answer after <ms> milliseconds
+                ms = int(path[3 : path.index(b"/", 3)])
+                long = ms >= 1000  # the RSS row counts these to know when its fetches are all in flight
+                Stats.open_slow += long
+                asyncio.get_running_loop().call_later(ms / 1000, self._delayed_done, long)
+            elif path.startswith(b"/slow"):
                 Stats.open_slow += 1
                 asyncio.get_running_loop().call_later(self.slow_s, self._slow_done)
             elif path.startswith(b"/stats"):
-                body = b'{"open_slow": %d, "served": %d}' % (Stats.open_slow, Stats.served)
+                body = b'{"open_slow": %d, "served": %d, "connections": %d}' % (
+                    Stats.open_slow,
+                    Stats.served,
+                    Stats.connections,
+                )
                 self.transport.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                     % (len(body), body)
@@ -62,31 +75,42 @@ class HttpServer(asyncio.Protocol):
                 self.transport.write(OK)
         self.buf = buf
 
+    def _delayed_done(self, long: bool) -> None:
+        Stats.open_slow -= long
+        if not self.transport.is_closing():
+            self.transport.write(OK)
+
     def _slow_done(self) -> None:
         Stats.open_slow -= 1
         if not self.transport.is_closing():
             self.transport.write(OK)
 
 
-async def serve(port: int, slow_ms: int) -> None:
+async def serve(
+    port: int, slow_ms: int, hosts: tuple[str, ...] = ("127.0.0.1",), tls: ssl.SSLContext | None = None
+) -> None:
     HttpServer.slow_s = slow_ms / 1000
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Several processes bind the same port; the kernel spreads connections across them.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", port))
-    server = await asyncio.get_running_loop().create_server(HttpServer, sock=sock, backlog=4096)
-    async with server:
-        await server.serve_forever()
+    servers = []
+    for host in hosts:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Several processes bind the same port; the kernel spreads connections across them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        loop = asyncio.get_running_loop()
+        servers.append(await loop.create_server(HttpServer, sock=sock, backlog=4096, ssl=tls))
+    await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def wait_listening(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"HTTP target exited at start (code {proc.returncode})")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
@@ -96,15 +120,27 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10
 class PythonTarget:
     """`procs` copies of this script on one port (SO_REUSEPORT)."""
 
-    def __init__(self, port: int, procs: int = 1, slow_ms: int = 3000) -> None:
+    def __init__(
+        self,
+        port: int,
+        procs: int = 1,
+        slow_ms: int = 3000,
+        addresses: int = 0,
+        cert: tuple[str, str] | None = None,
+    ) -> None:
+        """`addresses` > 0: listen on that many loopback addresses (dnsserver.addresses) instead of
+        127.0.0.1; `cert`: (certificate chain PEM, key PEM) to serve HTTPS."""
         self.port = port
-        self.kind = f"raw asyncio x{procs}"
-        self.procs = [
-            subprocess.Popen([sys.executable, __file__, "--port", str(port), "--slow-ms", str(slow_ms)])
-            for _ in range(procs)
-        ]
+        self.kind = f"raw asyncio x{procs}" + (" TLS" if cert else "")
+        args = [sys.executable, __file__, "--port", str(port), "--slow-ms", str(slow_ms)]
+        if addresses:
+            args += ["--addresses", str(addresses)]
+        if cert:
+            args += ["--cert", cert[0], "--key", cert[1]]
+        self.procs = [subprocess.Popen(args) for _ in range(procs)]
+        first = "127.0.1.1" if addresses else "127.0.0.1"
         for p in self.procs:
-            wait_listening(port, p)
+            wait_listening(port, p, host=first)
 
     @property
     def pids(self) -> list[int]:
@@ -180,7 +216,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--slow-ms", type=int, default=3000)
+    parser.add_argument("--addresses", type=int, default=0, help="listen on this many loopback addresses")
+    parser.add_argument("--cert", help="certificate chain (PEM): serve HTTPS")
+    parser.add_argument("--key", help="its private key (PEM)")
     args = parser.parse_args()
+    hosts: tuple[str, ...] = ("127.0.0.1",)
+    if args.addresses:
+        from dnsserver import addresses  # this folder's module (the target runs as a script)
+
+        hosts = tuple(addresses(args.addresses))
+        # A listening socket per address, and thousands of connections on top.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tls = None
+    if args.cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.cert, args.key)
     try:
         import uvloop
 
@@ -188,7 +239,7 @@ def main() -> None:
     except ImportError:
         run = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
-        run(serve(args.port, args.slow_ms))
+        run(serve(args.port, args.slow_ms, hosts, tls))
 
 
 if __name__ == "__main__":
