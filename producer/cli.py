@@ -15,12 +15,13 @@ from typing import Any
 
 import orjson
 
-from producer.client import REDIS_DOWN, Client
+from producer.client import Client, check_batch_id, new_batch_id
 from producer.inputs import entries, scan, spool_stdin
 from producer.output import FORMATS, open_writer
 from producer.progress import Progress
-from worker.errors import BatchError, QueueUnavailable, SettingsError, UsageError
+from worker.errors import BatchError, QueueUnavailable, SettingsError, UnsafeRedis, UsageError
 from worker.redisconn import redact
+from worker.rediserrors import REDIS_DOWN, REDIS_ERRORS, RedisProblem, classify, describe
 from worker.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -103,6 +104,9 @@ def check_output(output: str) -> None:
 
 
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    # The id is fixed before anything is queued, so that a submit cut short (Redis full, say) can say
+    # which --batch-id completes it.
+    batch_id = check_batch_id(args.batch_id) if args.batch_id is not None else new_batch_id()
     if args.wait:
         check_output(args.output)
     path, label, temporary = prepare_input(args.file)
@@ -110,13 +114,23 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         total, digest = check_input(path, label)
         async with Client(settings) as client:
             await client.ping()
-            batch_id = await client.submit(
-                entries(path),
-                batch_id=args.batch_id,
-                store_body=args.store_body,
-                total=total,
-                digest=digest,
-            )
+            try:
+                batch_id = await client.submit(
+                    entries(path),
+                    batch_id=batch_id,
+                    store_body=args.store_body,
+                    total=total,
+                    digest=digest,
+                )
+            except REDIS_ERRORS as exc:
+                if classify(exc) is RedisProblem.UNREACHABLE:
+                    raise
+                where = redact(settings.redis_url)
+                raise BatchError(
+                    f"{describe(exc, where)}; batch {batch_id} may be partly queued: once that is fixed, "
+                    f"run the same submit with --batch-id {batch_id} to queue the rest "
+                    "(nothing is queued twice)"
+                ) from None
             print(batch_id, file=sys.stderr if args.wait and args.output == "-" else sys.stdout, flush=True)
             if not args.wait:
                 return EXIT_OK
@@ -132,6 +146,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    check_batch_id(args.batch)
     async with Client(settings) as client:
         st = await client.status(args.batch)
         progress = None
@@ -142,6 +157,7 @@ async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    check_batch_id(args.batch)
     async with Client(settings) as client:
         st = await client.status(args.batch)
     if args.json:
@@ -153,6 +169,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    check_batch_id(args.batch)
     async with Client(settings) as client:
         st = await client.cancel(args.batch)
     print(f"batch {st.batch_id} cancelled: {st.done}/{st.submitted} had results, {st.remaining} will not run")
@@ -296,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, UsageError) as exc:
         _err(str(exc))
         return EXIT_USAGE
-    except (BatchError, QueueUnavailable) as exc:
+    except (BatchError, QueueUnavailable, UnsafeRedis) as exc:
         _err(str(exc))
         return EXIT_FAILED
     except BrokenPipeError:
@@ -304,9 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         _err(f"{exc.filename}: {exc.strerror}")
         return EXIT_USAGE
-    except REDIS_DOWN as exc:
-        url = redact(load_settings().redis_url) if "settings" in locals() else "Redis"
-        _err(f"cannot reach Redis at {url}: {exc}")
+    except REDIS_ERRORS as exc:
+        # Any Redis error, by kind, on one line: never a traceback, never a command's arguments.
+        where = redact(settings.redis_url) if "settings" in locals() else ""
+        _err(describe(exc, where))
         return EXIT_FAILED
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -12,28 +13,42 @@ from itertools import islice
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.bodies import merge_body
 from worker.contract import (
     BATCHES_KEY,
+    INCARNATION_FIELD,
     BatchOptions,
     BatchState,
     ChunkJob,
     FetchRequest,
+    batch_id_problem,
     batch_key,
     chunk_job_id,
     results_key,
 )
 from worker.engine import enqueue_chunks, queue_depth, queue_redis
-from worker.errors import BatchError, QueueUnavailable
+from worker.errors import BatchError, BatchLost, InvalidBatchId, QueueUnavailable
+from worker.redisconn import check_eviction_policy
+from worker.rediserrors import REDIS_DOWN, RedisProblem, classify
 from worker.settings import Settings, load_settings
+
+__all__ = ["REDIS_DOWN", "BatchStatus", "Client", "check_batch_id", "new_batch_id"]
 
 log = logging.getLogger("fetchfleet.producer")
 
 CHUNKS_PER_ROUND_TRIP = 50
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+FOLLOW_RETRY_CAP_S = 2.0  # a follower notices a Redis that came back (maybe empty) within seconds
+
+# Update a batch hash only while it still holds the incarnation this producer created or resumed: after
+# Redis lost the batch, HSET would recreate a stray hash that `status` reports as a live batch.
+# KEYS[1] batch hash; ARGV[1] incarnation; ARGV[2..] field, value, ... Returns 1, or 0 if lost.
+GUARDED_HSET_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if (redis.call('HGET', KEYS[1], 'incarnation') or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +84,23 @@ def new_batch_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def check_batch_id(batch_id: str) -> str:
+    """`batch_id` if it fits the grammar (`contract.BATCH_ID_RE`), else InvalidBatchId saying why."""
+    problem = batch_id_problem(batch_id)
+    if problem:
+        shown = repr(batch_id)[:80] if isinstance(batch_id, str) else type(batch_id).__name__
+        raise InvalidBatchId(f"invalid batch id {shown}: {problem}")
+    return batch_id
+
+
+def lost_message(batch_id: str, why: str) -> str:
+    return (
+        f"batch {batch_id}: its state was lost ({why}); its results so far are gone with it. "
+        f"Submit the same input again with --batch-id {batch_id}: with that id, submitting twice "
+        "queues it once"
+    )
+
+
 def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
     def num(name: str) -> int:
         return int(meta.get(name.encode(), b"0"))
@@ -102,6 +134,8 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
         self.redis: Redis = queue_redis(self.settings)
+        self._guarded_hset = self.redis.register_script(GUARDED_HSET_LUA)
+        self._checked = False
 
     async def __aenter__(self) -> Client:
         return self
@@ -116,7 +150,24 @@ class Client:
         try:
             await self.redis.ping()
         except REDIS_DOWN as exc:
+            if classify(exc) is not RedisProblem.UNREACHABLE:
+                raise  # a refused password or the like: reported as what it is
             raise QueueUnavailable(f"cannot reach Redis: {exc}") from exc
+
+    async def check_server(self) -> None:
+        """Refuse a Redis that may evict keys (UnsafeRedis); once per client."""
+        if not self._checked:
+            await check_eviction_policy(self.redis, self.settings, log)
+            self._checked = True
+
+    async def _update(self, batch_id: str, incarnation: str, fields: dict[str, Any]) -> None:
+        """HSET `fields` on the batch hash, or BatchLost if Redis no longer holds this incarnation."""
+        args: list[Any] = [incarnation]
+        for name, value in fields.items():
+            args += [name, value]
+        if not await self._guarded_hset(keys=[batch_key(batch_id)], args=args):
+            why = "its keys vanished from Redis while it was being submitted"
+            raise BatchLost(lost_message(batch_id, why))
 
     async def submit(
         self,
@@ -135,12 +186,14 @@ class Client:
         """
         if total is None and isinstance(requests, list | tuple):
             total = len(requests)
-        batch_id = batch_id or new_batch_id()
+        batch_id = check_batch_id(batch_id) if batch_id is not None else new_batch_id()
+        await self.check_server()
         s = self.settings
         key = batch_key(batch_id)
         options = BatchOptions(store_body=store_body)
         meta = await self.redis.hgetall(key)
         if meta:
+            incarnation = meta.get(INCARNATION_FIELD.encode(), b"").decode()
             if digest and meta.get(b"digest", b"").decode() not in ("", digest):
                 raise BatchError(f"batch id {batch_id!r} already holds a different input")
             if meta.get(b"complete") == b"1":
@@ -164,12 +217,16 @@ class Client:
             if digest:
                 fields["digest"] = digest
             async with self.redis.pipeline(transaction=True) as pipe:
+                # NX: of two submits racing to create the batch, both go on with the first's token.
+                pipe.hsetnx(key, INCARNATION_FIELD, secrets.token_hex(8))
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, s.result_ttl)
                 pipe.zadd(BATCHES_KEY, {batch_id: now_ms})
                 # The batch index would otherwise outlive every batch it names.
                 pipe.zremrangebyscore(BATCHES_KEY, 0, now_ms - s.result_ttl * 1000)
-                await pipe.execute()
+                pipe.hget(key, INCARNATION_FIELD)
+                *_, token = await pipe.execute()
+            incarnation = token.decode()
 
         it = iter(requests)
         for _ in islice(it, start):  # already queued by an earlier, interrupted submit
@@ -185,17 +242,22 @@ class Client:
                 urls = list(islice(it, size))
                 if not urls:
                     break
-                job = ChunkJob(batch_id=batch_id, first_index=index, requests=urls, options=options)
+                job = ChunkJob(
+                    batch_id=batch_id,
+                    incarnation=incarnation,
+                    first_index=index,
+                    requests=urls,
+                    options=options,
+                )
                 pending.append((chunk_job_id(batch_id, chunk_no), job))
                 index += len(urls)
                 chunk_no += 1
             if pending:
                 await enqueue_chunks(self.redis, s, pending)
-                await self.redis.hset(key, "enqueued", index)
+                await self._update(batch_id, incarnation, {"enqueued": index})
             if len(pending) < room:
                 break
-        fields = {"complete": 1, "submitted": index}
-        await self.redis.hset(key, mapping=fields)
+        await self._update(batch_id, incarnation, {"complete": 1, "submitted": index})
         return batch_id
 
     async def _wait_for_room(self) -> int:
@@ -206,7 +268,7 @@ class Client:
         return limit - depth
 
     async def status(self, batch_id: str) -> BatchStatus:
-        meta = await self.redis.hgetall(batch_key(batch_id))
+        meta = await self.redis.hgetall(batch_key(check_batch_id(batch_id)))
         if not meta:
             raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
         return status_from_meta(batch_id, meta)
@@ -216,9 +278,13 @@ class Client:
     ) -> AsyncIterator[tuple[str, bytes]]:
         """Yield (cursor, result JSON) pairs; resume later from the last cursor seen.
 
-        With `follow`, keep waiting until every submitted URL has a result. Reconnects if Redis goes away.
+        With `follow`, keep waiting until every submitted URL has a result. Reconnects if Redis goes away;
+        raises BatchLost if Redis comes back without the batch (or with another batch of that id).
         """
-        stream = results_key(batch_id)
+        stream = results_key(check_batch_id(batch_id))
+        # A blocking read must end well inside the socket timeout, or the wait reads as a dead Redis.
+        block_ms = max(min(block_ms, int(self.settings.redis_socket_timeout * 500)), 1)
+        incarnation = await self._incarnation(batch_id) if follow else None
         delay = 0.1
         while True:
             try:
@@ -229,9 +295,11 @@ class Client:
                     entries = await self.redis.xrange(stream, min=f"({cursor}", count=1000)
                 delay = 0.1
             except REDIS_DOWN as exc:
+                if classify(exc) is not RedisProblem.UNREACHABLE:
+                    raise
                 log.warning("Redis unreachable while reading results (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, FOLLOW_RETRY_CAP_S if follow else 5.0)
                 continue
             for entry_id, fields in entries:
                 cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
@@ -240,7 +308,7 @@ class Client:
                 if not entries:
                     return
                 continue
-            if len(entries) < 1000 and await self._all_recorded(batch_id):
+            if len(entries) < 1000 and await self._all_recorded(batch_id, incarnation):
                 # Everything is recorded; drain what is left after the cursor and stop.
                 rest = await self.redis.xrange(stream, min=f"({cursor}")
                 for entry_id, fields in rest:
@@ -248,18 +316,35 @@ class Client:
                     yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
                 return
 
-    async def _all_recorded(self, batch_id: str) -> bool:
+    async def _incarnation(self, batch_id: str) -> str:
+        """The batch's incarnation token ("" for a batch made before tokens); BatchError if none."""
+        complete, token = await self.redis.hmget(batch_key(batch_id), "complete", INCARNATION_FIELD)
+        if complete is None:
+            raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
+        return (token or b"").decode()
+
+    async def _all_recorded(self, batch_id: str, incarnation: str | None = None) -> bool:
+        """Every URL has its result. With `incarnation`, BatchLost if the batch is no longer that one."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(batch_key(batch_id), "complete", "submitted")
+                pipe.hmget(batch_key(batch_id), "complete", "submitted", INCARNATION_FIELD)
                 pipe.xlen(results_key(batch_id))
-                (complete, submitted), recorded = await pipe.execute()
-        except REDIS_DOWN:
+                (complete, submitted, token), recorded = await pipe.execute()
+        except REDIS_DOWN as exc:
+            if classify(exc) is not RedisProblem.UNREACHABLE:
+                raise
             return False
+        if incarnation is not None:
+            # `complete` is written when the hash is made: without it, the hash is gone.
+            if complete is None:
+                why = "its keys are gone from Redis: restarted without persistence, flushed, or evicted"
+                raise BatchLost(lost_message(batch_id, why))
+            if (token or b"").decode() != incarnation:
+                raise BatchLost(lost_message(batch_id, "its keys were made again by another submission"))
         return complete == b"1" and recorded >= int(submitted or 0)
 
     async def cancel(self, batch_id: str) -> BatchStatus:
-        key = batch_key(batch_id)
+        key = batch_key(check_batch_id(batch_id))
         if not await self.redis.exists(key):
             raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
         await self.redis.hset(key, "cancelled", int(time.time() * 1000))

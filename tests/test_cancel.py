@@ -17,6 +17,7 @@ from tests.chaos import (
 )
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
+from worker.contract import batch_key
 
 REFRESH_MARGIN_S = 1.0  # the workers' cancel view refreshes every 0.5 s
 
@@ -35,7 +36,7 @@ def test_cancel_stops_every_worker(
         env = fetchfleet_env(redis_url, **settings)
         assert run_cli(["submit", str(urls), "--batch-id", "stopme"], env).returncode == 0
         with redis_server.client() as r:
-            wait_until(lambda: int(r.hget("ff:batch:stopme", "done") or 0) >= 200, 30, "some results")
+            wait_until(lambda: int(r.hget(batch_key("stopme"), "done") or 0) >= 200, 30, "some results")
 
         cancel = run_cli(["cancel", "stopme"], env)
         assert cancel.returncode == 0, cancel.stderr.decode()

@@ -95,7 +95,9 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
         for index, req, tries in pending:
             url = req if isinstance(req, str) else req.url
             result = error_result(index, url, ErrorKind.CANCELLED, "batch was cancelled", tries, rt.worker_id)
-            records.append(rt.recorder.record(job.batch_id, index, True, encode(result)))
+            records.append(
+                rt.recorder.record(job.batch_id, index, True, encode(result), incarnation=job.incarnation)
+            )
         await asyncio.gather(*records)  # one flush for the whole chunk, not a round trip per URL
         return ChunkSummary(fetched=0, skipped=len(entries), recorded=len(pending))
     outcomes = await asyncio.gather(*(fetch_one(rt, job, index, req, tries) for index, req, tries in pending))
@@ -121,7 +123,11 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
                 result = error_result(
                     index, url, ErrorKind.CANCELLED, "batch was cancelled", tries, rt.worker_id
                 )
-                return int(await rt.recorder.record(job.batch_id, index, True, encode(result)))
+                return int(
+                    await rt.recorder.record(
+                        job.batch_id, index, True, encode(result), incarnation=job.incarnation
+                    )
+                )
             rt.in_flight += 1
             try:
                 outcome = await rt.fetcher.fetch(req, keep_body=job.options.store_body)
@@ -148,7 +154,11 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
         )
         doc, payload = result.model_dump(mode="json"), encode(result)
     rt.metrics.fetched_doc(doc)
-    return int(await rt.recorder.record(job.batch_id, index, not doc["ok"], payload, body))
+    return int(
+        await rt.recorder.record(
+            job.batch_id, index, not doc["ok"], payload, body, incarnation=job.incarnation
+        )
+    )
 
 
 async def _retry_later(

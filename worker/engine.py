@@ -28,11 +28,11 @@ from arq.utils import timestamp_ms
 from arq.worker import Retry, Worker, func
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from worker.codec import dump_job, load_job
-from worker.contract import CHUNK_TASK, ChunkJob, ErrorKind
-from worker.redisconn import make_pool, redact
+from worker.contract import CHUNK_TASK, ChunkJob, ErrorKind, batch_id_problem
+from worker.redisconn import check_eviction_policy, make_pool, redact
+from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
 from worker.settings import Settings
 
 if TYPE_CHECKING:  # the producer imports this module for enqueueing and must not load the fetcher
@@ -44,7 +44,6 @@ log = logging.getLogger("fetchfleet.worker")
 
 JOB_KEY_PREFIX = job_key_prefix
 IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
-REDIS_DOWN = (RedisError, OSError)
 RECONNECT_CAP_S = 5.0
 STILL_DOWN_EVERY_S = 60.0
 
@@ -109,6 +108,12 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
 
     rt, settings = ctx["runtime"], ctx["settings"]
     job_id, job_try = ctx.get("job_id", "?"), ctx.get("job_try", 1)
+    claimed = payload.get("batch_id") if isinstance(payload, dict) else None
+    if not isinstance(claimed, str) or batch_id_problem(claimed):
+        # Planted by a Redis writer (the producer checks ids): such an id could name keys of another
+        # batch, so nothing of it is recorded anywhere. Shown by repr, cut short: it may hold anything.
+        log.warning("job %s names no valid batch id (%.80r); dropped", job_id, claimed)
+        return 0
     try:
         job = ChunkJob.model_validate(payload)
     except ValidationError as exc:
@@ -136,17 +141,27 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         raise Retry(defer=0) from None
     except asyncio.CancelledError:
         raise
-    except TimeoutError:  # before REDIS_DOWN: TimeoutError is an OSError
+    except TimeoutError:  # before REDIS_ERRORS: TimeoutError is an OSError
         rt.metrics.chunk_done("timed_out")
         if job_try >= settings.chunk_max_tries:
             message = f"chunk did not finish within FETCHFLEET_JOB_TIMEOUT ({settings.job_timeout}s)"
             return await record_internal(rt, job, f"{message} in {job_try} runs", ErrorKind.TIMEOUT)
         log.warning("chunk %s ran out of time on try %d; the rest of it runs again", job_id, job_try)
         raise Retry(defer=0) from None
-    except REDIS_DOWN as exc:
-        # Not the chunk's fault: it runs again once Redis is back (or its lease runs out).
-        log.warning("chunk %s: Redis unreachable (%s); it will run again", job_id, exc)
-        raise Retry(defer=1) from None
+    except REDIS_ERRORS as exc:
+        problem = classify(exc)
+        if problem in (RedisProblem.UNREACHABLE, RedisProblem.FULL, RedisProblem.READONLY):
+            # Not the chunk's fault: it runs again once Redis is back, has room, or is writable again
+            # (a failover in progress); the try it used is given back.
+            log.warning("chunk %s will run again: %s", job_id, describe(exc))
+            await forget_try(ctx)
+            raise Retry(defer=1 if problem is RedisProblem.UNREACHABLE else 5) from None
+        # WRONGTYPE, NOSCRIPT, AUTH, ...: said as what it is; the chunk fails like any other error.
+        log.error("chunk %s failed on try %d: %s", job_id, job_try, describe(exc))
+        rt.metrics.chunk_done("failed")
+        if job_try >= settings.chunk_max_tries:
+            return await record_internal(rt, job, describe(exc))
+        raise Retry(defer=min(2 ** (job_try - 1), 30)) from None
     except Exception as exc:
         log.exception("chunk %s failed on try %d of %d", job_id, job_try, settings.chunk_max_tries)
         rt.metrics.chunk_done("failed")
@@ -171,7 +186,9 @@ async def record_internal(
         if not done:
             url = req if isinstance(req, str) else req.url
             result = error_result(index, url, kind, message, tries + 1, rt.worker_id)
-            records.append(rt.recorder.record(job.batch_id, index, True, encode(result)))
+            records.append(
+                rt.recorder.record(job.batch_id, index, True, encode(result), incarnation=job.incarnation)
+            )
     return sum(map(int, await asyncio.gather(*records)))
 
 
@@ -179,7 +196,7 @@ async def forget_try(ctx: WorkerCtx) -> None:
     """Undo arq's try count for a chunk handed back on a graceful stop, so drains never exhaust it."""
     try:
         await ctx["redis"].decr(retry_key_prefix + ctx["job_id"])
-    except REDIS_DOWN as exc:
+    except REDIS_ERRORS as exc:
         log.debug("could not undo the try count of %s: %s", ctx.get("job_id"), exc)
 
 
@@ -202,6 +219,8 @@ def build_worker_settings(settings: Settings) -> type:
     async def on_startup(ctx: WorkerCtx) -> None:
         if "runtime" in ctx:  # the poll loop restarted after a Redis outage: keep what runs
             return
+        # Before anything starts: on an evicting Redis queued work vanishes unnoticed (UnsafeRedis).
+        await check_eviction_policy(ctx["redis"], settings, log)
         # arq logs each job's arguments (URLs, which may carry credentials) at INFO; under
         # `arq worker.WorkerSettings` its own logging config has just turned that on again.
         logging.getLogger("arq").setLevel(max(logging.getLogger("arq").level, logging.WARNING))
@@ -414,11 +433,16 @@ async def repair_after_crash(worker: Worker) -> None:
 async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> None:
     """Run arq's poll loop, starting it again whenever Redis comes back (arq #435, #498).
 
-    One warning when Redis goes away (a reminder each minute it stays away), one line when it is back:
-    no traceback per attempt. Chunks already running carry on; their results wait in the recorder.
+    One warning when Redis goes away, saying what went wrong by kind (a reminder each minute it stays
+    so), one line when it answers again: no traceback per attempt. Chunks already running carry on;
+    their results wait in the recorder.
     """
     where = redact(settings.redis_url)
+    said: RedisProblem | None = None  # the problem last announced, until it is over
+    down_since = 0.0
+    delay = 0.5
     while not stopper.requested:
+        started = time.monotonic()
         try:
             await worker.async_run()
             return
@@ -427,26 +451,36 @@ async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> Non
             if stopper.requested and not (task and task.cancelling()):
                 return
             raise
-        except REDIS_DOWN as exc:
+        except REDIS_ERRORS as exc:
             if stopper.requested:
                 return
-            log.warning("cannot reach Redis at %s (%s: %s); retrying", where, type(exc).__name__, exc)
+            if time.monotonic() - started > STILL_DOWN_EVERY_S:
+                said, delay = None, 0.5  # the loop ran well for a while: this is a new problem
+            problem = classify(exc)
+            if problem is not said:
+                said, down_since = problem, time.monotonic()
+                log.warning("%s; retrying", describe(exc, where))
         await repair_after_crash(worker)
-        down_since = last_said = time.monotonic()
-        delay = 0.5
+        last_said = time.monotonic()
         while not stopper.requested:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopper.event.wait(), delay)
             delay = min(delay * 2, RECONNECT_CAP_S)
             try:
                 await worker.pool.ping()
-            except REDIS_DOWN as exc:
-                if time.monotonic() - last_said > STILL_DOWN_EVERY_S:
-                    last_said = time.monotonic()
-                    log.warning("still cannot reach Redis at %s (%s)", where, exc)
+            except REDIS_ERRORS as exc:
+                problem = classify(exc)
+                if problem is not said or time.monotonic() - last_said > STILL_DOWN_EVERY_S:
+                    still = "still: " if problem is said else ""
+                    said, last_said = problem, time.monotonic()
+                    log.warning("%s%s", still, describe(exc, where))
                 continue
-            log.info("Redis at %s answers again after %.1fs", where, time.monotonic() - down_since)
             break
+        if said in (RedisProblem.UNREACHABLE, RedisProblem.AUTH):
+            # A ping answers: that problem is over. (A WRONGTYPE or READONLY is not seen by a ping; it
+            # stays announced, and the poll loop restarts with a growing delay, until the loop runs.)
+            log.info("Redis at %s answers again after %.1fs", where, time.monotonic() - down_since)
+            said, delay = None, 0.5
 
 
 async def run_worker(settings: Settings) -> None:
@@ -476,7 +510,7 @@ async def run_worker(settings: Settings) -> None:
     finally:
         try:
             await worker.close()
-        except REDIS_DOWN as exc:
-            log.warning("Redis unreachable while stopping (%s)", exc)
+        except REDIS_ERRORS as exc:
+            log.warning("while stopping: %s", describe(exc, redact(settings.redis_url)))
             if worker.on_shutdown is not None:
                 await worker.on_shutdown(worker.ctx)

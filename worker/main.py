@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from worker.errors import SettingsError
+from worker.errors import SettingsError, UnsafeRedis
 from worker.settings import Settings, load_settings
 
 
@@ -42,6 +42,9 @@ def serve(settings: Settings | None = None) -> int:
     except SettingsError as exc:  # one found only at start-up, e.g. FETCHFLEET_METRICS_PORT taken
         print(f"fetchfleet: {exc}", file=sys.stderr)
         return 2
+    except UnsafeRedis as exc:  # an evicting maxmemory-policy, found once Redis answered
+        print(f"fetchfleet: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,8 +14,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
+from worker.redact import redact, register_secret, url_password
 
 ENV_PREFIX = "FETCHFLEET_"
+URL_FIELDS = frozenset({"redis_url"})
+SECRET_FIELDS = frozenset({"redis_password"})
 
 
 class Settings(BaseSettings):
@@ -27,6 +30,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     redis_password: SecretStr | None = None
     redis_ca_file: str | None = None
+    # Every Redis command's reply must come within this (blocking reads wait at most half of it), so a
+    # silently cut connection is noticed instead of waited on for ever.
+    redis_socket_timeout: float = Field(default=5.0, ge=1, le=300, description="seconds per Redis reply")
+    # Start against a Redis whose maxmemory-policy evicts keys (it may drop queued work silently).
+    allow_eviction: bool = False
 
     # Queue and batches
     queue_name: str = "fetchfleet:queue"
@@ -151,15 +159,31 @@ def load_settings(**overrides: object) -> Settings:
     if unknown:
         raise SettingsError(_unknown_message(unknown))
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
             given = err.get("input")
-            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            shown = "" if isinstance(given, dict) else f" (got {_shown(field, given)})"
             lines.append(f"{env_name(field)}: {err['msg']}{shown}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    # From here on every log line and message masks the Redis password wherever it appears.
+    if settings.redis_password is not None:
+        register_secret(settings.redis_password.get_secret_value())
+    register_secret(url_password(settings.redis_url))
+    return settings
+
+
+def _shown(field: str, given: object) -> str:
+    """A rejected value as a settings error may echo it: never a credential, even of a malformed URL."""
+    if field in SECRET_FIELDS:
+        return "a value that is not shown"
+    text = repr(given)
+    if field in URL_FIELDS and "@" in text:
+        # A malformed URL (no "://", say) cannot be parsed for its password: show none of it.
+        return "a value with credentials, not shown"
+    return redact(text)
 
 
 @lru_cache(maxsize=1)
