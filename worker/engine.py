@@ -153,7 +153,9 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         if problem in (RedisProblem.UNREACHABLE, RedisProblem.FULL, RedisProblem.READONLY):
             # Not the chunk's fault: it runs again once Redis is back, has room, or is writable again
             # (a failover in progress); the try it used is given back.
-            log.warning("chunk %s will run again: %s", job_id, describe(exc))
+            # Unreachable: the poll loop announces the outage once; a line per chunk would flood.
+            level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
+            log.log(level, "chunk %s will run again: %s", job_id, describe(exc))
             await forget_try(ctx)
             raise Retry(defer=1 if problem is RedisProblem.UNREACHABLE else 5) from None
         # WRONGTYPE, NOSCRIPT, AUTH, ...: said as what it is; the chunk fails like any other error.

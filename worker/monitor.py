@@ -17,6 +17,7 @@ from worker.background import stop_loop
 from worker.contract import WORKERS_KEY, worker_key
 from worker.metrics import WorkerMetrics
 from worker.redisconn import make_redis
+from worker.rediserrors import RedisProblem, classify, describe
 from worker.settings import Settings
 
 log = logging.getLogger("fetchfleet.monitor")
@@ -123,7 +124,9 @@ class Monitor:
                     depth, *_ = await pipe.execute()
         except Exception as exc:  # Redis away: report it, keep beating
             if self.redis_ok:
-                log.warning("heartbeat failed: %s", exc.__class__.__name__)
+                # An unreachable Redis is announced once by the worker's poll loop; anything else here.
+                level = logging.DEBUG if classify(exc) is RedisProblem.UNREACHABLE else logging.WARNING
+                log.log(level, "heartbeat failed: %s", describe(exc))
             self.redis_ok = False
             self.metrics.redis_up.set(0)
             return

@@ -8,8 +8,9 @@ less: an over-masked URL in a log costs nothing, a leaked password costs a rotat
 
 from __future__ import annotations
 
+import contextlib
 import re
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 MASK = "***"
 
@@ -31,6 +32,13 @@ def register_secret(secret: str | None) -> None:
             _SECRETS.add(form)
 
 
+def register_url_secrets(url: str) -> None:
+    """Mask the password of `url` wherever it appears later, as this module and as urllib read it."""
+    register_secret(url_password(url))
+    with contextlib.suppress(ValueError):  # a malformed URL: the first reading covers it
+        register_secret(urlsplit(url).password)
+
+
 def url_password(url: str) -> str | None:
     """The password part of a URL's userinfo, by the same last-`@` rule `redact` masks with."""
     userinfo = _userinfo(url)
@@ -45,17 +53,18 @@ def _userinfo(url: str) -> str | None:
     _scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return None
-    # The usual authority: up to the first "/", "?" or "#". If it has an "@", its LAST "@" ends the
-    # userinfo (an unencoded "@" in a password comes before it).
+    # The usual authority: up to the first "/", "?" or "#". Its LAST "@" ends the userinfo (an unencoded
+    # "@" in a password comes before it)...
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    after = rest[len(authority) :]
+    # ...unless an "@" follows the cut too, after an authority with a ":" or "@" in it: then a password
+    # holding "/", "?" or "#" may have cut the authority short (`user:pa/ss@host`), or a path or query
+    # holds an "@" (`host:8080/?to=a@b`). The two cannot be told apart; the mask takes the larger reading.
+    if "@" in after and (":" in authority or "@" in authority):
+        return rest.rpartition("@")[0]
     if "@" in authority:
         return authority.rpartition("@")[0]
-    # No "@" there, yet one later: a password holding "/", "?" or "#" may have cut the authority short.
-    # With a ":" before the cut it may be `user:pa` of `user:pa/ss@host`, or `host:8080` of a path
-    # holding an "@": the two cannot be told apart, so the mask takes the larger reading.
-    if ":" not in authority:
-        return None  # host/path@...: an "@" in the path, no password before it
-    return rest.rpartition("@")[0]
+    return None  # host/path@...: an "@" in the path, no password before it
 
 
 def _mask_url(url: str) -> str:

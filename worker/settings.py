@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
-from worker.redact import redact, register_secret, url_password
+from worker.redact import redact, register_secret, register_url_secrets
 
 ENV_PREFIX = "FETCHFLEET_"
 URL_FIELDS = frozenset({"redis_url"})
@@ -171,7 +171,7 @@ def load_settings(**overrides: object) -> Settings:
     # From here on every log line and message masks the Redis password wherever it appears.
     if settings.redis_password is not None:
         register_secret(settings.redis_password.get_secret_value())
-    register_secret(url_password(settings.redis_url))
+    register_url_secrets(settings.redis_url)
     return settings
 
 

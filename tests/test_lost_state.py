@@ -1,0 +1,84 @@
+"""Redis restarted empty mid-batch: followers say the state was lost, and nothing recreates the batch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
+from tests.procs import ROOT, fetchfleet_env
+from tests.redis_proc import RedisProcess
+from worker.contract import batch_key, batch_keys
+
+LIMIT_S = 10
+
+
+def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "producer", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.slow
+def test_redis_restarted_empty_mid_batch(spawn_worker, tmp_path: Path) -> None:
+    server = RedisProcess().start()  # no persistence: a restart comes back empty
+    target = SlowTarget().start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        n = 4000
+        urls = write_urls(tmp_path / "urls.txt", target.slow_urls(n, 100))
+        settings = {"concurrency": 20, "chunk_size": 50}
+        workers = [spawn_worker(server.url, worker_id=f"w{i}", **settings) for i in range(2)]
+        for w in workers:
+            wait_started(w)
+        env = fetchfleet_env(server.url, **settings)
+        submit = cli(
+            ["submit", str(urls), "--batch-id", "gone", "--wait", "-q", "-o", str(tmp_path / "o")], env
+        )
+        procs.append(submit)
+        with server.client() as r:
+            wait_until(lambda: r.hget(batch_key("gone"), "complete") == b"1", 30, "the batch")
+            follow = cli(["results", "gone", "--follow", "-q", "-o", str(tmp_path / "f")], env)
+            procs.append(follow)
+            wait_until(lambda: int(r.hget(batch_key("gone"), "done") or 0) >= 300, 60, "some results")
+        server.kill()
+        time.sleep(1)
+        server.start()
+        restarted = time.monotonic()
+        took = {}
+        for name, p in (("submit --wait", submit), ("results --follow", follow)):
+            try:
+                p.wait(timeout=LIMIT_S + 20)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{name} still running {LIMIT_S + 20}s after Redis came back empty")
+            took[name] = time.monotonic() - restarted
+        for name, p in (("submit --wait", submit), ("results --follow", follow)):
+            err = p.stderr.read().decode() if p.stderr else ""
+            assert p.returncode == 1, (name, err)
+            last = err.strip().splitlines()[-1]
+            assert "state was lost" in last and "--batch-id gone" in last, err
+            assert "Traceback" not in err, err
+        assert all(t <= LIMIT_S for t in took.values()), took
+        # Workers kept running chunks and tried to record them: nothing may recreate the batch.
+        time.sleep(3)
+        with server.client() as r:
+            assert not r.exists(*batch_keys("gone")), sorted(k.decode() for k in r.keys("*"))
+        for w in workers:
+            assert w.proc.poll() is None and "Traceback" not in w.log(), w.log()[-3000:]
+        times = ", ".join(f"{k} {v:.1f}s" for k, v in took.items())
+        print(f"\nRedis restarted empty: followers exited after {times}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        target.stop()
+        server.close()
