@@ -78,7 +78,7 @@ async def collect(
                     last_status = now
                     try:
                         failed = (await client.status(batch_id)).failed
-                    except REDIS_DOWN:
+                    except (*REDIS_DOWN, BatchError):  # a lost batch is reported by results()
                         failed = None
                 progress.update(written, failed)
     finally:

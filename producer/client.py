@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -126,6 +127,35 @@ def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
         created_ms=num("created_ms"),
         finished_ms=int(finished) if finished else None,
     )
+
+
+_INDEX = re.compile(rb'^\{"index":(\d+)[,}]')
+
+
+class SeenIndexes:
+    """Indexes already yielded by one `results` call, one bit each.
+
+    The done bitmap lets one result per index into the stream. But replication to a replica is
+    asynchronous: after a failover the new primary may lack the last results the old one took, and the
+    chunk records them again under new stream ids. A reader that had read them before the failover would
+    see them twice; this keeps each reader's output to one line per index.
+    """
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def first(self, document: bytes) -> bool:
+        match = _INDEX.match(document)
+        if match is None:  # not a result document fetchfleet wrote: let it through unjudged
+            return True
+        index = int(match.group(1))
+        byte, bit = index >> 3, 1 << (index & 7)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits) + 1024))
+        if self._bits[byte] & bit:
+            return False
+        self._bits[byte] |= bit
+        return True
 
 
 class Client:
@@ -285,6 +315,7 @@ class Client:
         # A blocking read must end well inside the socket timeout, or the wait reads as a dead Redis.
         block_ms = max(min(block_ms, int(self.settings.redis_socket_timeout * 500)), 1)
         incarnation = await self._incarnation(batch_id) if follow else None
+        seen = SeenIndexes()
         delay = 0.1
         while True:
             try:
@@ -303,7 +334,8 @@ class Client:
                 continue
             for entry_id, fields in entries:
                 cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
+                if seen.first(fields[b"r"]):
+                    yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
             if not follow:
                 if not entries:
                     return
@@ -313,7 +345,8 @@ class Client:
                 rest = await self.redis.xrange(stream, min=f"({cursor}")
                 for entry_id, fields in rest:
                     cursor = entry_id.decode()
-                    yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
+                    if seen.first(fields[b"r"]):
+                        yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
                 return
 
     async def _incarnation(self, batch_id: str) -> str:

@@ -53,17 +53,17 @@ def test_redis_restarted_empty_mid_batch(spawn_worker, tmp_path: Path) -> None:
         time.sleep(1)
         server.start()
         restarted = time.monotonic()
-        took = {}
+        took, errs = {}, {}
         for name, p in (("submit --wait", submit), ("results --follow", follow)):
             try:
-                p.wait(timeout=LIMIT_S + 20)
+                errs[name] = p.communicate(timeout=LIMIT_S + 20)[1].decode()
             except subprocess.TimeoutExpired:
                 pytest.fail(f"{name} still running {LIMIT_S + 20}s after Redis came back empty")
             took[name] = time.monotonic() - restarted
         for name, p in (("submit --wait", submit), ("results --follow", follow)):
-            err = p.stderr.read().decode() if p.stderr else ""
+            err = errs[name]
             assert p.returncode == 1, (name, err)
-            last = err.strip().splitlines()[-1]
+            last = err.strip().splitlines()[-1] if err.strip() else ""
             assert "state was lost" in last and "--batch-id gone" in last, err
             assert "Traceback" not in err, err
         assert all(t <= LIMIT_S for t in took.values()), took
@@ -79,6 +79,6 @@ def test_redis_restarted_empty_mid_batch(spawn_worker, tmp_path: Path) -> None:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.wait()
+            p.communicate()
         target.stop()
         server.close()

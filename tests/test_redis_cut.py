@@ -28,6 +28,7 @@ class BlackholeProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     def start(self) -> BlackholeProxy:
         self._thread.start()
@@ -38,10 +39,12 @@ class BlackholeProxy:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         if self.cut:
             await self._swallow(reader)
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers.add(up_writer)
         await asyncio.gather(
             self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
         )
@@ -62,10 +65,19 @@ class BlackholeProxy:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+            for w in self._writers:
+                w.transport.abort()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            if self._server is not None:
+                await self._server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
 
 def test_every_connection_has_a_timeout_and_keepalive() -> None:

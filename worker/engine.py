@@ -33,7 +33,7 @@ from worker.codec import dump_job, load_job
 from worker.contract import CHUNK_TASK, ChunkJob, ErrorKind, batch_id_problem
 from worker.redisconn import check_eviction_policy, make_pool, redact
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
-from worker.settings import Settings
+from worker.settings import Settings, is_sentinel_url, parse_sentinel_url
 
 if TYPE_CHECKING:  # the producer imports this module for enqueueing and must not load the fetcher
     from worker.chunks import Runtime
@@ -46,6 +46,7 @@ JOB_KEY_PREFIX = job_key_prefix
 IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
 RECONNECT_CAP_S = 5.0
 STILL_DOWN_EVERY_S = 60.0
+RUNNING_WELL_S = 10.0  # a poll loop that ran this long before failing meets a new problem
 
 
 class WorkerCtx(TypedDict, total=False):
@@ -202,6 +203,22 @@ async def forget_try(ctx: WorkerCtx) -> None:
         log.debug("could not undo the try count of %s: %s", ctx.get("job_id"), exc)
 
 
+def arq_redis_settings(settings: Settings) -> RedisSettings:
+    """arq's own connection settings (used by `arq worker.WorkerSettings`; `fetchfleet worker` passes its
+    own pool): a redis+sentinel:// URL becomes arq's sentinel form."""
+    if not is_sentinel_url(settings.redis_url):
+        return RedisSettings.from_dsn(settings.redis_url)
+    target = parse_sentinel_url(settings.redis_url)
+    return RedisSettings(
+        host=list(target.sentinels),
+        sentinel=True,
+        sentinel_master=target.service,
+        database=target.db,
+        username=target.username,
+        password=target.password,
+    )
+
+
 def make_worker_id(settings: Settings) -> str:
     if settings.worker_id:
         return settings.worker_id
@@ -278,7 +295,7 @@ def build_worker_settings(settings: Settings) -> type:
     # polls (every poll_delay) and chunks sharing the slots end close together. With 2 held, ops/bench
     # saw no chunk running for 30% of the time; at 8 the gaps were gone.
     chunks_held = max(8, 2 * math.ceil(settings.concurrency / settings.chunk_size) + 2)
-    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    redis_settings = arq_redis_settings(settings)
     if settings.redis_password is not None:
         redis_settings.password = settings.redis_password.get_secret_value()
     if settings.redis_ca_file:
@@ -440,7 +457,8 @@ async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> Non
     their results wait in the recorder.
     """
     where = redact(settings.redis_url)
-    said: RedisProblem | None = None  # the problem last announced, until it is over
+    said: RedisProblem | None = None  # the problem last announced, until the loop runs well again
+    down = False  # a loss announced and not yet followed by "answers again"
     down_since = 0.0
     delay = 0.5
     while not stopper.requested:
@@ -456,11 +474,13 @@ async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> Non
         except REDIS_ERRORS as exc:
             if stopper.requested:
                 return
-            if time.monotonic() - started > STILL_DOWN_EVERY_S:
+            if time.monotonic() - started > RUNNING_WELL_S:
                 said, delay = None, 0.5  # the loop ran well for a while: this is a new problem
             problem = classify(exc)
             if problem is not said:
-                said, down_since = problem, time.monotonic()
+                # A relapse right after Redis answered again (connections the restart broke) is the
+                # same outage: not announced twice.
+                said, down, down_since = problem, True, time.monotonic()
                 log.warning("%s; retrying", describe(exc, where))
         await repair_after_crash(worker)
         last_said = time.monotonic()
@@ -478,11 +498,11 @@ async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> Non
                     log.warning("%s%s", still, describe(exc, where))
                 continue
             break
-        if said in (RedisProblem.UNREACHABLE, RedisProblem.AUTH):
+        if down and said in (RedisProblem.UNREACHABLE, RedisProblem.AUTH):
             # A ping answers: that problem is over. (A WRONGTYPE or READONLY is not seen by a ping; it
             # stays announced, and the poll loop restarts with a growing delay, until the loop runs.)
             log.info("Redis at %s answers again after %.1fs", where, time.monotonic() - down_since)
-            said, delay = None, 0.5
+            down, delay = False, 0.5
 
 
 async def run_worker(settings: Settings) -> None:

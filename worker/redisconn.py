@@ -8,14 +8,14 @@ from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import UnsafeRedis
 from worker.redact import redact
-from worker.settings import Settings
+from worker.settings import Settings, is_sentinel_url, parse_sentinel_url
 
 __all__ = [
     "check_eviction_policy",
@@ -30,7 +30,9 @@ __all__ = [
 def pool_kwargs(settings: Settings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionResetError],
+        # Not TimeoutError: a reply that did not come within the socket timeout has cost that long
+        # already; retried five times, a silent network cut would go unnoticed for half a minute.
+        "retry_on_error": [RedisConnectionError, ConnectionResetError],
         # No health_check_interval: with it, redis-py 5.3 recurses forever (PING in on_connect, retried,
         # reconnecting, PING again) when the server refuses the connection's first command, e.g. NOAUTH.
         # A dead idle connection is caught by the retry on ConnectionError instead.
@@ -57,7 +59,37 @@ def keepalive_options() -> dict[int, int]:
 
 
 def make_pool(settings: Settings) -> ConnectionPool:
+    if is_sentinel_url(settings.redis_url):
+        return sentinel_pool(settings)
     return ConnectionPool.from_url(settings.redis_url, **pool_kwargs(settings))
+
+
+class ClosingSentinelPool(SentinelConnectionPool):
+    """A Sentinel-managed pool that also closes its connections to the sentinels when it is closed."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        for sentinel in self.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
+def sentinel_pool(settings: Settings) -> ConnectionPool:
+    """Connections to the current primary of a Sentinel-watched service: the pool asks the sentinels
+    where it is for every new connection, and a demoted primary's READONLY reads as a lost connection,
+    so a failover is an outage like any other (reconnect with backoff)."""
+    target = parse_sentinel_url(settings.redis_url)
+    kwargs = pool_kwargs(settings)
+    kwargs["db"] = target.db
+    if target.username:
+        kwargs["username"] = target.username
+    if target.password is not None and "password" not in kwargs:
+        kwargs["password"] = target.password
+    # The sentinels themselves: the same timeouts, no password (set one with sentinel's own config).
+    sentinel_kwargs = {
+        k: v for k, v in kwargs.items() if k.startswith("socket_") or k in ("retry", "retry_on_error")
+    }
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
+    return ClosingSentinelPool(target.service, sentinel, **kwargs)
 
 
 def make_redis(settings: Settings) -> Redis:

@@ -7,8 +7,10 @@ import ipaddress
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -92,8 +94,10 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if is_sentinel_url(value):
+            parse_sentinel_url(value)  # a ValueError saying what is wrong, never echoing the URL
+        elif not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         return value
 
     @field_validator("allowed_networks", mode="before")
@@ -122,6 +126,56 @@ class Settings(BaseSettings):
     @property
     def resolved_worker_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """`redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]`, parsed."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.startswith(SENTINEL_SCHEME)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """The sentinels, service name, db and credentials of a `redis+sentinel://` URL (ValueError if it
+    is not one; the message never repeats the URL, which may hold a password)."""
+    rest = url[len(SENTINEL_SCHEME) :]
+    userinfo, at, rest = rest.rpartition("@") if "@" in rest else ("", "", rest)
+    hosts, _, path = rest.partition("/")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = (unquote(user) or None), (unquote(secret) if colon else None)
+    sentinels = []
+    for item in hosts.split(","):
+        host, port = item.strip(), str(SENTINEL_PORT)
+        if host.startswith("["):  # [::1]:26379
+            host, _, tail = host[1:].partition("]")
+            port = tail.removeprefix(":") or port
+        elif ":" in host:
+            host, _, port = host.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                "a sentinel address is not host:port (redis+sentinel://h:26379,h2:26379/service/0)"
+            )
+        sentinels.append((host, int(port)))
+    service, _, db = path.strip("/").partition("/")
+    if not service:
+        raise ValueError("names no service (redis+sentinel://h:26379,h2:26379/service/0)")
+    if db and not db.isdigit():
+        raise ValueError("database is not a number (redis+sentinel://h:26379/service/0)")
+    return SentinelTarget(tuple(sentinels), service, int(db or 0), username, password)
 
 
 def env_name(field: str) -> str:
