@@ -22,7 +22,7 @@ from tests.redis_proc import RedisProcess
 from worker.contract import ChunkJob, batch_key, batch_keys, done_key, results_key
 from worker.engine import enqueue_chunks
 from worker.errors import InvalidBatchId
-from worker.recorder import Recorder
+from worker.recorder import RECORD_LUA, Pending, Recorder, reversed_keys, script_args
 from worker.rediserrors import RedisProblem, classify
 from worker.settings import load_settings
 
@@ -124,8 +124,14 @@ async def test_out_of_range_index_fails_before_any_write(redis_url: str) -> None
     try:
         await r.hset(batch_key("b"), mapping={"submitted": 3})
         before = await _snapshot(r)
-        with pytest.raises(redis.ResponseError):
-            await _record(r, "b", [(0, b"{}"), (2**32, b"{}")])
+        for bad in (2**32, -1):
+            with pytest.raises(ValueError):  # refused by the recorder, before it joins a flush
+                await _record(r, "b", [(bad, b"{}")])
+            # and by the script itself, should arguments reach it some other way
+            script = r.register_script(RECORD_LUA)
+            args = script_args(600, [Pending("b", bad, False, b"{}", b"", asyncio.Future())])
+            with pytest.raises(redis.ResponseError):
+                await script(keys=reversed_keys("b"), args=[*args[:3], ""])
         assert await _snapshot(r) == before
     finally:
         await r.aclose()

@@ -17,6 +17,7 @@ log = logging.getLogger("fetchfleet.recorder")
 
 RECORD_LUA = files("worker").joinpath("record.lua").read_text()
 MAX_FLUSH = 1000
+MAX_INDEX = 2**32  # SETBIT's offsets: the done bitmap holds no index beyond
 LOST = -1  # record.lua's answer when the batch hash is gone or holds another incarnation
 
 
@@ -98,6 +99,9 @@ class Recorder:
         """
         if self._closed:
             raise RuntimeError("recorder is closed")
+        if not 0 <= index < MAX_INDEX:
+            # record.lua refuses it too, but with the whole flush: refused here, it fails its chunk only.
+            raise ValueError(f"result index {index} is outside 0..{MAX_INDEX - 1}")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append(Pending(batch_id, index, failed, payload, body or b"", fut, incarnation))
         self._wake.set()
