@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import wait_until, write_urls
+from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 from worker.codec import load_job
-from worker.contract import BATCHES_KEY, batch_key, chunk_job_id
+from worker.contract import BATCHES_KEY, batch_key, chunk_job_id, done_key, results_key
 from worker.engine import JOB_KEY_PREFIX
 
 PASSWORD = "Pw@" + secrets.token_hex(6) + ":/x"  # a password a URL parser would cut short
@@ -140,3 +141,25 @@ def test_submit_into_full_redis_completes_later_with_the_same_id(
         meta = r.hgetall(batch_key("fill"))
         assert (meta[b"complete"], int(meta[b"submitted"])) == (b"1", n)
     print(f"\nfull Redis: {queued_before} of {n // chunk} chunks queued before OOM; the rest after")
+
+
+@pytest.mark.slow
+def test_worker_reports_wrongtype_as_what_it_is(
+    private_redis: RedisProcess, http_target: HttpTarget, spawn_worker, tmp_path: Path
+) -> None:
+    """A key of another type where results go: the worker says WRONGTYPE, never "unreachable", does not
+    wait it out as an outage, and leaves the keys exactly as they were."""
+    urls = write_urls(tmp_path / "urls.txt", [http_target.url(f"/ok/{i}") for i in range(20)])
+    env = fetchfleet_env(private_redis.url)
+    made = run_cli(["submit", str(urls), "--batch-id", "wt"], env, 60)
+    assert made.returncode == 0, made.stderr.decode()
+    with private_redis.client() as r:
+        r.set(results_key("wt"), "planted")
+        w = spawn_worker(private_redis.url, chunk_max_tries=2)
+        wait_until(lambda: "WRONGTYPE" in w.log(), 30, "the worker to report WRONGTYPE")
+        wait_until(lambda: r.zcard(QUEUE) == 0, 30, "the chunk to be given up")
+        log = w.log()
+        assert "cannot reach" not in log and "unreachable" not in log.lower(), log[-3000:]
+        assert r.get(results_key("wt")) == b"planted"
+        assert not r.exists(done_key("wt")) and r.hget(batch_key("wt"), "done") is None
+    assert w.proc.poll() is None
