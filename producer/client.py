@@ -377,8 +377,7 @@ class Client:
         return complete == b"1" and recorded >= int(submitted or 0)
 
     async def cancel(self, batch_id: str) -> BatchStatus:
-        key = batch_key(check_batch_id(batch_id))
-        if not await self.redis.exists(key):
-            raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
-        await self.redis.hset(key, "cancelled", int(time.time() * 1000))
+        # Guarded like every producer write: a batch that vanishes meanwhile is not recreated by the flag.
+        incarnation = await self._incarnation(check_batch_id(batch_id))
+        await self._update(batch_id, incarnation, {"cancelled": int(time.time() * 1000)})
         return await self.status(batch_id)
