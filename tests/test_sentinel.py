@@ -15,11 +15,12 @@ import pytest
 import redis
 
 from producer.children import stop_process
+from producer.client import Client
 from producer.embedded import free_port
 from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_until, write_urls
 from tests.procs import ROOT, fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess, redis_binary
-from worker.contract import batch_key
+from worker.contract import batch_key, results_key
 from worker.errors import SettingsError
 from worker.settings import SentinelTarget, load_settings, parse_sentinel_url
 
@@ -37,6 +38,18 @@ def test_sentinel_url_forms() -> None:
         with pytest.raises(SettingsError) as caught:
             load_settings(redis_url=bad)
         assert "FETCHFLEET_REDIS_URL" in str(caught.value) and "Pw-secret" not in str(caught.value)
+
+
+async def test_a_reader_writes_each_index_once_after_a_failover(redis_url: str) -> None:
+    """After a failover a chunk records again what the new primary lost; a reader that had read the
+    first copies from the old primary must not write them twice."""
+    async with Client(load_settings(redis_url=redis_url)) as client:
+        await client.redis.hset(batch_key("fo"), mapping={"complete": 1, "submitted": 3})
+        for index in (0, 1, 1, 2, 0):  # 1 and 0 recorded again under new stream ids
+            await client.redis.xadd(results_key("fo"), {"r": json.dumps({"index": index}).replace(" ", "")})
+        got = [json.loads(doc)["index"] async for _c, doc in client.results("fo")]
+        followed = [json.loads(doc)["index"] async for _c, doc in client.results("fo", follow=True)]
+    assert got == [0, 1, 2] and followed == [0, 1, 2]
 
 
 class Sentinel:
