@@ -46,6 +46,8 @@ JOB_KEY_PREFIX = job_key_prefix
 IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
 RECONNECT_CAP_S = 5.0
 STILL_DOWN_EVERY_S = 60.0
+# Redis problems a chunk waits out instead of failing: none of them is the chunk's doing.
+WAIT_OUT = frozenset({RedisProblem.UNREACHABLE, RedisProblem.FULL, RedisProblem.READONLY, RedisProblem.AUTH})
 RUNNING_WELL_S = 10.0  # a poll loop that ran this long before failing meets a new problem
 
 
@@ -151,9 +153,9 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         raise Retry(defer=0) from None
     except REDIS_ERRORS as exc:
         problem = classify(exc)
-        if problem in (RedisProblem.UNREACHABLE, RedisProblem.FULL, RedisProblem.READONLY):
-            # Not the chunk's fault: it runs again once Redis is back, has room, or is writable again
-            # (a failover in progress); the try it used is given back.
+        if problem in WAIT_OUT:
+            # Not the chunk's fault: it runs again once Redis is back, has room, is writable again (a
+            # failover in progress) or takes the password again; the try it used is given back.
             # Unreachable: the poll loop announces the outage once; a line per chunk would flood.
             level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
             log.log(level, "chunk %s will run again: %s", job_id, describe(exc))
