@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -9,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from producer.client import Client
 from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
 from tests.procs import ROOT, fetchfleet_env
 from tests.redis_proc import RedisProcess
 from worker.contract import batch_key, batch_keys
+from worker.errors import BatchLost
+from worker.settings import load_settings
 
 LIMIT_S = 10
 
@@ -82,3 +86,28 @@ def test_redis_restarted_empty_mid_batch(spawn_worker, tmp_path: Path) -> None:
             p.communicate()
         target.stop()
         server.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["flushed", "recreated"])
+async def test_follower_sees_a_vanished_or_recreated_batch(how: str, redis_url: str) -> None:
+    async with Client(load_settings(redis_url=redis_url)) as client:
+        await client.submit(["http://example.test/a", "http://example.test/b"], batch_id="b1")
+
+        async def follow() -> list[bytes]:
+            return [doc async for _c, doc in client.results("b1", follow=True, block_ms=200)]
+
+        task = asyncio.create_task(follow())
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        if how == "flushed":
+            await client.redis.flushall()
+        else:  # deleted and submitted again by someone else: another incarnation under the same id
+            await client.redis.delete(*batch_keys("b1"))
+            await client.submit(["http://example.test/c"], batch_id="b1")
+        started = time.monotonic()
+        with pytest.raises(BatchLost, match=r"state was lost.*--batch-id b1"):
+            await asyncio.wait_for(task, 10)
+        assert time.monotonic() - started < 3
+        if how == "flushed":
+            assert await client.redis.dbsize() == 0  # nothing recreated
