@@ -1,34 +1,45 @@
 """The `fetchfleet` command line: submit, results, status, cancel, worker.
 
-Exit codes: 0 done, 1 failed (Redis unreachable, unknown batch), 2 bad input or usage, 130 interrupted.
+Exit codes: 0 done, 1 failed (Redis unreachable, unknown batch), 2 bad input or usage, 3 failed fetches
+(only with --fail-on), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.metadata
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from producer.client import Client, check_batch_id, new_batch_id
 from producer.inputs import entries, scan, spool_stdin
-from producer.output import FORMATS, open_writer
+from producer.messages import say
+from producer.output import FORMATS, OrderedWriter, Output, ResultWriter, open_output, printable
 from producer.progress import Progress
+from producer.summary import FAIL_ON, Summary
+from worker.contract import BatchOptions
 from worker.errors import BatchError, QueueUnavailable, SettingsError, UnsafeRedis, UsageError
 from worker.redisconn import redact
-from worker.rediserrors import REDIS_DOWN, REDIS_ERRORS, RedisProblem, classify, describe
-from worker.settings import Settings, load_settings
+from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
+from worker.settings import Settings, load_settings, worker_only_variables
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_FETCH_FAILED = 3  # only with --fail-on: some URLs' results are failures
 
 
 def _err(message: str) -> None:
-    print(f"fetchfleet: {message}", file=sys.stderr, flush=True)
+    say(message)
 
 
 # ---- submit -------------------------------------------------------------------------------------
@@ -39,81 +50,155 @@ def prepare_input(source: str) -> tuple[Path, str, bool]:
     if source == "-":
         return spool_stdin(), "<stdin>", True
     path = Path(source)
+    if path.is_dir():
+        raise UsageError(f"{source}: is a directory; give a file with one URL (or JSON object) per line")
     if not path.is_file():
         raise UsageError(f"{source}: no such file")
     return path, source, False
 
 
+BAD_LINES_SHOWN = 20  # 5,000 bad lines must not scroll the one that explains them off the screen
+
+
 def check_input(path: Path, label: str) -> tuple[int, str]:
-    """Count and digest the input; on any bad line, name each on stderr and stop with exit 2."""
-    report = scan(path, label, lambda line: print(line, file=sys.stderr))
-    if report.bad_lines:
-        noun = "line" if report.bad_lines == 1 else "lines"
-        raise UsageError(f"{label}: {report.bad_lines} bad {noun}; nothing was submitted")
-    if report.count == 0:
+    """Count and digest the input; on any bad line, name the first ones on stderr and stop with exit 2."""
+    shown = 0
+
+    def report(line: str) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= BAD_LINES_SHOWN:
+            say(line, prefix="")
+
+    report_ = scan(path, label, report)
+    if report_.bad_lines:
+        if report_.bad_lines > BAD_LINES_SHOWN:
+            say(f"... and {report_.bad_lines - BAD_LINES_SHOWN} more bad lines not shown", prefix="")
+        noun = "line" if report_.bad_lines == 1 else "lines"
+        raise UsageError(f"{label}: {report_.bad_lines} bad {noun}; nothing was submitted")
+    if report_.count == 0:
         raise UsageError(f"{label}: no URLs to submit")
-    return report.count, report.digest
+    return report_.count, report_.digest
+
+
+FLUSH_EVERY = 0.1  # seconds: a killed collector loses at most this much of what it had received
+NO_WORKER_AFTER = 5.0  # seconds without a live worker before `--wait` says so
+
+
+async def _flush_often(writer: ResultWriter) -> None:
+    # Writes and flushes both run on this event loop, so a flush never meets a half-written line.
+    while True:
+        await asyncio.sleep(FLUSH_EVERY)
+        writer.flush()
+
+
+async def _watch_workers(client: Client, batch_id: str) -> None:
+    """Say once when no worker has a live heartbeat, and once more when one appears; never stop waiting."""
+    from producer.stats import live_workers
+
+    warned = False
+    await asyncio.sleep(NO_WORKER_AFTER)
+    while True:
+        try:
+            workers = await live_workers(client)
+            if not workers and not warned and not await client._all_recorded(batch_id):
+                warned = True
+                say(
+                    f"no live worker on {redact(client.settings.redis_url)} (no heartbeat for "
+                    f"{NO_WORKER_AFTER:g}s): batch {batch_id} stays queued until one starts "
+                    "(`fetchfleet worker` with the same FETCHFLEET_REDIS_URL); still waiting"
+                )
+            elif workers and warned:
+                warned = False
+                say(f"{len(workers)} live worker(s) now; batch {batch_id} is being fetched")
+        except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
+            pass
+        await asyncio.sleep(2.0)
 
 
 async def collect(
     client: Client,
     batch_id: str,
-    output: str,
+    output: Output | str,
     fmt: str,
     follow: bool,
     progress: Progress | None,
-) -> int:
-    """Write a batch's results; returns how many were written."""
-    writer = open_writer(output, fmt)
-    written = 0
-    last_status = 0.0
+    *,
+    ordered: bool = False,
+    watch_workers: bool = False,
+    summary: Summary | None = None,
+) -> Summary:
+    """Write a batch's results; returns their summary (progress counts come from what was written)."""
+    if isinstance(output, str):
+        output = open_output(output, fmt)
+    summary = summary or Summary()
+    writer: ResultWriter = output.writer(fmt)
+    if ordered:
+        writer = OrderedWriter(writer)
+        for index in output.indexes():
+            writer.skip(index)
+    background = [asyncio.ensure_future(_flush_often(writer))]
+    if watch_workers:
+        background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
     try:
         async for _cursor, document in client.results(batch_id, follow=follow):
-            writer.write(document)
-            written += 1
+            doc = orjson.loads(document)
+            index = int(doc["index"])
+            if output.resumed and output.has(index):
+                continue  # already in the file from the run that was cut short
+            if isinstance(writer, OrderedWriter):
+                writer.write(document, index)
+            else:
+                writer.write(document)
+            summary.add(doc)
             if progress is not None:
-                now = time.monotonic()
-                failed = None
-                if now - last_status > 0.5:
-                    last_status = now
-                    try:
-                        failed = (await client.status(batch_id)).failed
-                    except (*REDIS_DOWN, BatchError):  # a lost batch is reported by results()
-                        failed = None
-                progress.update(written, failed)
+                progress.update(summary.done, summary.failed)
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         writer.close()
         if progress is not None:
-            try:
-                progress.update(written, (await client.status(batch_id)).failed)
-            except (*REDIS_DOWN, BatchError):
-                pass
+            progress.update(summary.done, summary.failed)
             progress.close()
-    return written
+    return summary
 
 
-def check_output(output: str) -> None:
-    """Refuse an output path that cannot be written before any work is queued."""
-    if output == "-":
+def report(summary: Summary, started: float, label: str, quiet: bool) -> None:
+    """The end-of-run summary on stderr: counts by outcome, an example URL each, hints for known causes."""
+    if quiet:
         return
-    parent = Path(output).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{output}: directory {parent} does not exist")
-    if Path(output).is_dir():
-        raise UsageError(f"{output}: is a directory")
+    say(
+        f"{label}{summary.done} result{'' if summary.done == 1 else 's'} in "
+        f"{time.monotonic() - started:.1f}s: "
+        f"{summary.done - summary.failed} ok, {summary.failed} failed"
+    )
+    # Where the workers are other processes, a worker-only setting set here did nothing: say so beside the
+    # hint that names it (`run` hands this environment to its own workers, so there it did count).
+    set_here = worker_only_variables() if label else []
+    for line in summary.lines(set_here):
+        say(line, prefix="")
+
+
+def outcome_code(summary: Summary, fail_on: str) -> int:
+    return EXIT_FETCH_FAILED if summary.should_fail(fail_on) else EXIT_OK
 
 
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     # The id is fixed before anything is queued, so that a submit cut short (Redis full, say) can say
     # which --batch-id completes it.
     batch_id = check_batch_id(args.batch_id) if args.batch_id is not None else new_batch_id()
-    if args.wait:
-        check_output(args.output)
     path, label, temporary = prepare_input(args.file)
+    output: Output | None = None
+    options = batch_options(args)
     try:
         total, digest = check_input(path, label)
+        if args.wait:  # opened now: an unwritable output must not leave a batch queued with no reader
+            output = open_output(args.output, args.format)
         async with Client(settings) as client:
             await client.ping()
+            args.submitting = batch_id
+            started = time.monotonic()
             try:
                 batch_id = await client.submit(
                     entries(path),
@@ -121,6 +206,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                     store_body=args.store_body,
                     total=total,
                     digest=digest,
+                    options=options,
                 )
             except REDIS_ERRORS as exc:
                 if classify(exc) is RedisProblem.UNREACHABLE:
@@ -131,13 +217,21 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                     f"run the same submit with --batch-id {batch_id} to queue the rest "
                     "(nothing is queued twice)"
                 ) from None
+            args.queued_batch = batch_id
             print(batch_id, file=sys.stderr if args.wait and args.output == "-" else sys.stdout, flush=True)
-            if not args.wait:
+            if output is None:
                 return EXIT_OK
+            queued, output = output, None
             progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
-            await collect(client, batch_id, args.output, args.format, True, progress)
-            return EXIT_OK
+            summary = await collect(
+                client, batch_id, queued, args.format, True, progress,
+                ordered=args.ordered, watch_workers=True,
+            )  # fmt: skip
+            report(summary, started, f"batch {batch_id}: ", args.quiet)
+            return outcome_code(summary, args.fail_on)
     finally:
+        if output is not None:
+            output.abandon()
         if temporary:
             path.unlink(missing_ok=True)
 
@@ -149,10 +243,13 @@ async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     check_batch_id(args.batch)
     async with Client(settings) as client:
         st = await client.status(args.batch)
+        output = open_output(args.output, args.format, resume=args.resume)
+        if output.resumed and not args.quiet:
+            say(f"{args.output}: {output.resumed_lines} results already there; adding the rest")
         progress = None
         if args.follow and not args.quiet:
             progress = Progress(st.submitted, f"batch {args.batch}")
-        await collect(client, args.batch, args.output, args.format, args.follow, progress)
+        await collect(client, args.batch, output, args.format, args.follow, progress, ordered=args.ordered)
     return EXIT_OK
 
 
@@ -163,16 +260,39 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(orjson.dumps(st.as_dict()).decode())
     else:
+        now_ms = int(time.time() * 1000)
         for key, value in st.as_dict().items():
-            print(f"{key:>12}: {value}")
+            if key.endswith("_ms"):  # people read times, scripts read --json
+                key, value = key.removesuffix("_ms"), human_time(value, now_ms)
+            print(f"{key:>12}: {printable(value)}")
     return EXIT_OK
+
+
+def human_time(ms: int | None, now_ms: int) -> str:
+    """ISO 8601 in local time with its offset, and how long ago: `2026-11-30T19:23:17+00:00 (3m ago)`."""
+    if not ms:
+        return "-"
+    when = datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
+    seconds = max(now_ms - ms, 0) // 1000
+    if seconds < 120:
+        age = f"{seconds}s"
+    elif seconds < 7200:
+        age = f"{seconds // 60}m"
+    elif seconds < 172800:
+        age = f"{seconds // 3600}h"
+    else:
+        age = f"{seconds // 86400}d"
+    return f"{when} ({age} ago)"
 
 
 async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     check_batch_id(args.batch)
     async with Client(settings) as client:
         st = await client.cancel(args.batch)
-    print(f"batch {st.batch_id} cancelled: {st.done}/{st.submitted} had results, {st.remaining} will not run")
+    print(
+        f"batch {printable(st.batch_id)} cancelled: {st.done}/{st.submitted} had results, "
+        f"{st.remaining} will not run"
+    )
     return EXIT_OK
 
 
@@ -226,18 +346,102 @@ EXAMPLES = {
 }
 
 
-def _add_output(p: argparse.ArgumentParser) -> None:
+def _add_output(p: argparse.ArgumentParser, ordered: bool = True) -> None:
     p.add_argument("-o", "--output", default="-", metavar="PATH", help="write results here ('-': stdout)")
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="result format (default jsonl)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    if ordered:
+        p.add_argument(
+            "--ordered",
+            action="store_true",
+            help="write results in input order (index 0, 1, ...), not as they finish; results that arrive "
+            "early wait in memory, then in a temporary file",
+        )
+
+
+def _add_batch_limits(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "batch limits",
+        "This batch's own fetch limits. Workers apply the stricter of these and their own\n"
+        "settings: a batch can narrow, never widen, what a worker allows.",
+    )
+    g.add_argument("--max-body-bytes", type=_positive, metavar="N", help="body cap (after decompression)")
+    g.add_argument("--connect-timeout", type=_seconds, metavar="S", help="seconds to connect")
+    g.add_argument("--read-timeout", type=_seconds, metavar="S", help="seconds between reads")
+    g.add_argument("--total-timeout", type=_seconds, metavar="S", help="seconds for one attempt")
+    g.add_argument(
+        "--only-networks",
+        metavar="CIDR,...",
+        help="fetch only addresses in these ranges, on top of the workers' private-network guard",
+    )
+
+
+def batch_options(args: argparse.Namespace) -> BatchOptions:
+    """The batch limits given on the command line (UsageError for a bad network list)."""
+    nets = getattr(args, "only_networks", None)
+    try:
+        return BatchOptions(
+            max_body_bytes=getattr(args, "max_body_bytes", None),
+            connect_timeout=getattr(args, "connect_timeout", None),
+            read_timeout=getattr(args, "read_timeout", None),
+            total_timeout=getattr(args, "total_timeout", None),
+            only_networks=tuple(n for n in nets.split(",") if n.strip()) if nets is not None else None,
+        )
+    except ValidationError as exc:
+        raise UsageError(f"--only-networks: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text!r}")
+    return value
+
+
+def _add_fail_on(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fail-on",
+        choices=FAIL_ON,
+        default="never",
+        help=f"exit {EXIT_FETCH_FAILED} when a result has an error kind (error-kinds) or is not ok at all, "
+        "HTTP 4xx/5xx included (any); default never: every URL with a result is success",
+    )
+
+
+BATCH_HELP = "the batch id that `submit` printed (also in `fetchfleet stats`)"
+
+
+def docs_url() -> str | None:
+    """The documentation link from the installed package's metadata ([project.urls] in pyproject)."""
+    try:
+        urls = importlib.metadata.metadata("fetchfleet").get_all("Project-URL") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = dict(u.split(", ", 1) for u in urls if ", " in u)
+    return found.get("Documentation") or found.get("Homepage")
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("fetchfleet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    url = docs_url()
     parser = argparse.ArgumentParser(
         prog="fetchfleet",
-        description="Distributed URL fetching over Redis.",
-        epilog="Settings come from FETCHFLEET_* environment variables; see the README.",
+        description="Distributed URL fetching over Redis. Start with `fetchfleet run urls.txt -o "
+        "results.jsonl`: it needs no Redis.",
+        epilog="Settings come from FETCHFLEET_* environment variables"
+        + (f"; documentation: {url}" if url else "")
+        + ". `fetchfleet COMMAND --help` describes each command.",
     )
+    parser.add_argument("--version", action="version", version=f"fetchfleet {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
@@ -249,35 +453,60 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
+    # `run` first: it is the command a newcomer needs, and the only one that needs nothing else running.
+    p = add("run", "fetch a file of URLs on this machine: a private server and local workers, then stop")
+    p.add_argument("file", metavar="FILE|-", help="input file (one URL or JSON object per line), - for stdin")
+    p.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: one per core)")
+    _add_output(p)
+    _add_fail_on(p)
+    _add_batch_limits(p)
+    p.epilog = (p.epilog or "") + "\n\n" + _run_notes(p)
+
     p = add("submit", "submit a file of URLs (one per line, or JSON lines) as a batch")
     p.add_argument("file", metavar="FILE|-", help="input file, or - for standard input")
     p.add_argument("--wait", action="store_true", help="wait for every result and write them out")
     p.add_argument("--batch-id", help="id for the batch; submitting again with it adds no work")
     p.add_argument("--store-body", action="store_true", help="keep response bodies in the results")
     _add_output(p)
+    _add_fail_on(p)
+    _add_batch_limits(p)
 
     p = add("results", "write the results of a batch")
-    p.add_argument("batch", metavar="BATCH")
+    p.add_argument("batch", metavar="BATCH", help=BATCH_HELP)
     p.add_argument("--follow", "-f", action="store_true", help="wait until every URL has a result")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="add to an existing -o file (JSON lines) only the results it lacks, e.g. after a killed "
+        "`submit --wait`; a half-written last line is cut",
+    )
     _add_output(p)
 
     p = add("status", "show a batch's progress")
-    p.add_argument("batch", metavar="BATCH")
-    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("batch", metavar="BATCH", help=BATCH_HELP)
+    p.add_argument("--json", action="store_true", help="one JSON object (times in epoch milliseconds)")
 
     p = add("cancel", "stop a batch: no new fetch of it starts anywhere")
-    p.add_argument("batch", metavar="BATCH")
+    p.add_argument("batch", metavar="BATCH", help=BATCH_HELP)
 
     p = add("stats", "show the queue depth, the live workers and the batches in progress")
     p.add_argument("--json", action="store_true", help="one JSON object")
 
     add("worker", "run a worker process (the same as `arq worker.WorkerSettings`)")
-
-    p = add("run", "fetch a file of URLs on this machine: a private server and local workers, then stop")
-    p.add_argument("file", metavar="FILE|-", help="input file, or - for standard input")
-    p.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: one per core)")
-    _add_output(p)
     return parser
+
+
+def _run_notes(p: argparse.ArgumentParser) -> str:
+    body = (
+        "Response bodies: add --body to keep them in the results."
+        if any("--body" in a.option_strings for a in p._actions)
+        else "Results carry each response's status, size and SHA-256, not its body."
+    )
+    return (
+        "Loopback, private and link-local addresses (127.0.0.1, 10.x, 192.168.x, 169.254.x, ...) are\n"
+        "refused with error kind `blocked`; FETCHFLEET_ALLOW_PRIVATE_NETWORKS=true (or\n"
+        "FETCHFLEET_ALLOWED_NETWORKS=CIDR,...) in this shell allows them.\n" + body
+    )
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int] | int]] = {
@@ -291,10 +520,23 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
 }
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like parse_args, but a stray argument is reported with the subcommand's usage, not the top one."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        command = sub.choices[args.command]
+        hint = ""
+        if args.command in ("run", "submit", "results") and not extra[0].startswith("-"):
+            hint = f" (to write the results to a file: -o {extra[0]})"
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else EXIT_USAGE
     try:
@@ -309,23 +551,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(outcome)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         _err("interrupted")
+        _still_queued(args)
         return EXIT_INTERRUPTED
     except (SettingsError, UsageError) as exc:
         _err(str(exc))
         return EXIT_USAGE
     except (BatchError, QueueUnavailable, UnsafeRedis) as exc:
-        _err(str(exc))
+        message = str(exc)
+        if "cannot reach Redis" in message:
+            message += "; " + redis_hint(args.command)
+        _err(message)
         return EXIT_FAILED
     except BrokenPipeError:
+        # Only stdout can raise it here (stderr goes through say()): its reader, e.g. `head`, has all
+        # it wanted. Point fd 1 at /dev/null so the interpreter's exit flush does not fail again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         _err(f"{exc.filename}: {exc.strerror}")
         return EXIT_USAGE
     except REDIS_ERRORS as exc:
-        # Any Redis error, by kind, on one line: never a traceback, never a command's arguments.
+        # Any Redis error, by kind, on one line (scripts and the guarantee tests read it as one): never a
+        # traceback, never a command's arguments; for an unreachable one, what to do.
         where = redact(settings.redis_url) if "settings" in locals() else ""
-        _err(describe(exc, where))
+        message = describe(exc, where)
+        if classify(exc) is RedisProblem.UNREACHABLE:
+            message += "; " + redis_hint(args.command)
+        _err(message)
         return EXIT_FAILED
+
+
+def redis_hint(command: str) -> str:
+    if command == "run":
+        return (
+            "run uses FETCHFLEET_REDIS_URL when it is set: start that Redis, or unset the variable "
+            "to let run start a private one"
+        )
+    return (
+        "start Redis there (e.g. `docker compose up -d redis`), point FETCHFLEET_REDIS_URL at "
+        "yours, or use `fetchfleet run FILE`, which needs no Redis"
+    )
+
+
+def _still_queued(args: argparse.Namespace) -> None:
+    """After Ctrl-C: the batch lives on in Redis; say how to get its results or stop it."""
+    batch = getattr(args, "queued_batch", None)
+    if batch:
+        out = getattr(args, "output", "-")
+        collect_ = f"fetchfleet results {batch} --follow"
+        if out != "-":
+            collect_ += f" -o {shlex.quote(out)} --resume"
+        say(f"batch {batch} is still queued: workers fetch it whether or not a command waits for it")
+        say(f"  collect its results:  {collect_}", prefix="")
+        say(f"  or stop it:           fetchfleet cancel {batch}", prefix="")
+    elif getattr(args, "submitting", None):
+        batch = args.submitting
+        say(
+            f"batch {batch} was only partly queued: `fetchfleet submit {shlex.quote(args.file)} "
+            f"--batch-id {batch}` queues the rest, `fetchfleet cancel {batch}` drops it"
+        )
 
 
 if __name__ == "__main__":

@@ -104,7 +104,10 @@ def lost_message(batch_id: str, why: str) -> str:
 
 def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
     def num(name: str) -> int:
-        return int(meta.get(name.encode(), b"0"))
+        try:
+            return int(meta.get(name.encode(), b"0"))
+        except ValueError:  # not written by fetchfleet: read as 0 rather than fail `stats`
+            return 0
 
     submitted, done = num("submitted"), num("done")
     complete = meta.get(b"complete") == b"1"
@@ -125,7 +128,7 @@ def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
         failed=num("failed"),
         enqueued=num("enqueued"),
         created_ms=num("created_ms"),
-        finished_ms=int(finished) if finished else None,
+        finished_ms=num("finished_ms") if finished else None,
     )
 
 
@@ -207,12 +210,14 @@ class Client:
         store_body: bool = False,
         total: int | None = None,
         digest: str | None = None,
+        options: BatchOptions | None = None,
     ) -> str:
         """Queue every request as chunk jobs and return the batch id.
 
         Submitting again with the same `batch_id` adds no work: a finished submission is left alone and
         an interrupted one resumes where it stopped. `digest` (of the input) guards against reusing an
-        id for different input.
+        id for different input. `options`: the batch's own fetch limits, which workers apply only where
+        they are stricter than their own settings.
         """
         if total is None and isinstance(requests, list | tuple):
             total = len(requests)
@@ -220,7 +225,7 @@ class Client:
         await self.check_server()
         s = self.settings
         key = batch_key(batch_id)
-        options = BatchOptions(store_body=store_body)
+        options = (options or BatchOptions()).model_copy(update={"store_body": store_body})
         meta = await self.redis.hgetall(key)
         if meta:
             incarnation = meta.get(INCARNATION_FIELD.encode(), b"").decode()
@@ -263,15 +268,15 @@ class Client:
             pass
         index = start
         chunk_no = start // size
-        while True:
+        # One chunk read ahead: the input's end is known before waiting for room, so a batch that
+        # exactly fills the queue does not wait for room it will never use.
+        urls = list(islice(it, size))
+        while urls:
             # Read no further than the queue has room for, so neither Redis nor this process grows
             # with the input while the workers are behind.
             room = min(CHUNKS_PER_ROUND_TRIP, await self._wait_for_room())
             pending: list[tuple[str, ChunkJob]] = []
-            while len(pending) < room:
-                urls = list(islice(it, size))
-                if not urls:
-                    break
+            while urls and len(pending) < room:
                 job = ChunkJob(
                     batch_id=batch_id,
                     incarnation=incarnation,
@@ -282,11 +287,9 @@ class Client:
                 pending.append((chunk_job_id(batch_id, chunk_no), job))
                 index += len(urls)
                 chunk_no += 1
-            if pending:
-                await enqueue_chunks(self.redis, s, pending)
-                await self._update(batch_id, incarnation, {"enqueued": index})
-            if len(pending) < room:
-                break
+                urls = list(islice(it, size))
+            await enqueue_chunks(self.redis, s, pending)
+            await self._update(batch_id, incarnation, {"enqueued": index})
         await self._update(batch_id, incarnation, {"complete": 1, "submitted": index})
         return batch_id
 

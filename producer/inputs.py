@@ -16,7 +16,9 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
-from worker.contract import FetchRequest, url_problem
+from producer.output import printable
+from worker.contract import FetchRequest, body_too_long, url_problem
+from worker.settings import load_settings
 
 Entry = str | FetchRequest
 
@@ -28,7 +30,7 @@ class ScanReport:
     digest: str
 
 
-def _parse(text: str) -> tuple[Entry | None, str | None]:
+def _parse(text: str, max_body: int | None = None) -> tuple[Entry | None, str | None]:
     """(entry, None), (None, reason), or (None, None) for a line to skip."""
     line = text.strip()
     if not line or line.startswith("#"):
@@ -44,27 +46,46 @@ def _parse(text: str) -> tuple[Entry | None, str | None]:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "line"
             return None, f"{where}: {err['msg'].removeprefix('Value error, ')}"
+        if max_body is not None and req.body is not None and body_too_long(req.body, max_body):
+            return None, f"body: longer than {max_body} bytes (FETCHFLEET_MAX_REQUEST_BODY_BYTES)"
         # Plain GETs travel as bare strings: smaller jobs, cheaper parsing on the worker.
         if req.method == "GET" and not req.headers and req.body is None:
             return req.url, None
         return req, None
     problem = url_problem(line)
     if problem:
-        return None, problem
+        return None, problem + _did_you_mean(line)
     return line, None
+
+
+def _did_you_mean(line: str) -> str:
+    """A bare host or host/path (`example.com`) most likely meant https://."""
+    if "://" in line or "." not in line.split("/", 1)[0] or url_problem(f"https://{line}"):
+        return ""
+    return f" (did you mean https://{line} ?)"
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str | None, bytes]]:
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             try:
-                yield number, raw.decode("utf-8"), raw
+                # Editors on Windows start UTF-8 files with a byte order mark: not part of line 1.
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError:
                 yield number, None, raw
+            else:
+                yield number, text, raw
 
 
-def scan(path: Path, label: str, report: Callable[[str], None]) -> ScanReport:
-    """Check every line; call `report("FILE:LINE: reason")` for each bad one."""
+def scan(
+    path: Path, label: str, report: Callable[[str], None], max_body_bytes: int | None = None
+) -> ScanReport:
+    """Check every line; call `report("FILE:LINE: reason")` for each bad one.
+
+    `max_body_bytes` caps a JSON line's body; None: FETCHFLEET_MAX_REQUEST_BODY_BYTES.
+    """
+    if max_body_bytes is None:
+        max_body_bytes = load_settings().max_request_body_bytes
     count = bad = 0
     digest = hashlib.sha256()
     for number, text, raw in _lines(path):
@@ -73,10 +94,10 @@ def scan(path: Path, label: str, report: Callable[[str], None]) -> ScanReport:
             bad += 1
             report(f"{label}:{number}: not valid UTF-8")
             continue
-        entry, problem = _parse(text)
+        entry, problem = _parse(text, max_body_bytes)
         if problem:
             bad += 1
-            report(f"{label}:{number}: {problem}")
+            report(f"{label}:{number}: {printable(problem)}")  # input text may hold escapes
         elif entry is not None:
             count += 1
     return ScanReport(count=count, bad_lines=bad, digest=digest.hexdigest())

@@ -24,7 +24,10 @@ from producer.children import Child, stop_all
 from producer.client import Client
 from producer.embedded import EmbeddedServer
 from producer.inputs import entries
+from producer.messages import say
+from producer.output import Output, open_output
 from producer.progress import Progress
+from producer.summary import Summary
 from worker.errors import LocalRunError, ServerUnavailable
 from worker.settings import Settings, env_name
 
@@ -218,45 +221,75 @@ async def guarded(work: Awaitable[T], cluster: LocalCluster) -> T:
 
 
 async def submit_and_collect(
-    settings: Settings, path: Path, total: int, digest: str, args: argparse.Namespace
-) -> int:
-    """The same Client calls as `submit --wait`; returns how many results were written."""
-    from producer.cli import collect
+    settings: Settings, path: Path, total: int, digest: str, args: argparse.Namespace, output: Output
+) -> Summary:
+    """The same Client calls as `submit --wait`; returns the summary of the results written."""
+    from producer.cli import batch_options, collect
 
     async with Client(settings) as client:
         await client.ping()
-        batch_id = await client.submit(entries(path), total=total, digest=digest)
+        options = batch_options(args)
+        batch_id = await client.submit(entries(path), total=total, digest=digest, options=options)
         progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
-        return await collect(client, batch_id, args.output, args.format, True, progress)
+        return await collect(client, batch_id, output, args.format, True, progress, ordered=args.ordered)
 
 
 def _say(message: str) -> None:
-    print(f"fetchfleet: {message}", file=sys.stderr, flush=True)
+    say(message)
+
+
+def check_workers(wanted: int, cores: int) -> str | None:
+    """A warning when far more worker processes than cores are asked for."""
+    if wanted <= 2 * cores:
+        return None
+    return (
+        f"{wanted} worker processes on {cores} core(s): each already runs FETCHFLEET_CONCURRENCY fetches "
+        f"at once, so more processes than cores only add memory and switching; try --workers {cores} "
+        "and raise FETCHFLEET_CONCURRENCY instead"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """`fetchfleet run`: check the input, start the cluster, fetch everything, tear it all down."""
-    from producer.cli import EXIT_FAILED, EXIT_OK, UsageError, check_input, prepare_input
+    from producer.cli import (
+        EXIT_FAILED,
+        UsageError,
+        batch_options,
+        check_input,
+        outcome_code,
+        prepare_input,
+        report,
+    )
     from worker.main import install_event_loop
 
     if args.output != "-" and not Path(args.output).resolve().parent.is_dir():
         raise UsageError(f"{args.output}: no such directory")  # before minutes of fetching, not after
+    batch_options(args)  # a bad --only-networks: exit 2 before anything starts
+    workers = args.workers or default_workers()
+    warning = check_workers(workers, default_workers())
+    if warning:
+        _say(warning)
     path, label, temporary = prepare_input(args.file)
     started = time.monotonic()
+    output: Output | None = None
     try:
         total, digest = check_input(path, label)  # bad input: exit 2 before anything starts
-        with _terminations_interrupt(), LocalCluster(settings, args.workers or default_workers()) as cluster:
+        # Opened (so checked: a directory, no permission) before any server or worker starts.
+        output = open_output(args.output, args.format)
+        with _terminations_interrupt(), LocalCluster(settings, workers) as cluster:
             if not args.quiet:
                 _say(f"{total} URLs, {cluster.describe()}")
             install_event_loop()
-            work = submit_and_collect(cluster.settings, path, total, digest, args)
-            written = asyncio.run(guarded(work, cluster))
-        if not args.quiet:
-            _say(f"{written} results in {time.monotonic() - started:.1f}s")
-        return EXIT_OK
+            work = submit_and_collect(cluster.settings, path, total, digest, args, output)
+            output = None  # the collector owns it now
+            summary = asyncio.run(guarded(work, cluster))
+        report(summary, started, "", args.quiet)
+        return outcome_code(summary, args.fail_on)
     except (LocalRunError, ServerUnavailable) as exc:
         _say(str(exc))
         return EXIT_FAILED
     finally:
+        if output is not None:
+            output.abandon()
         if temporary:
             path.unlink(missing_ok=True)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import heapq
 import io
+import os
+import re
+import sqlite3
+import stat
 import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Protocol
 
 import orjson
+
+from worker.errors import UsageError
 
 CSV_FIELDS = (
     "index",
@@ -28,8 +40,33 @@ CSV_FIELDS = (
 FORMATS = ("jsonl", "csv")
 
 
+# Characters that move a terminal's cursor, recolour it, end a line or reorder text (bidi controls,
+# "Trojan Source"): C0 and C1 controls, DEL, the line and paragraph separators, bidi marks.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """`text` safe for a terminal: every control character written as an escape (`\\x1b`, `\\n`)."""
+    s = text if isinstance(text, str) else str(text)
+    if _UNPRINTABLE.search(s) is None:
+        return s
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
+
+
+# OWASP's CSV injection rule: a cell starting with one of these is a formula to a spreadsheet.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell as written: text that a spreadsheet would run as a formula gets a leading `'`."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return "" if value is None else value
+
+
 class ResultWriter(Protocol):
     def write(self, document: bytes) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -40,6 +77,9 @@ class JsonLinesWriter:
     def write(self, document: bytes) -> None:
         self._out.write(document + b"\n")
 
+    def flush(self) -> None:
+        self._out.flush()
+
     def close(self) -> None:
         self._out.flush()
         if self._owned:
@@ -47,17 +87,22 @@ class JsonLinesWriter:
 
 
 class CsvWriter:
-    def __init__(self, out: IO[bytes], owned: bool) -> None:
+    def __init__(self, out: IO[bytes], owned: bool, header: bool = True) -> None:
         self._raw, self._owned = out, owned
         self._text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
         self._csv = csv.writer(self._text)
-        self._csv.writerow(CSV_FIELDS)
+        if header:
+            self._csv.writerow(CSV_FIELDS)
 
     def write(self, document: bytes) -> None:
         r = orjson.loads(document)
         err = r.get("error") or {}
         row = {**r, "error_kind": err.get("kind"), "error_message": err.get("message")}
-        self._csv.writerow(["" if row.get(f) is None else row.get(f) for f in CSV_FIELDS])
+        self._csv.writerow([csv_cell(row.get(f)) for f in CSV_FIELDS])
+
+    def flush(self) -> None:
+        self._text.flush()
+        self._raw.flush()
 
     def close(self) -> None:
         self._text.flush()
@@ -76,3 +121,187 @@ def open_writer(path: str, fmt: str = "jsonl") -> ResultWriter:
     if fmt == "csv":
         return CsvWriter(out, owned)
     return JsonLinesWriter(out, owned)
+
+
+# ---- an output opened before any work is queued ---------------------------------------------------
+
+
+@dataclass
+class Output:
+    """An output file opened (so checked writable) before the batch is queued, truncated only once the
+    batch exists: a refused submit neither leaves an orphan batch nor wipes an earlier results file."""
+
+    path: str
+    file: IO[bytes] | None  # None: standard output
+    created: bool = False
+    resumed: bool = False
+    # indexes already in the file, for --resume (a bitmap: one bit per index, so 10 million URLs cost 1.2 MB)
+    seen: bytearray = field(default_factory=bytearray)
+    resumed_lines: int = 0
+
+    def has(self, index: int) -> bool:
+        byte = index >> 3
+        return 0 <= byte < len(self.seen) and bool(self.seen[byte] & (1 << (index & 7)))
+
+    def mark(self, index: int) -> None:
+        byte = index >> 3
+        if byte >= len(self.seen):
+            self.seen.extend(bytes(byte + 1 - len(self.seen)))
+        self.seen[byte] |= 1 << (index & 7)
+
+    def indexes(self) -> Iterator[int]:
+        """The indexes already in the file, in order."""
+        for byte_no, byte in enumerate(self.seen):
+            if byte:
+                for bit in range(8):
+                    if byte & (1 << bit):
+                        yield (byte_no << 3) + bit
+
+    def abandon(self) -> None:
+        """Nothing was queued after all: close, and remove the file if this run created it."""
+        if self.file is not None:
+            self.file.close()
+            if self.created:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+
+    def writer(self, fmt: str) -> ResultWriter:
+        if self.file is None:
+            out, owned = sys.stdout.buffer, False
+        else:
+            out, owned = self.file, True
+            # Only a regular file is emptied: /dev/null, a FIFO or a terminal cannot be (EINVAL, ESPIPE)
+            if not self.resumed and stat.S_ISREG(os.fstat(out.fileno()).st_mode):
+                out.seek(0)
+                out.truncate()
+        if fmt == "csv":
+            return CsvWriter(out, owned, header=not self.resumed_lines)
+        return JsonLinesWriter(out, owned)
+
+
+def open_output(path: str, fmt: str = "jsonl", resume: bool = False) -> Output:
+    """Open `path` for writing now, without truncating it; `--resume` reads which indexes it holds."""
+    if path == "-":
+        if resume:
+            raise UsageError("--resume needs an output file (-o PATH), not standard output")
+        return Output(path, None)
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{path}: is a directory")
+    if not target.resolve().parent.is_dir():
+        raise UsageError(f"{path}: directory {target.resolve().parent} does not exist")
+    existed = target.exists()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+    regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    out = Output(path, os.fdopen(fd, "r+b" if regular else "wb"), created=not existed)
+    if resume:
+        if not regular:
+            out.abandon()
+            raise UsageError(f"{path}: --resume needs a regular file")
+        if fmt != "jsonl":
+            out.abandon()
+            raise UsageError("--resume reads the indexes of a JSON lines file: use it with --format jsonl")
+        _read_back(out)
+    return out
+
+
+def _read_back(out: Output) -> None:
+    """Note every complete line's index; cut a half-written last line (the process was killed mid-line)."""
+    assert out.file is not None
+    out.resumed = True
+    good = 0
+    out.file.seek(0)
+    for line in out.file:
+        if not line.endswith(b"\n"):
+            break
+        try:
+            index = orjson.loads(line)["index"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            break  # not one of ours from here on: keep what came before
+        out.mark(int(index))
+        good += len(line)
+        out.resumed_lines += 1
+    out.file.seek(good)
+    out.file.truncate()
+
+
+class OrderedWriter:
+    """Results in index order (`--ordered`) with bounded memory.
+
+    A result whose turn has not come waits in a dict; past `memory_limit` waiting results, the rest wait
+    in a temporary SQLite file keyed by index, so a batch whose first URL is slowest costs disk, not RAM.
+    """
+
+    def __init__(self, inner: ResultWriter, first: int = 0, memory_limit: int = 10_000) -> None:
+        self.inner, self.next, self.memory_limit = inner, first, memory_limit
+        self._waiting: dict[int, bytes] = {}
+        self._spill: sqlite3.Connection | None = None
+        self._spill_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.spilled = 0
+
+    def write(self, document: bytes, index: int | None = None) -> None:
+        if index is None:
+            index = int(orjson.loads(document)["index"])
+        if index != self.next:
+            self._hold(index, document)
+            return
+        self.inner.write(document)
+        self.next += 1
+        self._release()
+
+    def skip(self, index: int) -> None:
+        """`index` is already written (a resumed file): its turn passes."""
+        if index == self.next:
+            self.next += 1
+            self._release()
+        else:
+            self._hold(index, None)
+
+    def _hold(self, index: int, document: bytes | None) -> None:
+        if len(self._waiting) < self.memory_limit:
+            self._waiting[index] = document or b""
+            return
+        if self._spill is None:
+            self._spill_dir = tempfile.TemporaryDirectory(prefix="fetchfleet-ordered-")
+            self._spill = sqlite3.connect(Path(self._spill_dir.name) / "wait.db")
+            self._spill.execute("CREATE TABLE wait (i INTEGER PRIMARY KEY, doc BLOB)")
+        self._spill.execute("INSERT OR REPLACE INTO wait VALUES (?, ?)", (index, document or b""))
+        self.spilled += 1
+
+    def _take(self, index: int) -> bytes | None:
+        if index in self._waiting:
+            return self._waiting.pop(index)
+        if self._spill is not None:
+            row = self._spill.execute("SELECT doc FROM wait WHERE i = ?", (index,)).fetchone()
+            if row is not None:
+                self._spill.execute("DELETE FROM wait WHERE i = ?", (index,))
+                return bytes(row[0])
+        return None
+
+    def _release(self) -> None:
+        while (doc := self._take(self.next)) is not None:
+            if doc:
+                self.inner.write(doc)
+            self.next += 1
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        """Whatever still waits (a gap: `results` of an unfinished batch) goes out in index order."""
+        try:
+            rest: Iterable[tuple[int, bytes]] = sorted(self._waiting.items())
+            if self._spill is not None:  # merged as they stream: the spilled rows are never all in memory
+                rest = heapq.merge(rest, self._spill.execute("SELECT i, doc FROM wait ORDER BY i"))
+            for _index, doc in rest:
+                if doc:
+                    self.inner.write(doc)
+        finally:
+            if self._spill is not None:
+                self._spill.close()
+            if self._spill_dir is not None:
+                self._spill_dir.cleanup()
+            self.inner.close()

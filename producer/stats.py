@@ -11,6 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from producer.client import BatchStatus, Client, status_from_meta
+from producer.output import printable
 from worker.contract import BATCHES_KEY, WORKERS_KEY, BatchState, batch_key, worker_key
 
 RECENT_BATCHES = 200  # newest batches looked at; older ones in progress are still in `status BATCH`
@@ -30,21 +31,30 @@ class WorkerInfo:
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerInfo:
-        d = {k.decode(): v.decode() for k, v in raw.items()}
+        """From a heartbeat hash; whatever else a Redis writer left there reads as 0 or text, no crash."""
+        d = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
         return cls(
             id=d.get("id", "?"),
             host=d.get("host", "?"),
-            pid=int(d.get("pid", 0)),
-            in_flight=int(d.get("in_flight", 0)),
-            concurrency=int(d.get("concurrency", 0)),
-            fetches=int(d.get("fetches", 0)),
-            fetches_per_s=float(d.get("fetches_per_s", 0)),
-            started_ms=int(d.get("started_ms", 0)),
-            seen_ms=int(d.get("seen_ms", 0)),
+            pid=_number(d, "pid", int),
+            in_flight=_number(d, "in_flight", int),
+            concurrency=_number(d, "concurrency", int),
+            fetches=_number(d, "fetches", int),
+            fetches_per_s=_number(d, "fetches_per_s", float),
+            started_ms=_number(d, "started_ms", int),
+            seen_ms=_number(d, "seen_ms", int),
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}
+
+
+def _number(d: dict[str, str], key: str, kind: type[int] | type[float]) -> Any:
+    try:
+        value = kind(d.get(key, 0))
+    except (ValueError, OverflowError):
+        return kind(0)
+    return value if value == value and abs(value) != float("inf") else kind(0)  # no NaN or infinity
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,7 @@ async def _live_hashes(
     redis: Redis, index_key: str, members: list[bytes], key_of: Callable[[str], str]
 ) -> dict[str, dict[bytes, bytes]]:
     """The hashes of an index zset's members, in order; members whose hash expired leave the index."""
-    ids = [m.decode() for m in members]
+    ids = [m.decode(errors="replace") for m in members]
     if not ids:
         return {}
     async with redis.pipeline(transaction=False) as pipe:
@@ -113,14 +123,15 @@ def render_plain(stats: ClusterStats) -> str:
     lines = [f"queue depth: {stats.queue_depth} chunks", f"live workers: {len(stats.workers)}"]
     for w in stats.workers:
         lines.append(
-            f"  {w.id}  host={w.host} pid={w.pid} in_flight={w.in_flight}/{w.concurrency} "
+            f"  {printable(w.id)}  host={printable(w.host)} pid={w.pid} "
+            f"in_flight={w.in_flight}/{w.concurrency} "
             f"fetches/s={w.fetches_per_s:g} up={_age(w.started_ms, now_ms)}"
         )
     lines.append(f"batches in progress: {len(stats.batches)}")
     for b in stats.batches:
         pct = 100.0 * b.done / b.submitted if b.submitted else 0.0
         lines.append(
-            f"  {b.batch_id}  {b.state.value} {b.done}/{b.submitted} ({pct:.0f}%) "
+            f"  {printable(b.batch_id)}  {b.state.value} {b.done}/{b.submitted} ({pct:.0f}%) "
             f"failed={b.failed} age={_age(b.created_ms, now_ms)}"
         )
     return "\n".join(lines)
@@ -129,6 +140,7 @@ def render_plain(stats: ClusterStats) -> str:
 def render_rich(stats: ClusterStats) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # a Text cell is shown as it is: no [markup] read from stored strings
 
     now_ms = int(time.time() * 1000)
     console = Console()
@@ -138,7 +150,8 @@ def render_rich(stats: ClusterStats) -> None:
         workers.add_column(col, justify="left" if col in ("id", "host") else "right")
     for w in stats.workers:
         workers.add_row(
-            w.id, w.host, str(w.pid), f"{w.in_flight}/{w.concurrency}", f"{w.fetches_per_s:g}",
+            Text(printable(w.id)), Text(printable(w.host)), str(w.pid), f"{w.in_flight}/{w.concurrency}",
+            f"{w.fetches_per_s:g}",
             _age(w.started_ms, now_ms),
         )  # fmt: skip
     console.print(workers)
@@ -148,7 +161,8 @@ def render_rich(stats: ClusterStats) -> None:
     for b in stats.batches:
         pct = 100.0 * b.done / b.submitted if b.submitted else 0.0
         batches.add_row(
-            b.batch_id, b.state.value, str(b.done), str(b.submitted), str(b.failed), f"{pct:.0f}%",
+            Text(printable(b.batch_id)), b.state.value, str(b.done), str(b.submitted), str(b.failed),
+            f"{pct:.0f}%",
             _age(b.created_ms, now_ms),
         )  # fmt: skip
     console.print(batches)

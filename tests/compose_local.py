@@ -88,3 +88,17 @@ def duration_seconds(value: str | int | float) -> float:
     if not parts or "".join(n + u for n, u in parts) != value:
         raise ValueError(f"not a compose duration: {value!r}")
     return sum(float(n) * units[u] for n, u in parts)
+
+
+def healthcheck_argv(service: dict[str, Any]) -> list[str]:
+    """The service's `CMD` healthcheck as the container runs it: Compose turns `$$` into `$`.
+
+    A single `$` would be interpolated by Compose from the host's environment, not the container's.
+    """
+    test = service["healthcheck"]["test"]
+    if test[0] != "CMD":
+        raise AssertionError(f"healthcheck is not in CMD form: {test!r}")
+    for arg in test[1:]:
+        if re.search(r"(?<!\$)\$(?!\$)", arg.replace("$$", "")):
+            raise AssertionError(f"healthcheck argument interpolated by Compose on the host: {arg!r}")
+    return [arg.replace("$$", "$") for arg in test[1:]]

@@ -12,9 +12,9 @@ from aiohttp import web
 class HttpTarget:
     """Routes: /ok/{size} (size bytes of "x", after ?delay_ms=N), /status/{code}. Counts requests per path."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
-        self.port = 0
+        self.port = port  # 0: a free one, known once started
         self.hits: Counter[str] = Counter()
         self.app = web.Application()
         self.app.router.add_get("/ok/{size}", self._ok)
@@ -53,7 +53,7 @@ class HttpTarget:
         asyncio.set_event_loop(self._loop)
         self._runner = web.AppRunner(self.app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, self.host, 0, backlog=1024)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         self._loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._ready.set()
@@ -66,3 +66,20 @@ class HttpTarget:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+
+def main() -> None:
+    """`python http_target.py PORT`: serve on every address until SIGTERM (test_compose_real's target)."""
+    import signal
+    import sys
+
+    # As a container's pid 1 a process gets no default SIGTERM action: without a handler `docker compose
+    # stop` would wait out the grace period and kill it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    target = HttpTarget(host="0.0.0.0", port=int(sys.argv[1])).start()
+    print(f"serving on {target.base}", flush=True)
+    signal.pause()
+
+
+if __name__ == "__main__":
+    main()

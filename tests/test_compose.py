@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,7 @@ from tests.compose_local import (
     ROOT,
     bind_mounts,
     duration_seconds,
+    healthcheck_argv,
     load_compose,
     local_argv,
     rewrite_paths,
@@ -158,6 +161,44 @@ def wait_healthy(port: int, timeout: float = 30.0) -> None:
     raise AssertionError(f"worker on :{port} never became healthy")
 
 
+def run_healthcheck(service: dict[str, Any], env: dict[str, str]) -> int:
+    """The service's healthcheck command, run here as the container would run it."""
+    argv = healthcheck_argv(service)
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    return subprocess.run(argv, env=env, capture_output=True, timeout=30, check=False).returncode
+
+
+class StubHealth(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+
+@pytest.mark.slow
+def test_the_worker_healthcheck_tells_200_from_503_and_from_silence(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubHealth)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = {**os.environ, "FETCHFLEET_METRICS_PORT": str(server.server_address[1])}
+    try:
+        StubHealth.status = 200
+        assert run_healthcheck(worker, env) == 0
+        StubHealth.status = 503
+        assert run_healthcheck(worker, env) != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run_healthcheck(worker, {**env, "FETCHFLEET_METRICS_PORT": str(free_port())}) != 0
+
+
 class LocalCluster:
     """The compose services as local processes, with only what a laptop cannot share rewritten."""
 
@@ -192,12 +233,13 @@ class LocalCluster:
         return proc
 
     def run(
-        self, service: str, command: list[str] | None = None, timeout: float = 180
+        self, service: str, command: list[str] | None = None, timeout: float = 180, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.argv(service, command),
             env=self.env(service),
             cwd=ROOT,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -205,9 +247,7 @@ class LocalCluster:
         )
 
     def healthcheck(self, service: str, env: dict[str, str]) -> int:
-        test = self.compose["services"][service]["healthcheck"]["test"]
-        assert test[0] == "CMD" and test[1] == "python"
-        return subprocess.run([sys.executable, *test[2:]], env=env, timeout=30, check=False).returncode
+        return run_healthcheck(self.compose["services"][service], env)
 
     def stop(self) -> None:
         for p in self.procs:
@@ -251,14 +291,12 @@ def test_compose_services_run_as_local_processes(
         for i in range(1000):
             size = 50 + i % 500
             expected[i] = (http_target.url(f"/ok/{size}"), size)
-        (data / "urls.txt").write_text("".join(f"{u}\n" for u, _ in expected.values()))
-        proc = cluster.run(
-            "producer"
-        )  # the file's default: submit /data/urls.txt --wait -o /data/results.jsonl
+        urls = "".join(f"{u}\n" for u, _ in expected.values())
+        proc = cluster.run("producer", stdin=urls)  # the file's default: submit - --wait
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
 
-        results = [json.loads(line) for line in (data / "results.jsonl").read_text().splitlines()]
+        results = [json.loads(line) for line in proc.stdout.splitlines()]
         assert sorted(r["index"] for r in results) == list(range(1000))
         for r in results:
             url, size = expected[r["index"]]

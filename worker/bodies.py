@@ -10,6 +10,8 @@ import zlib
 
 import orjson
 
+from worker.charsets import codec_for
+
 # Past this, the producer refuses to inflate a stored body: a hostile Redis writer cannot make a
 # producer allocate more than the largest cap a worker would ever store.
 MAX_INFLATED = 1 << 30
@@ -32,23 +34,44 @@ def unpack(stored: bytes) -> tuple[bytes, bool]:
     return body, stored[:1] == b"\x01"
 
 
-def body_fields(body: bytes, content_type: str | None) -> tuple[str, str]:
-    """(body, encoding): text where it decodes in its declared charset (UTF-8 if none), else base64."""
-    charset = "utf-8"
-    if content_type and "charset=" in content_type.lower():
-        tail = content_type[content_type.lower().index("charset=") + 8 :]
-        charset = tail.split(";", 1)[0].strip().strip("\"'") or "utf-8"
-    try:
-        return body.decode(charset), "text"
-    except (UnicodeDecodeError, LookupError):
-        return base64.b64encode(body).decode("ascii"), "base64"
+def declared_charset(content_type: object) -> str | None:
+    """The `charset` parameter of a Content-Type value as sent, or None. Any shape of value is fine."""
+    if not isinstance(content_type, str):
+        return None
+    for param in content_type.split(";")[1:]:
+        name, sep, value = param.partition("=")
+        if sep and name.strip().lower() == "charset":
+            return value
+    return None
+
+
+def body_fields(body: bytes, content_type: object) -> tuple[str, str]:
+    """(body, encoding): text where it decodes in its declared charset (UTF-8 if none), else base64.
+
+    Only the charsets of the WHATWG Encoding Standard are decoded (worker.charsets): a server chooses
+    the label, and Python's codec registry also holds quadratic (punycode), failing (undefined) and
+    non-text codecs. Anything else, and any error at all, gives base64: collection never stops here.
+    """
+    label = declared_charset(content_type)
+    codec = "utf-8" if label is None or not label.strip(" \t\"'") else codec_for(label)
+    if codec is not None:
+        try:
+            return body.decode(codec), "text"
+        except Exception:  # whatever a decoder raises, the body is kept as base64
+            pass
+    return base64.b64encode(body).decode("ascii"), "base64"
 
 
 def merge_body(document: bytes, stored: bytes | None) -> bytes:
     """The result document with its stored body added as `body` and `body_encoding`."""
     if not stored:
         return document
-    doc = orjson.loads(document)
+    try:
+        doc = orjson.loads(document)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):  # not a result document (planted in Redis): passed on as it is
+        return document
     try:
         body, truncated = unpack(stored)
     except (zlib.error, ValueError) as exc:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from worker.batchpolicy import batch_policy
 from worker.cancel import CancelWatch
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, batch_key, done_key
 from worker.errors import HandBack
@@ -130,7 +131,9 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
                 )
             rt.in_flight += 1
             try:
-                outcome = await rt.fetcher.fetch(req, keep_body=job.options.store_body)
+                outcome = await rt.fetcher.fetch(
+                    req, keep_body=job.options.store_body, batch=batch_policy(job.options)
+                )
             finally:
                 rt.in_flight -= 1
                 rt.fetches += 1

@@ -1,15 +1,18 @@
 """The job contract: what a fetch request, a chunk job and a result are, and every Redis key name.
 
-Imports only pydantic and the standard library, so a producer can use it without the fetcher.
+Imports only pydantic and the standard library (and idna, for international host names only), so a
+producer can use it without the fetcher.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_URL_BYTES = 8192
 KEY_PREFIX = "ff"
@@ -71,14 +74,127 @@ def url_problem(url: str) -> str | None:
     if not sep or scheme.lower() not in ("http", "https"):
         return "not an http or https URL"
     authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    host = authority.rpartition("@")[2]
-    if host.startswith("["):
-        host = host[1 : host.find("]")] if "]" in host else ""
+    hostport = authority.rpartition("@")[2]
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        host, port = (hostport[1:close], hostport[close + 1 :]) if close > 0 else ("", "")
+        if host and not _is_ipv6(host):
+            return "URL host in [] is not an IPv6 address"
+        if port and not port.startswith(":"):
+            return "URL has characters after its [IPv6] host"
+        port = port[1:]
     else:
-        host = host.partition(":")[0]
+        host, sep, port = hostport.partition(":")
     if not host:
         return "URL has no host"
+    if port and not (len(port) <= 5 and port.isdigit() and port.isascii() and 1 <= int(port) <= 65535):
+        return "URL port is not a number from 1 to 65535"
+    if not hostport.startswith("["):
+        return host_problem(host)
     return None
+
+
+# A host name as DNS and the URL standard take it: dot-separated labels of letters, digits, "-" and
+# "_" (used in real names although not LDH), 1 to 63 each, 253 in all; a final dot allowed. IP
+# literals in any notation (127.1, 0x7f000001) fit it too, and the SSRF guard reads them later.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
+_ASCII_HOST = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?")
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` (no brackets, no port) is not a host name, or None. Non-ASCII names go through IDNA."""
+    if host.isascii():
+        if len(host) > 254 or _ASCII_HOST.fullmatch(host) is None:
+            return "URL host is not a valid host name"
+        if _NUMERIC_LABEL.fullmatch(host.rstrip(".").rpartition(".")[2]):
+            # The URL standard's rule: a host whose last label is a number is an IPv4 address, in
+            # any notation inet_aton reads (127.1, 0x7f000001, 0177.0.0.1), or it is no host at all.
+            try:
+                socket.inet_aton(host.rstrip("."))
+            except OSError:
+                return "URL host is not a valid IPv4 address"
+            return None
+        if "xn--" not in host.lower():
+            return None
+    import idna  # only for internationalised names: the producer's plain path stays pydantic-only
+
+    try:
+        # UTS 46 mapping, as browsers and yarl apply it, then IDNA 2008's rules for each label.
+        encoded = idna.encode(host.rstrip("."), uts46=True)
+    except (idna.IDNAError, UnicodeError, ValueError) as exc:
+        return f"URL host is not a valid IDNA host name ({exc})"
+    if len(encoded) > 253:
+        return "URL host is longer than 253 bytes"
+    return None
+
+
+def _is_ipv6(text: str) -> bool:
+    if "%" in text:  # no zone ids ("%25eth0"): a fetch target has no business with them
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# RFC 9110 section 5.1: a field name is a token; section 5.5: a field value holds no CR, LF, NUL or
+# other control character but HTAB (obs-text, bytes from 0x80, is tolerated as the RFC allows).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 8192
+
+
+def headers_problem(headers: dict[str, str]) -> str | None:
+    """Why these request headers cannot be sent as they are, or None."""
+    if len(headers) > MAX_HEADERS:
+        return f"more than {MAX_HEADERS} headers"
+    for name, value in headers.items():
+        if not name:
+            return "empty header name"
+        if len(name) > 256 or _TOKEN.fullmatch(name) is None:
+            return f"header name {name[:64]!r} is not an RFC 9110 token"
+        if _BAD_VALUE_CHAR.search(value):
+            return f"header {name!r}: value holds a control character (CR, LF, NUL ...)"
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_HEADER_BYTES:
+            return f"header {name!r}: value longer than {MAX_HEADER_BYTES} bytes"
+    return None
+
+
+def body_too_long(body: str, limit: int) -> bool:
+    """Whether a request body is more than `limit` bytes in UTF-8."""
+    # Characters first: at most 4 bytes each, so most bodies are judged without encoding them.
+    return len(body) > limit or (4 * len(body) > limit and len(body.encode("utf-8", "surrogatepass")) > limit)
+
+
+# scheme://user:password@ anywhere in a text; greedy up to the last "@" of the authority, so that a
+# password holding "@" is masked whole.
+_USERINFO_IN_TEXT = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#:@]*:)[^\s/?#]*@")
+
+
+def mask_passwords_in(text: str) -> str:
+    """`text` (an error message, say) with the password of every URL in it replaced by `***`."""
+    return _USERINFO_IN_TEXT.sub(r"\1***@", text) if "@" in text else text
+
+
+def mask_password(url: str) -> str:
+    """`url` with the password of a `user:password@` part replaced by `***`, for results and messages."""
+    if "@" not in url:  # the common case, checked in ~50 ns on the hot path
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = len(rest)
+    for stop in "/?#":
+        found = rest.find(stop)
+        if found != -1:
+            end = min(end, found)
+    userinfo, at, hostpart = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hostpart}{rest[end:]}"
 
 
 class FetchRequest(BaseModel):
@@ -104,6 +220,46 @@ class FetchRequest(BaseModel):
             raise ValueError(problem)
         return value
 
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        problem = headers_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class RejectedRequest(BaseModel):
+    """An entry of a chunk job that is not a valid request (a job not written by our producer).
+
+    Kept in the chunk so that its index gets an `invalid_url` result while the rest of the chunk runs.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    reason: str
+    method: str = "GET"
+    headers: None = None
+    body: None = None
+
+    @classmethod
+    def of(cls, entry: Any, reason: str) -> RejectedRequest:
+        url = entry.get("url") if isinstance(entry, dict) else entry
+        shown = url if isinstance(url, str) else repr(url)
+        return cls(url=mask_password(shown[:MAX_URL_BYTES]), reason=reason)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
+# Redis bitmaps end at bit 2**32 - 1: an index past it could never be recorded.
+MAX_INDEX = 2**32 - 1
+
 
 class BatchOptions(BaseModel):
     """Per-batch choices a submission makes; travels inside every chunk job."""
@@ -111,6 +267,29 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     store_body: bool = False
+    # A batch's own fetch limits. Each can only tighten the worker's: the worker applies the stricter
+    # of the two (worker/batchpolicy.py), so a batch never loosens a worker's guard or caps.
+    max_body_bytes: int | None = Field(default=None, ge=0)
+    connect_timeout: float | None = Field(default=None, gt=0)
+    read_timeout: float | None = Field(default=None, gt=0)
+    total_timeout: float | None = Field(default=None, gt=0)
+    # Targets must also lie in one of these CIDR ranges, on top of the worker's SSRF guard.
+    only_networks: tuple[str, ...] | None = None
+
+    @field_validator("only_networks")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a CIDR network") from None
+        if not out:
+            raise ValueError("give at least one CIDR network")
+        return tuple(out)
 
 
 class ChunkJob(BaseModel):
@@ -122,12 +301,13 @@ class ChunkJob(BaseModel):
     # The batch hash's `incarnation` when the job was made: the recorder writes nothing unless the hash
     # still holds it, so a batch whose keys vanished (Redis restarted empty) is never half recreated.
     incarnation: str = ""
-    first_index: int = 0
+    # Never negative: record.lua reads indexes as digits, so -5 would land on index 5 of the batch.
+    first_index: int = Field(default=0, ge=0, le=MAX_INDEX)
     # Plain GET URLs travel as bare strings to keep jobs small and parsing cheap.
-    requests: list[str | FetchRequest]
+    requests: list[str | FetchRequest | RejectedRequest]
     # Explicit indexes for retry jobs; None means first_index, first_index + 1, ...
-    indexes: list[int] | None = None
-    attempts: list[int] | None = None
+    indexes: list[Annotated[int, Field(ge=0, le=MAX_INDEX)]] | None = None
+    attempts: list[Annotated[int, Field(ge=0)]] | None = None
     options: BatchOptions = Field(default_factory=BatchOptions)
 
     @field_validator("batch_id")
@@ -137,6 +317,23 @@ class ChunkJob(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("requests", mode="before")
+    @classmethod
+    def _each_request(cls, value: Any) -> Any:
+        """Check every entry on its own: a bad one becomes a RejectedRequest, not a dropped chunk."""
+        if not isinstance(value, list | tuple):
+            return value
+        out: list[Any] = []
+        for entry in value:
+            if isinstance(entry, str | FetchRequest | RejectedRequest):
+                out.append(entry)
+                continue
+            try:
+                out.append(FetchRequest.model_validate(entry))
+            except ValidationError as exc:
+                out.append(RejectedRequest.of(entry, _first_problem(exc)))
+        return out
 
     def entries(self) -> list[tuple[int, FetchRequest | str, int]]:
         """(index, request, attempts made so far) for every URL in the chunk."""

@@ -344,6 +344,7 @@ class Stopper:
         self.grace = grace
         self.event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.signal: signal.Signals | None = None  # the first stop signal: SIGINT makes the exit code 130
 
     @property
     def requested(self) -> bool:
@@ -361,6 +362,7 @@ class Stopper:
             self._cancel_all()
             return
         self.event.set()
+        self.signal = sig
         w.allow_pick_jobs = False
         rt: Runtime | None = w.ctx.get("runtime")
         if rt is not None:
@@ -507,8 +509,9 @@ async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> Non
             down, delay = False, 0.5
 
 
-async def run_worker(settings: Settings) -> None:
-    """`fetchfleet worker`: build the arq Worker inside the running loop and run it until stopped."""
+async def run_worker(settings: Settings) -> signal.Signals | None:
+    """`fetchfleet worker`: build the arq Worker inside the running loop and run it until stopped;
+    returns the signal that stopped it."""
     cls = build_worker_settings(settings)
     kwargs = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
     del kwargs["redis_settings"], kwargs["job_completion_wait"]
@@ -538,3 +541,4 @@ async def run_worker(settings: Settings) -> None:
             log.warning("while stopping: %s", describe(exc, redact(settings.redis_url)))
             if worker.on_shutdown is not None:
                 await worker.on_shutdown(worker.ctx)
+    return stopper.signal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 
 import aiohttp
@@ -26,6 +27,14 @@ def _mentions_blocked(exc: BaseException) -> bool:
     return "is not allowed (private, loopback" in str(exc)
 
 
+def _connect_message(exc: aiohttp.ClientConnectorError) -> str:
+    """`cannot connect to HOST:PORT: Connection refused`: aiohttp's own text names its TLS context
+    (`ssl:default`) even for a plain http:// URL, which sends users looking for a TLS problem."""
+    os_error = exc.os_error
+    reason = os.strerror(os_error.errno) if os_error.errno else (str(os_error) or type(os_error).__name__)
+    return f"cannot connect to {exc.host}:{exc.port}: {reason}"
+
+
 def map_exception(exc: BaseException) -> errors.FetchError:
     """Most specific first; the returned error's `kind` is what the result reports."""
     if isinstance(exc, errors.FetchError):
@@ -44,7 +53,7 @@ def map_exception(exc: BaseException) -> errors.FetchError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         if _connector_cause(exc) is not None or _mentions_blocked(exc):
             return errors.Blocked(str(exc.os_error))
-        return errors.ConnectFailed(message)
+        return errors.ConnectFailed(_connect_message(exc))
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return errors.FetchTimeout(f"connect timed out: {message}")
     if isinstance(exc, aiohttp.SocketTimeoutError | aiohttp.ServerTimeoutError | asyncio.TimeoutError):

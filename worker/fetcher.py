@@ -7,21 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from worker import errors
-from worker.contract import FetchRequest, url_problem
+from worker.batchpolicy import BatchPolicy, NarrowedPolicy
+from worker.contract import FetchRequest, RejectedRequest, body_too_long, mask_password, url_problem
 from worker.deadlines import Deadline, Watchdog
 from worker.errormap import map_exception
 from worker.settings import Settings
-from worker.ssrf import AddressPolicy
+from worker.ssrf import AddressPolicy, IPNetwork
+
+log = logging.getLogger("fetchfleet.fetcher")
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_CHUNK = 64 * 1024
+MAX_NARROW_SESSIONS = 64  # sessions for batches with their own network lists, per worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,18 +82,25 @@ class Fetcher:
         self.policy = AddressPolicy.from_settings(settings.allow_private_networks, settings.allowed_networks)
         self._session: aiohttp.ClientSession | None = None
         self.watchdog = Watchdog(self.limits.read_timeout, self.limits.total_timeout)
+        # Sessions of batches that narrow the networks (BatchOptions.only_networks): their connections
+        # are checked against both rules and never shared with other batches' pooled connections.
+        self._narrow: dict[tuple[IPNetwork, ...], aiohttp.ClientSession] = {}
 
     async def start(self) -> None:
+        log.info("%s", describe_policy(self.settings))
         self.watchdog.start()
+        self._session = self._new_session(None if self.policy.allow_all else self.policy.socket_factory)
+
+    def _new_session(self, socket_factory: Any) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=0,  # the worker's own slots bound concurrency; a second cap here would only queue
             limit_per_host=0,
             ttl_dns_cache=300,
             ssl=self.settings.verify_tls,  # True: verify against the system CAs
-            socket_factory=None if self.policy.allow_all else self.policy.socket_factory,
+            socket_factory=socket_factory,
             enable_cleanup_closed=False,
         )
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),  # a crawl must not carry cookies between URLs
             headers={"User-Agent": self.settings.user_agent},
@@ -99,6 +112,9 @@ class Fetcher:
 
     async def close(self) -> None:
         await self.watchdog.close()
+        for narrow in self._narrow.values():
+            await narrow.close()
+        self._narrow.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -109,19 +125,42 @@ class Fetcher:
             raise RuntimeError("Fetcher.start() was not awaited")
         return self._session
 
-    async def fetch(self, request: FetchRequest | str, keep_body: bool = False) -> FetchOutcome:
-        """Fetch once (no retries here). Never raises for a URL's own failure: the outcome carries it."""
+    def session_for(self, batch: BatchPolicy | None) -> aiohttp.ClientSession:
+        if batch is None or batch.networks is None:
+            return self.session
+        narrow = self._narrow.get(batch.networks)
+        if narrow is None:
+            if len(self._narrow) >= MAX_NARROW_SESSIONS:
+                raise errors.Blocked("too many distinct batch network lists on this worker at once")
+            policy = NarrowedPolicy(self.policy.allow_all, self.policy.allowed, networks=batch.networks)
+            narrow = self._narrow[batch.networks] = self._new_session(policy.socket_factory)
+        return narrow
+
+    async def fetch(
+        self, request: FetchRequest | str, keep_body: bool = False, batch: BatchPolicy | None = None
+    ) -> FetchOutcome:
+        """Fetch once (no retries here). Never raises for a URL's own failure: the outcome carries it.
+
+        `batch`: the batch's own limits; the stricter of them and the worker's apply."""
         started = time.perf_counter()
         try:
             if isinstance(request, str) and url_problem(request) is None:
                 req: FetchRequest | _PlainGet = _PlainGet(request)  # the model's checks, ~1 us cheaper
+            elif isinstance(request, RejectedRequest):  # a job not written by our producer
+                raise ValueError(request.reason)
             else:
                 req = FetchRequest(url=request) if isinstance(request, str) else request
+                if req.body is not None and body_too_long(req.body, self.settings.max_request_body_bytes):
+                    raise ValueError(f"body longer than {self.settings.max_request_body_bytes} bytes")
         except ValueError as exc:  # a job not written by our producer: fail the URL, not the chunk
             err = errors.InvalidURL(str(exc).splitlines()[-1].strip())
-            return FetchOutcome(str(request), None, None, 0, None, None, 0, 0.0, error=err)
-        state = d = _Hop(url=req.url)
+            url = mask_password(request if isinstance(request, str) else request.url)
+            return FetchOutcome(url, None, None, 0, None, None, 0, 0.0, error=err)
+        state = d = _Hop(url=req.url, batch=batch)
         self.watchdog.begin(d)
+        if batch is not None:  # tighten this fetch's deadlines; the watchdog reads them per fetch
+            d.read_timeout = batch.timeout(d.read_timeout, batch.read_timeout)
+            d.end = min(d.end, d.last + batch.timeout(self.limits.total_timeout, batch.total_timeout))
         try:
             outcome = await self._follow(req, state, started, keep_body)
             if d.fired is not None and d.task is not None:  # the cancel was swallowed on the way
@@ -139,9 +178,14 @@ class Fetcher:
             ):
                 raise  # cancelled from outside too (asyncio.timeout's rule): not a timeout
             elif d.fired == "total":
-                err = errors.FetchTimeout(f"no complete response within {self.limits.total_timeout:g}s")
+                total = (
+                    self.limits.total_timeout
+                    if batch is None
+                    else batch.timeout(self.limits.total_timeout, batch.total_timeout)
+                )
+                err = errors.FetchTimeout(f"no complete response within {total:g}s")
             else:
-                err = errors.FetchTimeout(f"no data for {self.limits.read_timeout:g}s")
+                err = errors.FetchTimeout(f"no data for {d.read_timeout:g}s")
             return FetchOutcome(
                 url=req.url,
                 final_url=state.url if state.redirects else None,
@@ -171,15 +215,24 @@ class Fetcher:
             # IP literals in any notation are refused here, before DNS or a socket; names are
             # refused by the socket factory once resolved, at every hop.
             self.policy.check_host(url.host)
+            if state.batch is not None:
+                state.batch.check_host(url.host)
             if headers and _origin(url) != origin:
-                # Credentials given for one site must not follow a redirect to another.
-                headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
-            async with self.session.request(
+                # Headers given for one site do not follow a redirect to another, unless listed in
+                # FETCHFLEET_REDIRECT_KEEP_HEADERS; credentials never do.
+                keep = self.settings.redirect_keep_headers
+                headers = {
+                    k: v
+                    for k, v in headers.items()
+                    if k.lower() in keep and k.lower() not in _CREDENTIAL_HEADERS
+                }
+            async with self.session_for(state.batch).request(
                 method,
                 url,
                 headers=headers,
                 data=body.encode() if body is not None else None,
                 allow_redirects=False,
+                **_connect_timeout(state.batch, self.limits.connect_timeout),
             ) as resp:
                 state.status = resp.status
                 location = resp.headers.get("Location")
@@ -212,7 +265,9 @@ class Fetcher:
     async def _read_body(
         self, resp: aiohttp.ClientResponse, state: _Hop, keep: bool
     ) -> tuple[str, int, bytes | None]:
-        cap = self.limits.max_body_bytes
+        cap = (
+            self.limits.max_body_bytes if state.batch is None else state.batch.cap(self.limits.max_body_bytes)
+        )
         keep_cap = min(cap, self.limits.max_stored_body_bytes) if keep else 0
         sha = hashlib.sha256()
         parts: list[bytes] | None = [] if keep else None
@@ -234,6 +289,22 @@ class Fetcher:
         return sha.hexdigest(), size, (b"".join(parts) if parts is not None else None)
 
 
+def describe_policy(s: Settings) -> str:
+    """One line for the worker's start-up log: the fetch policy in force, since only workers read it."""
+    if s.allow_private_networks:
+        guard = "off (FETCHFLEET_ALLOW_PRIVATE_NETWORKS=true: private and loopback targets allowed)"
+    else:
+        allowed = ",".join(s.allowed_networks) or "none"
+        guard = f"on (private and loopback targets refused; allowed networks: {allowed})"
+    return (
+        f"fetch policy: SSRF guard {guard}; body cap {s.max_body_bytes} bytes, stored body cap "
+        f"{s.max_stored_body_bytes}; timeouts connect {s.connect_timeout:g}s, read {s.read_timeout:g}s, "
+        f"total {s.total_timeout:g}s; redirects {s.max_redirects}; "
+        f"TLS verify {'on' if s.verify_tls else 'off'}; attempts {s.max_attempts}; "
+        f"concurrency {s.concurrency}"
+    )
+
+
 _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
@@ -241,9 +312,17 @@ def _origin(url: URL) -> tuple[str, str | None, int | None]:
     return url.scheme, url.host, url.port
 
 
+def _connect_timeout(batch: BatchPolicy | None, worker_value: float) -> dict[str, aiohttp.ClientTimeout]:
+    """A per-request connect timeout only when the batch sets a shorter one (the session's otherwise)."""
+    if batch is None or batch.connect_timeout is None or batch.connect_timeout >= worker_value:
+        return {}
+    return {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=batch.connect_timeout)}
+
+
 @dataclass(eq=False, slots=True)
 class _Hop(Deadline):
     url: str = ""
+    batch: BatchPolicy | None = None
     redirects: int = 0
     status: int | None = None
     size: int = 0

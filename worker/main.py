@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
 from worker.errors import SettingsError, UnsafeRedis
@@ -36,16 +37,18 @@ def serve(settings: Settings | None = None) -> int:
     from worker.engine import run_worker
 
     try:
-        asyncio.run(run_worker(settings))
+        stopped_by = asyncio.run(run_worker(settings))
     except KeyboardInterrupt:
-        return 0
+        return 130
     except SettingsError as exc:  # one found only at start-up, e.g. FETCHFLEET_METRICS_PORT taken
         print(f"fetchfleet: {exc}", file=sys.stderr)
         return 2
     except UnsafeRedis as exc:  # an evicting maxmemory-policy, found once Redis answered
         print(f"fetchfleet: {exc}", file=sys.stderr)
         return 1
-    return 0
+    # Ctrl-C (SIGINT) is an interruption, 130 as for every command; SIGTERM is the normal way to stop a
+    # worker (Docker, Kubernetes, `fetchfleet run`) and drains: 0.
+    return 130 if stopped_by == signal.SIGINT else 0
 
 
 if __name__ == "__main__":

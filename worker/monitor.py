@@ -11,18 +11,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from worker.background import stop_loop
 from worker.contract import WORKERS_KEY, worker_key
 from worker.metrics import WorkerMetrics
-from worker.redisconn import make_redis
+from worker.redisconn import make_pool, pool_kwargs
 from worker.rediserrors import RedisProblem, classify, describe
-from worker.settings import Settings
+from worker.settings import Settings, is_sentinel_url
 
 log = logging.getLogger("fetchfleet.monitor")
 
 PING_TIMEOUT = 2.0
+PING_REUSE_S = 1.0  # a burst of /healthz requests costs Redis one PING a second at most
 
 
 def heartbeat_ttl(interval: float) -> int:
@@ -65,10 +66,20 @@ class Monitor:
     fetch_rate: float = 0.0
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _last_fetches: int = field(default=0, init=False, repr=False)
+    _ping_task: asyncio.Future[bool] | None = field(default=None, init=False, repr=False)
+    _ping_started: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # A client of its own: health must not wait behind the queue engine's busy connections.
-        self.redis = make_redis(self.settings)
+        # A client of its own: health must not wait behind the queue engine's busy connections. At
+        # most two connections (the heartbeat, one shared ping): /healthz is open to the network, and
+        # a pool without a cap would open a Redis connection per concurrent probe.
+        if is_sentinel_url(self.settings.redis_url):  # the same cap; the heartbeat and ping share it
+            self.redis = Redis(connection_pool=make_pool(self.settings, max_connections=2))
+            return
+        pool = BlockingConnectionPool.from_url(
+            self.settings.redis_url, max_connections=2, timeout=PING_TIMEOUT, **pool_kwargs(self.settings)
+        )
+        self.redis = Redis(connection_pool=pool)
 
     def start(self) -> None:
         self._last_fetches = self.probes.fetches()
@@ -84,6 +95,9 @@ class Monitor:
                     pipe.delete(worker_key(self.worker_id))
                     pipe.zrem(WORKERS_KEY, self.worker_id)
                     await pipe.execute()
+        if self._ping_task is not None and not self._ping_task.done():
+            self._ping_task.cancel()
+            await asyncio.gather(self._ping_task, return_exceptions=True)
         await self.redis.aclose(close_connection_pool=True)
 
     async def _run(self) -> None:
@@ -135,6 +149,15 @@ class Monitor:
         self.metrics.queue_depth.set(int(depth))
 
     async def ping(self) -> bool:
+        """Whether Redis answers; every caller within PING_REUSE_S shares one PING and its answer."""
+        now = time.monotonic()
+        task = self._ping_task
+        if task is None or (task.done() and now - self._ping_started > PING_REUSE_S):
+            self._ping_started = now
+            task = self._ping_task = asyncio.ensure_future(self._ping_once())
+        return await asyncio.shield(task)
+
+    async def _ping_once(self) -> bool:
         try:
             async with asyncio.timeout(PING_TIMEOUT):
                 await self.redis.ping()

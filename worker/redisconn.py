@@ -58,10 +58,10 @@ def keepalive_options() -> dict[int, int]:
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
-def make_pool(settings: Settings) -> ConnectionPool:
+def make_pool(settings: Settings, **extra: Any) -> ConnectionPool:
     if is_sentinel_url(settings.redis_url):
-        return sentinel_pool(settings)
-    return ConnectionPool.from_url(settings.redis_url, **pool_kwargs(settings))
+        return sentinel_pool(settings, **extra)
+    return ConnectionPool.from_url(settings.redis_url, **pool_kwargs(settings), **extra)
 
 
 class ClosingSentinelPool(SentinelConnectionPool):
@@ -73,21 +73,22 @@ class ClosingSentinelPool(SentinelConnectionPool):
             await sentinel.aclose()
 
 
-def sentinel_pool(settings: Settings) -> ConnectionPool:
+def sentinel_pool(settings: Settings, **extra: Any) -> ConnectionPool:
     """Connections to the current primary of a Sentinel-watched service: the pool asks the sentinels
     where it is for every new connection, and a demoted primary's READONLY reads as a lost connection,
     so a failover is an outage like any other (reconnect with backoff)."""
     target = parse_sentinel_url(settings.redis_url)
     kwargs = pool_kwargs(settings)
+    sentinel_kwargs = {
+        k: v for k, v in kwargs.items() if k.startswith("socket_") or k in ("retry", "retry_on_error")
+    }
+    kwargs.update(extra)
     kwargs["db"] = target.db
     if target.username:
         kwargs["username"] = target.username
     if target.password is not None and "password" not in kwargs:
         kwargs["password"] = target.password
-    # The sentinels themselves: the same timeouts, no password (set one with sentinel's own config).
-    sentinel_kwargs = {
-        k: v for k, v in kwargs.items() if k.startswith("socket_") or k in ("retry", "retry_on_error")
-    }
+    # The sentinels themselves: the same timeouts (sentinel_kwargs above), no password.
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
     return ClosingSentinelPool(target.service, sentinel, **kwargs)
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from worker.bodies import pack
-from worker.contract import ErrorInfo, ErrorKind, FetchResult
+from worker.contract import ErrorInfo, ErrorKind, FetchResult, mask_password, mask_passwords_in
 from worker.errors import RetryableStatus
 from worker.fetcher import FetchOutcome
 
@@ -31,11 +31,13 @@ def stored_body(outcome: FetchOutcome) -> bytes | None:
 def build_result(index: int, outcome: FetchOutcome, attempts: int, worker: str) -> FetchResult:
     error = None
     if outcome.error is not None:
-        error = ErrorInfo(kind=ErrorKind(outcome.error.kind), message=str(outcome.error)[:500])
+        error = ErrorInfo(
+            kind=ErrorKind(outcome.error.kind), message=mask_passwords_in(str(outcome.error))[:500]
+        )
     return FetchResult(
         index=index,
-        url=outcome.url,
-        final_url=outcome.final_url,
+        url=mask_password(outcome.url),
+        final_url=None if outcome.final_url is None else mask_password(outcome.final_url),
         status=outcome.status,
         ok=error is None and outcome.status is not None and outcome.status < 400,
         error=error,
@@ -60,13 +62,14 @@ def result_doc(index: int, outcome: FetchOutcome, attempts: int, worker: str) ->
     status = outcome.status
     return {
         "index": index,
-        "url": outcome.url,
-        "final_url": outcome.final_url,
+        # A user:password@ URL is fetched with its password; the result shows it masked.
+        "url": mask_password(outcome.url),
+        "final_url": None if outcome.final_url is None else mask_password(outcome.final_url),
         "status": status,
         "ok": error is None and status is not None and status < 400,
         "error": None
         if error is None
-        else {"kind": ErrorKind(error.kind).value, "message": str(error)[:500]},
+        else {"kind": ErrorKind(error.kind).value, "message": mask_passwords_in(str(error))[:500]},
         "size": outcome.size,
         "sha256": outcome.sha256,
         "content_type": outcome.content_type,
@@ -80,8 +83,24 @@ def result_doc(index: int, outcome: FetchOutcome, attempts: int, worker: str) ->
 def encode_doc(doc: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(doc)
-    except TypeError:  # e.g. a lone surrogate in a header: let pydantic decide, as before
-        return encode(FetchResult.model_validate(doc))
+    except TypeError:  # a lone surrogate: header bytes that are not UTF-8 (aiohttp's surrogateescape)
+        return orjson.dumps(_valid_text(doc))
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: the bytes a server sent decoded with U+FFFD for what is not UTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that surrogateescape did not make
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _valid_text(value: Any) -> Any:
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, dict):
+        return {k: _valid_text(v) for k, v in value.items()}
+    return value
 
 
 def error_result(
@@ -89,8 +108,8 @@ def error_result(
 ) -> FetchResult:
     return FetchResult(
         index=index,
-        url=url,
-        error=ErrorInfo(kind=kind, message=message[:500]),
+        url=mask_password(url),
+        error=ErrorInfo(kind=kind, message=mask_passwords_in(message)[:500]),
         attempts=attempts,
         worker=worker,
     )

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     # Comma-separated CIDR ranges opened despite the SSRF guard, e.g. "10.1.0.0/16,fd00::/8".
     allowed_networks: Annotated[tuple[str, ...], NoDecode] = ()
     max_stored_body_bytes: int = Field(default=1024 * 1024, ge=0, description="--store-body keeps this much")
+    # A JSON input line's `body`, in UTF-8 bytes: checked at submit and again by the worker.
+    max_request_body_bytes: int = Field(default=1024 * 1024, ge=0, description="request body cap")
+    # Headers of the input kept on a redirect to another origin; every other one given is dropped
+    # there (Authorization, Cookie and Proxy-Authorization always are), as curl does for Authorization.
+    redirect_keep_headers: Annotated[tuple[str, ...], NoDecode] = ()
 
     # Retries (through the queue) and per-host politeness (through Redis, across all workers)
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -112,6 +117,12 @@ class Settings(BaseSettings):
                 except ValueError:
                     raise ValueError(f"{item!r} is not a CIDR network") from None
         return tuple(out)
+
+    @field_validator("redirect_keep_headers", mode="before")
+    @classmethod
+    def _header_names(cls, value: Any) -> Any:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        return tuple(str(v).lower() for v in items or () if v)
 
     @field_validator("retry_statuses", mode="before")
     @classmethod
@@ -176,6 +187,36 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     if db and not db.isdigit():
         raise ValueError("database is not a number (redis+sentinel://h:26379/service/0)")
     return SentinelTarget(tuple(sentinels), service, int(db or 0), username, password)
+
+
+# Which process reads each setting; README's settings table shows it (tests/test_readme.py checks).
+PRODUCER_FIELDS = frozenset({"chunk_size", "max_queued_chunks"})
+SHARED_FIELDS = frozenset(
+    {"redis_url", "redis_password", "redis_ca_file", "queue_name", "result_ttl", "max_request_body_bytes"}
+    | {"redis_socket_timeout", "allow_eviction"}
+)
+# Worker-only settings that decide how URLs are fetched: set beside `submit` they look as if they should
+# apply to its batch, and do not, so `submit` warns about them.
+FETCH_POLICY_FIELDS = frozenset(
+    {
+        "concurrency", "user_agent", "connect_timeout", "read_timeout", "total_timeout", "max_redirects",
+        "max_body_bytes", "verify_tls", "allow_private_networks", "allowed_networks",
+        "max_stored_body_bytes", "max_attempts", "retry_statuses", "per_host_concurrency", "per_host_rate",
+    }
+)  # fmt: skip
+
+
+def read_by(field: str) -> Literal["worker", "producer", "both"]:
+    """Which process reads the setting `field`: a worker, a producer (submit, results, run's client)."""
+    if field in SHARED_FIELDS:
+        return "both"
+    return "producer" if field in PRODUCER_FIELDS else "worker"
+
+
+def worker_only_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Fetch-policy FETCHFLEET_* variables set in `environ`: only workers read them."""
+    env = os.environ if environ is None else environ
+    return sorted(env_name(f) for f in FETCH_POLICY_FIELDS if env_name(f) in env)
 
 
 def env_name(field: str) -> str:
