@@ -1,24 +1,25 @@
-"""The fetchfleet Python API: submit a batch, stream its results, read its status, cancel a batch.
+"""The fetchfleet Python API: fetch pages in one call, or submit a batch and stream its results.
 
-Run it where a cluster runs (FETCHFLEET_REDIS_URL, and `fetchfleet worker` somewhere):
+With FETCHFLEET_REDIS_URL set it uses that cluster (run `fetchfleet worker` somewhere); without it,
+`afetch` starts a private local cluster for the call (the `Client` part then needs a cluster):
     python examples/api_example.py https://example.org/ https://example.com/
 """
 
-from __future__ import annotations
-
 import asyncio
-import json
 import sys
 
-from producer import Client
+import fetchfleet
 
 
 async def main(urls: list[str]) -> None:
-    async with Client() as client:  # settings from FETCHFLEET_* variables
-        batch_id = await client.submit(urls)
-        async for _cursor, document in client.results(batch_id, follow=True):
-            result = json.loads(document)
-            print(result["index"], result["status"], result["url"], result["error"])
+    # One call: every page, in input order.
+    for page in await fetchfleet.afetch(urls, body=True, ordered=True):
+        print(page.index, page.status, page.url, page.error.kind.value if page.error else len(page.text()))
+
+    async with fetchfleet.Client() as client:  # settings from FETCHFLEET_* variables
+        batch_id = await client.submit(urls, body=True)
+        async for result in client.results(batch_id, follow=True):  # as they complete
+            print(result.index, result.ok, result.cursor)  # pass cursor= to resume from here
         status = await client.status(batch_id)
         print(f"batch {batch_id}: {status.done}/{status.submitted} done, {status.failed} failed")
 
@@ -27,5 +28,4 @@ async def main(urls: list[str]) -> None:
         print(f"batch {unwanted}: {status.state.value}")
 
 
-if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+asyncio.run(main(sys.argv[1:]))

@@ -31,11 +31,12 @@ from producer.summary import FAIL_ON, Summary
 from worker.contract import BatchOptions
 from worker.errors import BatchError, QueueUnavailable, SettingsError, UnsafeRedis, UsageError
 from worker.redisconn import redact
-from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
+from worker.rediserrors import REDIS_DOWN, REDIS_ERRORS, RedisProblem, classify, describe
 from worker.settings import Settings, load_settings, worker_only_variables
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_FETCH_FAILED = 3  # only with --fail-on: some URLs' results are failures
+FORGET_EVERY = 1000  # results written between deletions of collected ones from Redis
 
 
 def _err(message: str) -> None:
@@ -127,12 +128,16 @@ async def collect(
     ordered: bool = False,
     watch_workers: bool = False,
     summary: Summary | None = None,
+    body: bool = False,
 ) -> Summary:
-    """Write a batch's results; returns their summary (progress counts come from what was written)."""
+    """Write a batch's results; returns their summary (progress counts come from what was written).
+
+    `body`: the batch keeps bodies (CSV gets their columns; a store's bodies are read back inline).
+    """
     if isinstance(output, str):
         output = open_output(output, fmt)
     summary = summary or Summary()
-    writer: ResultWriter = output.writer(fmt)
+    writer: ResultWriter = output.writer(fmt, body=body)
     if ordered:
         writer = OrderedWriter(writer)
         for index in output.indexes():
@@ -140,8 +145,13 @@ async def collect(
     background = [asyncio.ensure_future(_flush_often(writer))]
     if watch_workers:
         background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
+    # A follower owns the batch's stream: what it has written out (and flushed) leaves Redis. In input
+    # order, results wait in the writer's buffer, not the file: those leave Redis only once all are out.
+    forget = follow and client.forgets_collected
+    cursor, written, completed = "0-0", 0, False
+    await _say_what_was_collected(client, batch_id, output)
     try:
-        async for _cursor, document in client.results(batch_id, follow=follow):
+        async for cursor, document in client.results(batch_id, follow=follow, inline_bodies=body):
             doc = orjson.loads(document)
             index = int(doc["index"])
             if output.resumed and output.has(index):
@@ -150,9 +160,14 @@ async def collect(
                 writer.write(document, index)
             else:
                 writer.write(document)
+            written += 1
             summary.add(doc)
+            if forget and not ordered and written % FORGET_EVERY == 0:
+                writer.flush()
+                await client.forget_results(batch_id, cursor)
             if progress is not None:
                 progress.update(summary.done, summary.failed)
+        completed = True
     finally:
         for task in background:
             task.cancel()
@@ -161,7 +176,23 @@ async def collect(
         if progress is not None:
             progress.update(summary.done, summary.failed)
             progress.close()
+    if forget and completed:  # only after a complete, flushed write: a failed one leaves all in Redis
+        await client.forget_results(batch_id, cursor)
     return summary
+
+
+async def _say_what_was_collected(client: Client, batch_id: str, output: Output) -> None:
+    """Results an earlier follower wrote out are gone from Redis: say so rather than end short silently."""
+    try:
+        gone = (await client.status(batch_id)).collected
+    except (*REDIS_DOWN, BatchError):
+        return  # the read below reports these
+    if gone and not output.resumed:
+        say(
+            f"{gone} results of batch {printable(batch_id)} were already written out by an earlier "
+            "`--wait` or `--follow` and removed from Redis (FETCHFLEET_RESULT_RETENTION=collected); "
+            "this writes only the ones still held"
+        )
 
 
 def report(summary: Summary, started: float, label: str, quiet: bool) -> None:
@@ -203,7 +234,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                 batch_id = await client.submit(
                     entries(path),
                     batch_id=batch_id,
-                    store_body=args.store_body,
+                    store_body=args.body,
                     total=total,
                     digest=digest,
                     options=options,
@@ -225,7 +256,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
             summary = await collect(
                 client, batch_id, queued, args.format, True, progress,
-                ordered=args.ordered, watch_workers=True,
+                ordered=args.ordered, watch_workers=True, body=args.body,
             )  # fmt: skip
             report(summary, started, f"batch {batch_id}: ", args.quiet)
             return outcome_code(summary, args.fail_on)
@@ -249,7 +280,11 @@ async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
         progress = None
         if args.follow and not args.quiet:
             progress = Progress(st.submitted, f"batch {args.batch}")
-        await collect(client, args.batch, output, args.format, args.follow, progress, ordered=args.ordered)
+        # CSV has no place for a reference: there the bodies a batch kept are always written out.
+        body = args.body or (args.format == "csv" and (await client.batch_options(args.batch)).store_body)
+        await collect(
+            client, args.batch, output, args.format, args.follow, progress, ordered=args.ordered, body=body
+        )
     return EXIT_OK
 
 
@@ -431,6 +466,17 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+def _add_body(p: argparse.ArgumentParser) -> None:
+    # One name everywhere; --store-body is the older spelling of submit's option.
+    p.add_argument(
+        "--body",
+        "--store-body",
+        dest="body",
+        action="store_true",
+        help="keep every response body: `body` in the results (text, or base64 per `body_encoding`)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     url = docs_url()
     parser = argparse.ArgumentParser(
@@ -457,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "fetch a file of URLs on this machine: a private server and local workers, then stop")
     p.add_argument("file", metavar="FILE|-", help="input file (one URL or JSON object per line), - for stdin")
     p.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: one per core)")
+    _add_body(p)
     _add_output(p)
     _add_fail_on(p)
     _add_batch_limits(p)
@@ -466,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE|-", help="input file, or - for standard input")
     p.add_argument("--wait", action="store_true", help="wait for every result and write them out")
     p.add_argument("--batch-id", help="id for the batch; submitting again with it adds no work")
-    p.add_argument("--store-body", action="store_true", help="keep response bodies in the results")
+    _add_body(p)
     _add_output(p)
     _add_fail_on(p)
     _add_batch_limits(p)
@@ -480,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add to an existing -o file (JSON lines) only the results it lacks, e.g. after a killed "
         "`submit --wait`; a half-written last line is cut",
     )
+    p.add_argument("--body", action="store_true", help="write the bodies the batch kept into the results")
     _add_output(p)
 
     p = add("status", "show a batch's progress")

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.bodies import merge_body
+from worker.bodies import inline_ref, merge_body
 from worker.contract import (
     BATCHES_KEY,
     INCARNATION_FIELD,
@@ -62,6 +62,8 @@ class BatchStatus:
     enqueued: int
     created_ms: int
     finished_ms: int | None
+    # results written out by a follower and removed from Redis (FETCHFLEET_RESULT_RETENTION=collected)
+    collected: int = 0
 
     @property
     def remaining(self) -> int:
@@ -78,6 +80,7 @@ class BatchStatus:
             "enqueued": self.enqueued,
             "created_ms": self.created_ms,
             "finished_ms": self.finished_ms,
+            "collected": self.collected,
         }
 
 
@@ -129,6 +132,7 @@ def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
         enqueued=num("enqueued"),
         created_ms=num("created_ms"),
         finished_ms=num("finished_ms") if finished else None,
+        collected=num("collected"),
     )
 
 
@@ -306,13 +310,39 @@ class Client:
             raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
         return status_from_meta(batch_id, meta)
 
+    async def batch_options(self, batch_id: str) -> BatchOptions:
+        """The options the batch was submitted with (whether it keeps bodies, ...)."""
+        raw = await self.redis.hget(batch_key(batch_id), "options")
+        return BatchOptions.model_validate_json(raw) if raw else BatchOptions()
+
     async def results(
-        self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000
+        self,
+        batch_id: str,
+        *,
+        follow: bool = False,
+        cursor: str = "0-0",
+        block_ms: int = 1000,
+        inline_bodies: bool = False,
     ) -> AsyncIterator[tuple[str, bytes]]:
         """Yield (cursor, result JSON) pairs; resume later from the last cursor seen.
 
         With `follow`, keep waiting until every submitted URL has a result. Reconnects if Redis goes away;
         raises BatchLost if Redis comes back without the batch (or with another batch of that id).
+        Bodies kept in Redis are always in the documents; with `inline_bodies`, so are those in the body
+        store (read from it), else those documents carry only their `body_ref`.
+        """
+        async for entry_cursor, document, stored in self.entries(
+            batch_id, follow=follow, cursor=cursor, block_ms=block_ms
+        ):
+            merged = merge_body(document, stored)
+            yield entry_cursor, inline_ref(merged) if inline_bodies else merged
+
+    async def entries(
+        self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000
+    ) -> AsyncIterator[tuple[str, bytes, bytes | None]]:
+        """Yield (cursor, result JSON, stored body or None) as recorded: `results` without the merging.
+
+        The body stays as the worker packed it (worker.bodies.pack), for callers that want its bytes.
         """
         stream = results_key(check_batch_id(batch_id))
         # A blocking read must end well inside the socket timeout, or the wait reads as a dead Redis.
@@ -338,7 +368,7 @@ class Client:
             for entry_id, fields in entries:
                 cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 if seen.first(fields[b"r"]):
-                    yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
+                    yield cursor, fields[b"r"], fields.get(b"b")
             if not follow:
                 if not entries:
                     return
@@ -349,7 +379,7 @@ class Client:
                 for entry_id, fields in rest:
                     cursor = entry_id.decode()
                     if seen.first(fields[b"r"]):
-                        yield cursor, merge_body(fields[b"r"], fields.get(b"b"))
+                        yield cursor, fields[b"r"], fields.get(b"b")
                 return
 
     async def _incarnation(self, batch_id: str) -> str:
@@ -361,11 +391,12 @@ class Client:
 
     async def _all_recorded(self, batch_id: str, incarnation: str | None = None) -> bool:
         """Every URL has its result. With `incarnation`, BatchLost if the batch is no longer that one."""
+        # The `done` counter, not the stream's length: collected results may have been trimmed away.
+        # It goes up in the same script that appends to the stream, so it never runs ahead of it.
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(batch_key(batch_id), "complete", "submitted", INCARNATION_FIELD)
-                pipe.xlen(results_key(batch_id))
-                (complete, submitted, token), recorded = await pipe.execute()
+            complete, submitted, done, token = await self.redis.hmget(
+                batch_key(batch_id), "complete", "submitted", "done", INCARNATION_FIELD
+            )
         except REDIS_DOWN as exc:
             if classify(exc) is not RedisProblem.UNREACHABLE:
                 raise
@@ -377,7 +408,34 @@ class Client:
                 raise BatchLost(lost_message(batch_id, why))
             if (token or b"").decode() != incarnation:
                 raise BatchLost(lost_message(batch_id, "its keys were made again by another submission"))
-        return complete == b"1" and recorded >= int(submitted or 0)
+        return complete == b"1" and int(done or 0) >= int(submitted or 0)
+
+    @property
+    def forgets_collected(self) -> bool:
+        """Whether followers delete what they have written out (FETCHFLEET_RESULT_RETENTION)."""
+        return self.settings.result_retention == "collected"
+
+    async def forget_results(self, batch_id: str, cursor: str) -> int:
+        """Delete the batch's results up to and including `cursor` (collected ones); returns how many.
+
+        The done bitmap and the counters stay until the TTL: status, and exactly-once recording of a
+        chunk that runs again, do not need the stream.
+        """
+        if cursor == "0-0":
+            return 0
+        ms, _, seq = cursor.partition("-")
+        try:
+            removed = int(
+                await self.redis.xtrim(
+                    results_key(batch_id), minid=f"{ms}-{int(seq or 0) + 1}", approximate=False
+                )
+            )
+            if removed:  # counted, so that a later reader is told why they are not there
+                await self.redis.hincrby(batch_key(batch_id), "collected", removed)
+            return removed
+        except REDIS_DOWN as exc:  # the next trim takes these too
+            log.warning("could not delete collected results (%s); they expire with the batch", exc)
+            return 0
 
     async def cancel(self, batch_id: str) -> BatchStatus:
         # Guarded like every producer write: a batch that vanishes meanwhile is not recreated by the flag.

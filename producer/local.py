@@ -71,8 +71,15 @@ class LocalCluster:
     Use as a context manager: leaving the block, by return, error or Ctrl-C, stops every child.
     """
 
-    def __init__(self, settings: Settings, workers: int, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, workers: int, environ: dict[str, str] | None = None, bodies: bool = False
+    ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
+        # Bodies to a directory of this run (read back into the output before it is removed), not
+        # through the server's memory, unless FETCHFLEET_BODY_STORE says where.
+        self.body_dir = (
+            bodies and env_name("body_store") not in self.environ and REDIS_URL_ENV not in self.environ
+        )
         self.external = REDIS_URL_ENV in self.environ
         self.workers_wanted = workers
         self.base_settings = settings
@@ -130,6 +137,8 @@ class LocalCluster:
                 env.pop(env_name(name), None)
             env[REDIS_URL_ENV] = self.server.url
             env[env_name("redis_password")] = self.server.password
+            if self.body_dir:
+                env[env_name("body_store")] = (self.dir / "bodies").as_uri()
         else:
             env.pop(env_name("metrics_port"), None)
             ca_file = env.get(env_name("redis_ca_file"))
@@ -229,9 +238,13 @@ async def submit_and_collect(
     async with Client(settings) as client:
         await client.ping()
         options = batch_options(args)
-        batch_id = await client.submit(entries(path), total=total, digest=digest, options=options)
+        batch_id = await client.submit(
+            entries(path), total=total, digest=digest, options=options, store_body=args.body
+        )
         progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
-        return await collect(client, batch_id, output, args.format, True, progress, ordered=args.ordered)
+        return await collect(
+            client, batch_id, output, args.format, True, progress, ordered=args.ordered, body=args.body
+        )
 
 
 def _say(message: str) -> None:
@@ -276,7 +289,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         total, digest = check_input(path, label)  # bad input: exit 2 before anything starts
         # Opened (so checked: a directory, no permission) before any server or worker starts.
         output = open_output(args.output, args.format)
-        with _terminations_interrupt(), LocalCluster(settings, workers) as cluster:
+        with _terminations_interrupt(), LocalCluster(settings, workers, bodies=args.body) as cluster:
             if not args.quiet:
                 _say(f"{total} URLs, {cluster.describe()}")
             install_event_loop()

@@ -37,6 +37,8 @@ CSV_FIELDS = (
     "redirects",
     "worker",
 )
+# With bodies kept: the body as text, or base64 as `body_encoding` says (never dropped silently).
+CSV_BODY_FIELDS = ("body", "body_encoding", "body_truncated")
 FORMATS = ("jsonl", "csv")
 
 
@@ -87,18 +89,19 @@ class JsonLinesWriter:
 
 
 class CsvWriter:
-    def __init__(self, out: IO[bytes], owned: bool, header: bool = True) -> None:
+    def __init__(self, out: IO[bytes], owned: bool, header: bool = True, body: bool = False) -> None:
         self._raw, self._owned = out, owned
         self._text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
         self._csv = csv.writer(self._text)
+        self._fields = CSV_FIELDS + CSV_BODY_FIELDS if body else CSV_FIELDS
         if header:
-            self._csv.writerow(CSV_FIELDS)
+            self._csv.writerow(self._fields)
 
     def write(self, document: bytes) -> None:
         r = orjson.loads(document)
         err = r.get("error") or {}
         row = {**r, "error_kind": err.get("kind"), "error_message": err.get("message")}
-        self._csv.writerow([csv_cell(row.get(f)) for f in CSV_FIELDS])
+        self._csv.writerow([csv_cell(row.get(f)) for f in self._fields])
 
     def flush(self) -> None:
         self._text.flush()
@@ -112,14 +115,14 @@ class CsvWriter:
             self._text.detach()
 
 
-def open_writer(path: str, fmt: str = "jsonl") -> ResultWriter:
-    """`path` "-" means standard output."""
+def open_writer(path: str, fmt: str = "jsonl", body: bool = False) -> ResultWriter:
+    """`path` "-" means standard output; `body`: CSV gets the body columns."""
     if path == "-":
         out, owned = sys.stdout.buffer, False
     else:
         out, owned = open(path, "wb"), True  # noqa: SIM115
     if fmt == "csv":
-        return CsvWriter(out, owned)
+        return CsvWriter(out, owned, body=body)
     return JsonLinesWriter(out, owned)
 
 
@@ -165,7 +168,7 @@ class Output:
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
 
-    def writer(self, fmt: str) -> ResultWriter:
+    def writer(self, fmt: str, body: bool = False) -> ResultWriter:
         if self.file is None:
             out, owned = sys.stdout.buffer, False
         else:
@@ -175,7 +178,7 @@ class Output:
                 out.seek(0)
                 out.truncate()
         if fmt == "csv":
-            return CsvWriter(out, owned, header=not self.resumed_lines)
+            return CsvWriter(out, owned, header=not self.resumed_lines, body=body)
         return JsonLinesWriter(out, owned)
 
 

@@ -11,6 +11,8 @@ from tests.http_target import HttpTarget
 from tests.procs import WorkerProcess, fetchfleet_env
 from tests.redis_proc import RedisProcess
 
+pytest_plugins = ["tests.tiers"]  # an unmarked test that starts a process fails (the fast tier's guard)
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisProcess]:

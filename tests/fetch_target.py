@@ -269,7 +269,10 @@ class FetchTarget:
         self._loop = loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            # A stop does not wait out handlers still sleeping for a test (aiohttp's default: 60 s).
+            self._runner = web.AppRunner(
+                self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+            )
             loop.run_until_complete(self._runner.setup())
             server = loop.run_until_complete(
                 loop.create_server(self._factory, self.host, 0, ssl=self.ssl_context, backlog=1024)
@@ -291,6 +294,10 @@ class FetchTarget:
         for s in self._servers:
             s.close()
         loop.run_until_complete(self._runner.cleanup())
+        pending = asyncio.all_tasks(loop)  # handlers the short shutdown timeout left behind
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
     def stop(self) -> None:

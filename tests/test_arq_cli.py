@@ -8,15 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 
 def test_arq_cli_worker_fetches(redis_url: str, http_target: HttpTarget, tmp_path: Path) -> None:
     env = fetchfleet_env(redis_url, allow_private_networks=True, worker_id="arq-cli-worker")
     log = (tmp_path / "arq.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "arq", "worker.WorkerSettings"], env=env, cwd=ROOT, stdout=log, stderr=log
+        [sys.executable, "-m", "arq", "worker.WorkerSettings"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        preexec_fn=restore_sigint,  # it is stopped by SIGINT below, however pytest was started
     )
     try:
         urls = tmp_path / "urls.txt"

@@ -8,10 +8,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
 from tests.procs import ROOT, fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 from worker.contract import batch_key
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 QUEUE = "fetchfleet:queue"
 LIMIT = 5

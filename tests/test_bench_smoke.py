@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = (
     "throughput, 1 worker",
@@ -21,6 +25,7 @@ ROWS = (
 )
 
 
+@pytest.mark.timeout(180)  # measured 30 s
 def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     proc = subprocess.run(

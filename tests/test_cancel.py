@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.chaos import (
     SlowTarget,
     assert_each_index_once,
@@ -18,6 +20,8 @@ from tests.chaos import (
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 from worker.contract import batch_key
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 REFRESH_MARGIN_S = 1.0  # the workers' cancel view refreshes every 0.5 s
 
@@ -33,7 +37,7 @@ def test_cancel_stops_every_worker(
         workers = [spawn_worker(redis_url, worker_id=f"w{i}", **settings) for i in range(2)]
         for w in workers:
             wait_started(w)
-        env = fetchfleet_env(redis_url, **settings)
+        env = fetchfleet_env(redis_url, result_retention="ttl", **settings)  # the stream is read again below
         assert run_cli(["submit", str(urls), "--batch-id", "stopme"], env).returncode == 0
         with redis_server.client() as r:
             wait_until(lambda: int(r.hget(batch_key("stopme"), "done") or 0) >= 200, 30, "some results")

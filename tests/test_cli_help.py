@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from producer.cli import EXAMPLES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli, run_cli_in_process
 from tests.redis_proc import free_port
 
 
@@ -66,40 +66,52 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.parametrize("command", ["run", "submit"])
-def test_missing_input_file_exits_2(command: str, tmp_path: Path) -> None:
+def test_missing_input_file_exits_2(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
     missing = tmp_path / "nope.txt"
-    proc = run_cli([command, str(missing)], fetchfleet_env(f"redis://127.0.0.1:{free_port()}/0"))
+    env = fetchfleet_env(f"redis://127.0.0.1:{free_port()}/0")
+    proc = run_cli_in_process([command, str(missing)], env, monkeypatch, capfdbinary)
     assert proc.returncode == EXIT_USAGE
     assert f"{missing}: no such file" in proc.stderr.decode()
 
 
-def test_a_bad_setting_exits_2_naming_it(tmp_path: Path) -> None:
+def test_a_bad_setting_exits_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("http://example.com/\n")
     env = fetchfleet_env("redis://127.0.0.1:1/0", concurrency="lots")
-    proc = run_cli(["run", str(urls)], env)
+    proc = run_cli_in_process(["run", str(urls)], env, monkeypatch, capfdbinary)
     err = proc.stderr.decode()
     assert proc.returncode == EXIT_USAGE
     assert "FETCHFLEET_CONCURRENCY" in err and "Traceback" not in err
 
 
-def test_unreachable_redis_exits_1(tmp_path: Path) -> None:
+def test_unreachable_redis_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("http://example.com/\n")
     env = fetchfleet_env(f"redis://127.0.0.1:{free_port()}/0")
     for argv in (["submit", str(urls)], ["status", "0123456789abcdef"]):
-        proc = run_cli(argv, env, timeout=60)
+        proc = run_cli_in_process(argv, env, monkeypatch, capfdbinary)
         err = proc.stderr.decode()
         assert proc.returncode == EXIT_FAILED, (argv, err)
         assert "Redis" in err and "Traceback" not in err
 
 
-def test_unknown_batch_exits_1(redis_url: str) -> None:
-    proc = run_cli(["status", "0123456789abcdef"], fetchfleet_env(redis_url))
+def test_unknown_batch_exits_1(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    proc = run_cli_in_process(
+        ["status", "0123456789abcdef"], fetchfleet_env(redis_url), monkeypatch, capfdbinary
+    )
     assert proc.returncode == EXIT_FAILED
     assert "no batch" in proc.stderr.decode()
 
 
+@pytest.mark.slow
 def test_done_exits_0_even_with_failed_fetches(redis_url: str, spawn_worker) -> None:
     dead = f"http://127.0.0.1:{free_port()}/nothing"
     spawn_worker(redis_url)
@@ -109,6 +121,7 @@ def test_done_exits_0_even_with_failed_fetches(redis_url: str, spawn_worker) -> 
     assert b'"kind":"connect"' in proc.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_waiting_exits_130(redis_url: str, tmp_path: Path) -> None:
     """No worker runs, so `submit --wait` waits until the terminal's Ctrl-C reaches its process group."""
     urls = tmp_path / "urls.txt"
@@ -123,6 +136,7 @@ def test_ctrl_c_while_waiting_exits_130(redis_url: str, tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=err,
             start_new_session=True,
+            preexec_fn=restore_sigint,  # the Ctrl-C below must reach it however pytest was started
         )
     try:
         batch_id = proc.stdout.readline()  # printed once the batch is queued: now it waits

@@ -81,6 +81,7 @@ def test_csv_has_a_header_and_one_row_per_result(tmp_path: Path) -> None:
     assert {ok["ok"], failed["ok"]} == {"True", "False"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_dash_is_stdout_and_stays_open(fmt: str) -> None:
     """After the writer closes, the process can still print: `-` must not close stdout."""
@@ -106,12 +107,14 @@ def test_dash_is_stdout_and_stays_open(fmt: str) -> None:
         assert [r["url"] for r in rows] == [OK["url"], FAILED["url"]]
 
 
+@pytest.mark.slow
 def test_submit_wait_csv_to_stdout_puts_the_batch_id_on_stderr(
     redis_url: str, http_target: HttpTarget, spawn_worker
 ) -> None:
     urls = [http_target.url(f"/ok/{n}") for n in (1, 2, 3)]
     spawn_worker(redis_url)
-    env = fetchfleet_env(redis_url, allow_private_networks=True)
+    # results are read again below: keep them in Redis after --wait collected them
+    env = fetchfleet_env(redis_url, allow_private_networks=True, result_retention="ttl")
     stdin = "\n".join(urls).encode()
     proc = run_cli(["submit", "-", "--wait", "--format", "csv", "-o", "-", "-q"], env, stdin=stdin)
     assert proc.returncode == 0, proc.stderr.decode()

@@ -22,7 +22,7 @@ import pytest
 from producer.cli import EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from producer.summary import Summary
 from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
 from tests.redis_proc import free_port
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
@@ -164,7 +164,8 @@ def test_summary_by_outcome_and_fail_on(
         blocked,
     ]
     path = write_urls(tmp_path / "urls.txt", urls)
-    env = fetchfleet_env(redis_url, allow_private_networks=True)
+    # The same batch is collected three times below: keep its results in Redis after each collection.
+    env = fetchfleet_env(redis_url, allow_private_networks=True, result_retention="ttl")
     out = tmp_path / "out.jsonl"
     proc = run_cli(["submit", str(path), "--wait", "-o", str(out), "--fail-on", "error-kinds"], env)
     err = proc.stderr.decode()
@@ -235,6 +236,7 @@ def test_wait_with_no_worker_says_so_and_ctrl_c_prints_the_next_commands(
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=err,
+            preexec_fn=restore_sigint,  # the Ctrl-C below must reach it however pytest was started
         )
     try:
         batch_id = proc.stdout.readline().decode().strip()
@@ -398,7 +400,7 @@ def test_ordered_results_from_run_submit_and_results(
     assert indexes(run.stdout.decode()) == list(range(n))
 
     spawn_worker(redis_url, chunk_size=n)
-    env = fetchfleet_env(redis_url)
+    env = fetchfleet_env(redis_url, result_retention="ttl")  # "unordered" is read again below
     plain = run_cli(["submit", str(path), "--wait", "-q", "--batch-id", "unordered"], env)
     assert sorted(indexes(plain.stdout.decode())) == list(range(n))
     assert indexes(plain.stdout.decode()) != list(range(n))  # the delays do reorder them

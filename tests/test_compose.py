@@ -75,6 +75,7 @@ def compose() -> dict[str, Any]:
     return load_compose()
 
 
+@pytest.mark.slow
 def test_compose_file_is_valid_and_the_check_catches_mistakes(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -211,6 +212,8 @@ class LocalCluster:
         env = rewrite_redis(service_env(self.compose["services"][service]), self.redis.url)
         # The test's HTTP targets are on loopback, which the file rightly leaves blocked.
         env["FETCHFLEET_ALLOW_PRIVATE_NETWORKS"] = "true"
+        if "FETCHFLEET_BODY_STORE" in env:  # the `bodies` volume: a directory every process shares
+            env["FETCHFLEET_BODY_STORE"] = (self.data_dir / "bodies").as_uri()
         return {**base, **env, **extra, "PYTHONUNBUFFERED": "1"}
 
     def argv(self, service: str, command: list[str] | None = None) -> list[str]:
@@ -261,6 +264,7 @@ class LocalCluster:
                 p.wait(10)
 
 
+@pytest.mark.slow
 def test_compose_services_run_as_local_processes(
     compose: dict[str, Any], http_target: HttpTarget, tmp_path: Path
 ) -> None:
@@ -314,6 +318,7 @@ def test_compose_services_run_as_local_processes(
         assert all(isinstance(json.loads(line), dict) for line in lines), log
 
 
+@pytest.mark.slow
 def test_a_renamed_setting_in_the_file_stops_the_worker(
     compose: dict[str, Any], redis_server: RedisProcess, tmp_path: Path
 ) -> None:

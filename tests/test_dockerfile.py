@@ -29,11 +29,13 @@ def stages(text: str) -> list[str]:
     return re.split(r"^FROM\s", text, flags=re.MULTILINE)[1:]
 
 
+@pytest.mark.slow
 def test_hadolint_passes() -> None:
     proc = subprocess.run([hadolint(), str(DOCKERFILE)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get install gcc\nRUN cd /src && pip install .\n")

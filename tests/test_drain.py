@@ -21,6 +21,8 @@ from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 from worker.contract import batch_key
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 @pytest.fixture
 def slow_target() -> Iterator[SlowTarget]:
@@ -37,7 +39,7 @@ def test_sigterm_hands_back_and_fetches_nothing_twice(
     # The leaving worker holds two chunks of 20 with only 10 slots: some URLs it holds never started.
     leaving = spawn_worker(redis_url, worker_id="leaving", concurrency=10, chunk_size=20, drain_grace=20)
     wait_started(leaving)
-    env = fetchfleet_env(redis_url, chunk_size=20)
+    env = fetchfleet_env(redis_url, chunk_size=20, result_retention="ttl")  # the stream is read again below
     proc = run_cli(["submit", str(urls), "--batch-id", "drain"], env)
     assert proc.returncode == 0, proc.stderr.decode()
     staying = spawn_worker(redis_url, worker_id="staying", concurrency=20, chunk_size=20)
@@ -77,7 +79,7 @@ def test_sigterm_grace_runs_out(
     urls = write_urls(tmp_path / "urls.txt", slow_target.slow_urls(n, 4000, tag="long"))
     leaving = spawn_worker(redis_url, worker_id="leaving", concurrency=10, chunk_size=10, drain_grace=1)
     wait_started(leaving)
-    env = fetchfleet_env(redis_url, chunk_size=10)
+    env = fetchfleet_env(redis_url, chunk_size=10, result_retention="ttl")  # the stream is read again below
     assert run_cli(["submit", str(urls), "--batch-id", "grace"], env).returncode == 0
     wait_until(lambda: sum(slow_target.hits.values()) == n, 15, "all fetches started")
     leaving.signal(signal.SIGTERM)

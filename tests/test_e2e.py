@@ -6,9 +6,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import free_port
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 
 def test_two_workers_3000_urls(redis_url: str, http_target: HttpTarget, spawn_worker, tmp_path: Path) -> None:

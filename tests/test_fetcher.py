@@ -300,6 +300,7 @@ def _peak_rss_bytes(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.slow
 def test_worker_survives_every_hostile_endpoint_in_one_batch(
     redis_url: str, spawn_worker, target: FetchTarget, tls_target: FetchTarget, tmp_path: Path
 ) -> None:
@@ -375,6 +376,7 @@ async def test_unfetchable_urls_fail_as_invalid_url(fetcher: Fetcher, target: Fe
     assert to_file.redirects == 1
 
 
+@pytest.mark.slow
 def test_json_lines_requests_through_a_worker(
     redis_url: str, spawn_worker, target: FetchTarget, tmp_path: Path
 ) -> None:

@@ -34,6 +34,8 @@ from tests.redis_proc import free_port
 from worker.codec import dump_job
 from worker.contract import BATCHES_KEY, CHUNK_TASK, batch_key
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 QUEUE = "fetchfleet:queue"
 SECRET = "hunter2-" + "x7q"
 MAX_BODY = 4096

@@ -124,6 +124,7 @@ def _script_loaded(redis_url: str) -> bool:
         return bool(r.script_exists(sha)[0])
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_concurrency_limit(
     redis_url: str, spawn_worker, target: FetchTarget, tmp_path: Path
 ) -> None:
@@ -144,6 +145,7 @@ def test_two_workers_share_a_concurrency_limit(
     assert _script_loaded(redis_url)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_rate_limit(
     redis_url: str, spawn_worker, target: FetchTarget, tmp_path: Path
 ) -> None:
@@ -166,6 +168,7 @@ def test_two_workers_share_a_rate_limit(
     assert span >= 79 / 20 * 0.9
 
 
+@pytest.mark.slow
 def test_other_hosts_keep_flowing(
     redis_url: str, spawn_worker, target: FetchTarget, other_target: FetchTarget, tmp_path: Path
 ) -> None:
@@ -189,6 +192,7 @@ def test_other_hosts_keep_flowing(
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow
 def test_no_limit_costs_no_redis_round_trip(
     redis_url: str, spawn_worker, target: FetchTarget, tmp_path: Path
 ) -> None:
@@ -208,6 +212,7 @@ def test_no_limit_costs_no_redis_round_trip(
     assert scripts < 300 / 10
 
 
+@pytest.mark.slow
 def test_permits_of_a_killed_worker_expire(
     redis_url: str, spawn_worker, target: FetchTarget, tmp_path: Path
 ) -> None:

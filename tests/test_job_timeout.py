@@ -12,6 +12,8 @@ import pytest
 from tests.fetch_target import FetchTarget
 from tests.procs import fetchfleet_env, run_cli
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[FetchTarget]:

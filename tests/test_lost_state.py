@@ -32,6 +32,7 @@ def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # measured 10 s
 def test_redis_restarted_empty_mid_batch(spawn_worker, tmp_path: Path) -> None:
     server = RedisProcess().start()  # no persistence: a restart comes back empty
     target = SlowTarget().start()

@@ -6,16 +6,21 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.chaos import done_count, rss_kib, wait_started, write_urls
 from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 from worker.contract import batch_keys as contract_keys
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 N = 200_000
 TTL = 3600
 
 
+@pytest.mark.timeout(600)  # measured 175 s on a loaded 2-core machine
 def test_200k_urls_flat_rss_and_expiring_keys(
     redis_url: str, redis_server: RedisProcess, http_target: HttpTarget, spawn_worker, tmp_path: Path
 ) -> None:

@@ -59,6 +59,7 @@ def wait_for(predicate, timeout: float, every: float = 0.1):  # type: ignore[no-
     return predicate()
 
 
+@pytest.mark.slow
 def test_metrics_during_a_run_show_fetches_and_queue_depth(
     redis_url: str, http_target: HttpTarget, spawn_worker, tmp_path: Path
 ) -> None:
@@ -103,6 +104,7 @@ def test_metrics_during_a_run_show_fetches_and_queue_depth(
     assert end[("fetchfleet_fetches_in_flight", "")] == 0
 
 
+@pytest.mark.slow
 def test_healthz_fails_while_redis_is_down_and_recovers(spawn_worker, tmp_path: Path) -> None:
     redis = RedisProcess().start()
     try:
@@ -209,6 +211,7 @@ def test_dashboard_queries_only_metrics_the_worker_exports() -> None:
     assert all(f"job_name: {j}" in prom for j in jobs)
 
 
+@pytest.mark.slow
 def test_a_taken_metrics_port_stops_the_worker_with_a_message(redis_url: str, spawn_worker) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

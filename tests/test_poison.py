@@ -16,6 +16,8 @@ from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 from worker.contract import batch_key
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 # Loaded by the worker subprocess only (PYTHONPATH): production code carries no test hooks.
 FAULTS = textwrap.dedent(
     """

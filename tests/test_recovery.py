@@ -9,15 +9,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.chaos import stream_results, wait_started, write_urls
 from tests.http_target import HttpTarget
 from tests.procs import ROOT, fetchfleet_env
 from tests.redis_proc import RedisProcess
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 N = 20_000
 CHUNK = 100  # the default chunk size; set explicitly because the recovery figure is read per chunk
 
 
+@pytest.mark.timeout(180)  # measured 26 s
 def test_sigkill_two_seconds_in_20000_urls(
     redis_url: str, redis_server: RedisProcess, http_target: HttpTarget, spawn_worker, tmp_path: Path
 ) -> None:
@@ -33,7 +38,7 @@ def test_sigkill_two_seconds_in_20000_urls(
     wait_started(survivor)
 
     out = tmp_path / "out.jsonl"
-    env = fetchfleet_env(redis_url, **settings)
+    env = fetchfleet_env(redis_url, result_retention="ttl", **settings)  # the stream is read again below
     started = time.monotonic()
     submit = subprocess.Popen(
         [sys.executable, "-m", "producer", "submit", str(urls), "--wait", "-q", "-o", str(out)],

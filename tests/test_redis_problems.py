@@ -50,6 +50,7 @@ def private_redis() -> Iterator[RedisProcess]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # 18 command runs: measured 40 s
 def test_wrong_password_every_command(tmp_path: Path) -> None:
     server = RedisProcess(password=PASSWORD).start()
     try:
@@ -71,6 +72,7 @@ def test_wrong_password_every_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # 6 command runs
 def test_wrongtype_planted_at_the_batch_key(private_redis: RedisProcess, tmp_path: Path) -> None:
     urls = write_urls(tmp_path / "urls.txt", ["http://example.test/a"])
     with private_redis.client() as r:
@@ -106,6 +108,7 @@ def test_readonly_replica(private_redis: RedisProcess, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # measured 20 s
 def test_submit_into_full_redis_completes_later_with_the_same_id(
     private_redis: RedisProcess, tmp_path: Path
 ) -> None:

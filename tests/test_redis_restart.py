@@ -16,6 +16,8 @@ from tests.procs import ROOT, fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 from worker.contract import batch_key
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 DOWN_S = 8
 
 
@@ -36,6 +38,7 @@ def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.timeout(180)  # measured 28 s
 def test_redis_killed_and_restarted_mid_batch(aof_redis: RedisProcess, spawn_worker, tmp_path: Path) -> None:
     target = SlowTarget().start()
     try:
@@ -47,7 +50,8 @@ def test_redis_killed_and_restarted_mid_batch(aof_redis: RedisProcess, spawn_wor
         idle = spawn_worker(aof_redis.url, worker_id="idle", queue_name="ff:other", **settings)
         for w in [*workers, idle]:
             wait_started(w)
-        env = fetchfleet_env(aof_redis.url, **settings)
+        # Two readers follow one batch: each must see every result, so neither deletes what it read.
+        env = fetchfleet_env(aof_redis.url, result_retention="ttl", **settings)
         out = tmp_path / "out.jsonl"
         submit = cli(["submit", str(urls), "--batch-id", "restart", "--wait", "-o", str(out)], env)
         follow = None

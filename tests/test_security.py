@@ -16,6 +16,8 @@ from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess, free_port
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 QUEUE = "fetchfleet:queue"
 
 

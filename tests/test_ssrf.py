@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 
 from tests.fetch_target import FetchTarget
-from tests.procs import fetchfleet_env, run_cli
+from tests.procs import fetchfleet_env, run_cli, run_cli_in_process
 from worker.fetcher import Fetcher
 from worker.settings import load_settings
 from worker.ssrf import AddressPolicy, parse_host_ip
@@ -178,6 +178,7 @@ async def test_redirect_to_a_forbidden_address_is_blocked_at_the_hop(
     assert counting.connections == 0
 
 
+@pytest.mark.slow
 def test_worker_with_default_settings_blocks_every_private_target(
     redis_url: str, spawn_worker, counting: FetchTarget, tmp_path: Path
 ) -> None:
@@ -204,10 +205,11 @@ def test_worker_with_default_settings_blocks_every_private_target(
         assert r.zcard("fetchfleet:queue") == 0  # no retry waiting either
 
 
-def test_bad_allowed_networks_is_named() -> None:
-    proc = run_cli(
-        ["status", "nope"], fetchfleet_env("redis://127.0.0.1:1/0", allowed_networks="10.0.0.0/33")
-    )
+def test_bad_allowed_networks_is_named(
+    monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    env = fetchfleet_env("redis://127.0.0.1:1/0", allowed_networks="10.0.0.0/33")
+    proc = run_cli_in_process(["status", "nope"], env, monkeypatch, capfdbinary)
     assert proc.returncode == 2
     assert b"FETCHFLEET_ALLOWED_NETWORKS" in proc.stderr and b"Traceback" not in proc.stderr
 

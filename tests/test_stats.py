@@ -8,9 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from worker.monitor import heartbeat_ttl
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 
 def stats(env: dict[str, str]) -> dict[str, Any]:

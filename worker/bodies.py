@@ -62,6 +62,25 @@ def body_fields(body: bytes, content_type: object) -> tuple[str, str]:
     return base64.b64encode(body).decode("ascii"), "base64"
 
 
+def inline_ref(document: bytes) -> bytes:
+    """The result document with the body its `body_ref` points at (FETCHFLEET_BODY_STORE) added as
+    `body` and `body_encoding`; unchanged if it has none. An unreadable body becomes `body_error`."""
+    if b'"body_ref":{' not in document:  # most documents: no parse
+        return document
+    from worker.errors import BodyUnavailable
+    from worker.warcstore import read_body  # loads warcio, only for batches that use a store
+
+    doc = orjson.loads(document)
+    try:
+        body = read_body(doc["body_ref"], doc.get("sha256"))
+    except BodyUnavailable as exc:
+        doc["body"], doc["body_encoding"], doc["body_error"] = None, None, str(exc)
+        return orjson.dumps(doc)
+    doc["body"], doc["body_encoding"] = body_fields(body, doc.get("content_type"))
+    doc["body_truncated"] = False
+    return orjson.dumps(doc)
+
+
 def merge_body(document: bytes, stored: bytes | None) -> bytes:
     """The result document with its stored body added as `body` and `body_encoding`."""
     if not stored:

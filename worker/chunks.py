@@ -11,14 +11,16 @@ from redis.asyncio import Redis
 from worker.batchpolicy import batch_policy
 from worker.cancel import CancelWatch
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, batch_key, done_key
-from worker.errors import HandBack
+from worker.errors import BodyStoreError, HandBack
 from worker.fetcher import Fetcher
 from worker.hostlimits import HostLimiter, fetch_slot, make_limiter
 from worker.metrics import WorkerMetrics
 from worker.recorder import Recorder
+from worker.requeue import Requeuer
 from worker.results import encode, encode_doc, error_result, final_outcome, result_doc, stored_body
-from worker.retry import RetryPolicy, schedule_retry
+from worker.retry import RetryPolicy
 from worker.settings import Settings
+from worker.warcstore import BodyStore
 
 log = logging.getLogger("fetchfleet.chunks")
 
@@ -37,16 +39,25 @@ class Runtime:
     fetches: int = 0
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     cancels: CancelWatch | None = None
+    # FETCHFLEET_BODY_STORE: kept bodies go to WARC files, results carry a body_ref instead.
+    body_store: BodyStore | None = None
     # Set on SIGTERM: fetches not yet started are handed back to the queue instead (errors.HandBack).
     stopping: bool = False
 
+    # URLs of running chunks not yet through a fetch slot, and chunks claimed whose URLs are not
+    # counted there yet (job id -> URLs expected): what the claim sizing subtracts from free slots.
+    waiting: int = 0
+    reserved: dict[str, int] = field(default_factory=dict)
+
     retry: RetryPolicy = field(init=False)
+    requeuer: Requeuer = field(init=False)
     # None when no per-host limit is set: then a fetch costs no Redis round trip for politeness.
     host_limiter: HostLimiter | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.settings.concurrency)
         self.retry = RetryPolicy.from_settings(self.settings)
+        self.requeuer = Requeuer(self.redis, self.settings, self.recorder.pressure)
         self.host_limiter = make_limiter(self.redis, self.settings)
 
 
@@ -101,6 +112,7 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
             )
         await asyncio.gather(*records)  # one flush for the whole chunk, not a round trip per URL
         return ChunkSummary(fetched=0, skipped=len(entries), recorded=len(pending))
+    rt.waiting += len(pending)  # counted until each holds a slot (claim sizing)
     outcomes = await asyncio.gather(*(fetch_one(rt, job, index, req, tries) for index, req, tries in pending))
     if rt.stopping and sum(outcomes) < len(pending):
         # Every fetch this chunk started has finished and is recorded; the rest go back to the queue.
@@ -113,11 +125,17 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
     url = req if isinstance(req, str) else req.url
     attempts = tries + 1
     body: bytes | None = None
+    waiting = True  # counted in rt.waiting until it holds a slot
     try:
+        if rt.recorder.pressure.full:
+            # Redis is full: a fetch now would only add a result that cannot be recorded (memory).
+            await rt.recorder.pressure.wait_room()
         # Waiting for a polite host holds no slot: other hosts' URLs keep flowing meanwhile.
         # Without a host limit the bare semaphore is the slot (fetch_slot's wrapper costs ~3 us a URL).
         slot = rt.slots if rt.host_limiter is None else fetch_slot(rt.host_limiter, rt.slots, url)
         async with slot:
+            rt.waiting -= 1
+            waiting = False
             if rt.stopping:
                 return 0
             if rt.cancels is not None and rt.cancels.is_cancelled(job.batch_id):
@@ -146,12 +164,25 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
             return 1  # handled: the next attempt waits in the queue, not in this worker
         outcome = final_outcome(outcome, rt.retry.statuses)
         doc = result_doc(index, outcome, attempts, rt.worker_id)
+        if rt.body_store is not None and outcome.exchange is not None and outcome.body is not None:
+            if outcome.error is None:
+                # Durable before it is recorded: a result never points at bytes a crash could lose.
+                ref = await rt.body_store.put(outcome.exchange, outcome.body, outcome.sha256)
+                doc["body_ref"] = ref.model_dump()
+        else:
+            body = stored_body(outcome)
         payload = encode_doc(doc)
-        body = stored_body(outcome)
     except asyncio.CancelledError:
+        if waiting:
+            rt.waiting -= 1
         raise
+    except BodyStoreError:
+        raise  # not this URL's fault: the chunk fails and runs again (with backoff), nothing recorded
     except Exception as exc:
         log.exception("internal error fetching batch %s index %d", job.batch_id, index)
+        if waiting:
+            rt.waiting -= 1
+            waiting = False
         result = error_result(
             index, url, ErrorKind.INTERNAL, f"{exc.__class__.__name__}: {exc}", attempts, rt.worker_id
         )
@@ -168,8 +199,8 @@ async def _retry_later(
     rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | str, attempts: int, delay: float
 ) -> bool:
     try:
-        await schedule_retry(rt.redis, rt.settings, job, index, req, attempts, delay)
-    except Exception:  # Redis away: record this attempt's outcome rather than lose the URL
+        await rt.requeuer.add(job, index, req, attempts, delay)
+    except Exception:  # Redis away for good: record this attempt's outcome rather than lose the URL
         log.warning("could not queue a retry of batch %s index %d; recording it", job.batch_id, index)
         return False
     return True

@@ -347,6 +347,15 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class BodyRef(BaseModel):
+    """Where a body kept in FETCHFLEET_BODY_STORE is: its WARC response record, a gzip member of
+    `length` bytes at `offset` of the file `uri`."""
+
+    uri: str
+    offset: int
+    length: int
+
+
 class FetchResult(BaseModel):
     """One line of the results: exactly one per submitted URL."""
 
@@ -365,6 +374,7 @@ class FetchResult(BaseModel):
     worker: str = ""
     body: str | None = None
     body_encoding: Literal["text", "base64"] | None = None
+    body_ref: BodyRef | None = None
 
 
 # Batch keys put their type before the id (`ff:meta:ID`, `ff:done:ID`, `ff:results:ID`): whatever an id
@@ -385,6 +395,11 @@ def results_key(batch_id: str) -> str:
 def done_key(batch_id: str) -> str:
     """Bitmap, bit i set once index i has its result: the exactly-once gate."""
     return f"{KEY_PREFIX}:done:{batch_id}"
+
+
+def retried_key(batch_id: str, attempt: int) -> str:
+    """Bitmap, bit i set once attempt `attempt` of index i is queued: each retry queued once."""
+    return f"{KEY_PREFIX}:batch:{batch_id}:retried:{attempt}"
 
 
 def batch_keys(batch_id: str) -> tuple[str, str, str]:

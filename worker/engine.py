@@ -39,13 +39,22 @@ if TYPE_CHECKING:  # the producer imports this module for enqueueing and must no
     from worker.chunks import Runtime
     from worker.lease import Leases
     from worker.ops import Ops
+    from worker.warcstore import BodyStore
 
 log = logging.getLogger("fetchfleet.worker")
 
 JOB_KEY_PREFIX = job_key_prefix
 IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
+# Results waiting this long without the recorder making progress: claim nothing more for now.
+STALLED_NO_CLAIM_S = 1.0
 RECONNECT_CAP_S = 5.0
 STILL_DOWN_EVERY_S = 60.0
+# arq's own try limit and job timeout, set out of reach: when arq reaches either it deletes the job
+# with no result for its URLs (ARQ-NOTES). fetch_chunk counts the tries that matter itself (a run
+# that failed or died, never a wait for a full or unreachable Redis) and keeps its own deadline,
+# which stops while Redis is full, so it always has the last word and its last word is a result.
+# (arq's timeout is the job key's own lifetime, FETCHFLEET_RESULT_TTL: past that arq drops it anyway.)
+ARQ_MAX_TRIES = 1_000_000
 # Redis problems a chunk waits out instead of failing: none of them is the chunk's doing.
 WAIT_OUT = frozenset({RedisProblem.UNREACHABLE, RedisProblem.FULL, RedisProblem.READONLY, RedisProblem.AUTH})
 RUNNING_WELL_S = 10.0  # a poll loop that ran this long before failing meets a new problem
@@ -104,7 +113,32 @@ async def queue_depth(redis: Redis, settings: Settings) -> int:
 
 
 async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
-    """Run one chunk; whatever goes wrong, its URLs end up with results, never lost and never looping."""
+    """Run one chunk; whatever goes wrong, its URLs end up with results, never lost and never looping.
+
+    Only `Retry` or a result count leaves this function: any other exception would make arq delete
+    the job with its URLs unrecorded.
+    """
+    job_id = ctx.get("job_id", "?")
+    try:
+        return await _fetch_chunk(ctx, payload)
+    except (Retry, asyncio.CancelledError):
+        raise
+    except REDIS_ERRORS as exc:
+        # Recording a failure met Redis away or full: not the chunk's fault, run it again.
+        problem = classify(exc)
+        log.warning("chunk %s: Redis %s (%s); it will run again", job_id, problem.value, exc)
+        await forget_try(ctx)
+        raise Retry(defer=0 if problem is RedisProblem.FULL else 1) from None
+    except Exception:
+        log.exception("chunk %s: unexpected failure; it will run again", job_id)
+        raise Retry(defer=5) from None
+    finally:
+        rt: Runtime | None = ctx.get("runtime")
+        if rt is not None:
+            rt.reserved.pop(job_id, None)
+
+
+async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
     from worker.chunks import run_chunk
     from worker.errors import HandBack
     from worker.logs import bind_job
@@ -134,8 +168,11 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         raise Retry(defer=0)
     try:
         # Our own deadline, inside arq's: arq's timeout would drop the job and every URL still without a
-        # result with it. Here what finished stays recorded and the rest runs in the next try.
-        async with asyncio.timeout(settings.job_timeout):
+        # result with it. Here what finished stays recorded and the rest runs in the next try. Its
+        # clock stops while Redis is full: waiting for room is not the chunk taking too long.
+        async with rt.recorder.pressure.deadline(settings.job_timeout):
+            # From here its URLs count as waiting for a slot, no longer as a claimed chunk.
+            rt.reserved.pop(job_id, None)
             summary = await run_chunk(rt, job)
     except HandBack as back:
         log.info("chunk %s: %d unstarted URLs handed back to the queue", job_id, back.handed_back)
@@ -155,13 +192,15 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         problem = classify(exc)
         if problem in WAIT_OUT:
             # Not the chunk's fault: it runs again once Redis is back, has room, is writable again (a
-            # failover in progress) or takes the password again; the try it used is given back.
+            # failover in progress) or takes the password again, and this run does not count against
+            # its tries. (A full Redis: no deferral, which is a write.)
             # Unreachable: the poll loop announces the outage once; a line per chunk would flood.
             level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
             log.log(level, "chunk %s will run again: %s", job_id, describe(exc))
             await forget_try(ctx)
-            raise Retry(defer=1 if problem is RedisProblem.UNREACHABLE else 5) from None
-        # WRONGTYPE, NOSCRIPT, AUTH, ...: said as what it is; the chunk fails like any other error.
+            defer = {RedisProblem.FULL: 0, RedisProblem.UNREACHABLE: 1}.get(problem, 5)
+            raise Retry(defer=defer) from None
+        # WRONGTYPE, NOSCRIPT, ...: said as what it is; the chunk fails like any other error.
         log.error("chunk %s failed on try %d: %s", job_id, job_try, describe(exc))
         rt.metrics.chunk_done("failed")
         if job_try >= settings.chunk_max_tries:
@@ -221,6 +260,32 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
     )
 
 
+async def open_body_store(settings: Settings, worker_id: str) -> BodyStore:
+    from worker.warcstore import WarcStore, store_directory
+
+    assert settings.body_store is not None
+    if settings.body_store.startswith("s3://"):
+        from worker.s3store import S3WarcStore
+
+        s3 = S3WarcStore(
+            settings.body_store,
+            worker_id,
+            settings.warc_max_bytes,
+            settings.s3_flush_seconds,
+            settings.body_store_max_wait,
+            settings.s3_endpoint_url,
+        )
+        return await s3.__aenter__()
+    store = WarcStore(
+        store_directory(settings.body_store),
+        worker_id,
+        settings.warc_max_bytes,
+        settings.warc_max_seconds,
+        settings.body_store_max_wait,
+    )
+    return await store.__aenter__()
+
+
 def make_worker_id(settings: Settings) -> str:
     if settings.worker_id:
         return settings.worker_id
@@ -235,6 +300,7 @@ def build_worker_settings(settings: Settings) -> type:
     from worker.fetcher import Fetcher
     from worker.lease import Leases
     from worker.ops import start_ops
+    from worker.pressure import RedisPressure
     from worker.recorder import Recorder
 
     async def on_startup(ctx: WorkerCtx) -> None:
@@ -247,7 +313,7 @@ def build_worker_settings(settings: Settings) -> type:
         logging.getLogger("arq").setLevel(max(logging.getLogger("arq").level, logging.WARNING))
         fetcher = Fetcher(settings)
         await fetcher.start()
-        recorder = Recorder(ctx["redis"], settings.result_ttl)
+        recorder = Recorder(ctx["redis"], settings.result_ttl, RedisPressure(ctx["redis"]))
         recorder.start()
         leases = Leases(ctx["redis"], IN_PROGRESS_KEY_PREFIX, settings.lease_seconds)
         leases.start()
@@ -257,6 +323,8 @@ def build_worker_settings(settings: Settings) -> type:
         ctx["leases"] = leases
         rt = Runtime(settings, ctx["redis"], fetcher, recorder, make_worker_id(settings))
         rt.cancels = cancels
+        if settings.body_store:
+            rt.body_store = await open_body_store(settings, rt.worker_id)
         ctx["runtime"] = rt
         ctx["ops"] = await start_ops(rt, ctx.get("poll_due"))  # heartbeat, /metrics, /healthz
         # What exists now lives as long as the process: frozen, the collector stops walking it, and a
@@ -283,8 +351,12 @@ def build_worker_settings(settings: Settings) -> type:
         if rt is not None:
             if rt.cancels is not None:
                 await rt.cancels.close()
+            await rt.requeuer.close()
             await rt.recorder.close()
+            await rt.recorder.pressure.close()
             await rt.fetcher.close()
+            if rt.body_store is not None:
+                await rt.body_store.close()
             log.info("worker %s stopped after %d fetches", rt.worker_id, rt.fetches)
 
     async def on_job_start(ctx: WorkerCtx) -> None:
@@ -293,20 +365,25 @@ def build_worker_settings(settings: Settings) -> type:
     async def on_job_end(ctx: WorkerCtx) -> None:
         ctx["leases"].release(ctx["job_id"])
 
-    # Hold enough chunks that the slots stay full between arq's polls: arq claims a chunk only when it
-    # polls (every poll_delay) and chunks sharing the slots end close together. With 2 held, ops/bench
-    # saw no chunk running for 30% of the time; at 8 the gaps were gone.
-    chunks_held = max(8, 2 * math.ceil(settings.concurrency / settings.chunk_size) + 2)
+    # The most chunks held at once. How many are claimed at a poll is sized by free fetch slots
+    # (worker/claimsize.py); this cap only bounds a worker's memory. It is four times what fills
+    # the slots, since retry chunks can be far smaller than FETCHFLEET_CHUNK_SIZE.
+    chunks_held = max(8, 4 * math.ceil(settings.concurrency / settings.chunk_size) + 2)
     redis_settings = arq_redis_settings(settings)
     if settings.redis_password is not None:
         redis_settings.password = settings.redis_password.get_secret_value()
     if settings.redis_ca_file:
         redis_settings.ssl_ca_certs = settings.redis_ca_file
     attrs: dict[str, Any] = {
-        # One more try than the chunk allows itself, so that fetch_chunk, not arq, has the last word:
-        # arq would drop a job over its limit without a result for its URLs.
+        # arq's try limit and timeout out of reach (ARQ_MAX_TRIES): fetch_chunk has the last word.
         "functions": [
-            func(fetch_chunk, name=CHUNK_TASK, keep_result=0, max_tries=settings.chunk_max_tries + 1)
+            func(
+                fetch_chunk,
+                name=CHUNK_TASK,
+                keep_result=0,
+                max_tries=ARQ_MAX_TRIES,
+                timeout=settings.result_ttl,
+            )
         ],
         "queue_name": settings.queue_name,
         "redis_settings": redis_settings,
@@ -321,7 +398,7 @@ def build_worker_settings(settings: Settings) -> type:
         # at once is what lets a second worker find work (ARQ-NOTES: read limit vs. in-flight jobs).
         "queue_read_limit": 1000,
         "poll_delay": settings.poll_delay,
-        # fetch_chunk keeps its own deadline at job_timeout; arq's is only the backstop.
+        # fetch_chunk keeps its own deadline at job_timeout; arq's default for other functions.
         "job_timeout": settings.job_timeout + 60,
         "keep_result": 0,
         "expires_extra_ms": settings.result_ttl * 1000,
@@ -411,20 +488,51 @@ def claim_in_one_round_trip(worker: Worker) -> None:
     lease), a second run in the same process would share one entry in arq's task table (a KeyError at
     the end).
     """
+    from worker.claimsize import ClaimSizer
+
     script = worker.pool.register_script(CLAIM_LUA)
     worker.queue_read_limit = 1
+    sizer: ClaimSizer | None = None
 
     async def start_jobs(job_ids: list[bytes]) -> None:
+        nonlocal sizer
         free = worker.max_jobs - worker.job_counter
         if free <= 0 or not job_ids:
             return
+        rt: Runtime | None = worker.ctx.get("runtime")
+        if rt is not None:
+            if rt.recorder.pressure.full or rt.recorder.stalled_for() > STALLED_NO_CLAIM_S:
+                # Results are waiting for Redis: a new chunk would only add to them (memory).
+                return
+            if sizer is None:
+                sizer = ClaimSizer(rt.settings.concurrency, rt.settings.chunk_size)
+            free = min(
+                free,
+                sizer.chunks(
+                    now=time.monotonic(),
+                    fetches=rt.fetches,
+                    in_flight=rt.in_flight,
+                    waiting=rt.waiting,
+                    reserved=sum(rt.reserved.values()),
+                ),
+            )
+            if free <= 0:
+                return
         running = worker.tasks
         own = [j for j, t in running.items() if not t.done()]
         lease_ms = int(worker.in_progress_timeout_s * 1000)
         args = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
-        claimed = await script(keys=[worker.queue_name], args=args)
+        try:
+            claimed = await script(keys=[worker.queue_name], args=args)
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL or rt is None:
+                raise
+            rt.recorder.pressure.full_now()  # the claim's first write was refused: nothing claimed
+            return
         for i in range(0, len(claimed), 2):
             job_id, score = claimed[i].decode(), int(float(claimed[i + 1]))
+            if rt is not None:
+                rt.reserved[job_id] = rt.settings.chunk_size
             # arq's own accounting, as its start_jobs keeps it: one semaphore slot and one count per task
             await worker.sem.acquire()
             worker.job_counter += 1
@@ -433,6 +541,83 @@ def claim_in_one_round_trip(worker: Worker) -> None:
             running[job_id] = t
 
     worker.start_jobs = start_jobs  # type: ignore[method-assign]
+
+
+class FleetWorker(Worker):
+    """arq's Worker, surviving a full Redis: a refused write there must not end the poll loop."""
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        ran = self.jobs_complete + self.jobs_failed + self.jobs_retried
+        try:
+            await super().run_job(job_id, score)
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
+            # arq's start (GET, INCR) or finish transaction was refused as a whole: no try was counted
+            # (or the run is over). The claim's lease runs out and the chunk runs again after it.
+            stage = "end" if self.jobs_complete + self.jobs_failed + self.jobs_retried > ran else "start"
+            log.warning("chunk %s: Redis full at its %s; it runs again after its lease", job_id, stage)
+            rt: Runtime | None = self.ctx.get("runtime")
+            if rt is not None:
+                rt.recorder.pressure.full_now()
+        finally:
+            rt = self.ctx.get("runtime")
+            if rt is not None:
+                rt.reserved.pop(job_id, None)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        try:
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
+            # A full Redis refuses every command queued in a MULTI, even DEL and ZREM; left there, a
+            # finished chunk would stay queued and run a second time. Outside a transaction those run.
+            # (A deferral is a ZINCRBY, which it refuses anyway: the chunk then runs again at once.)
+            await self._finish_without_transaction(job_id, finish)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        try:
+            await super().finish_failed_job(job_id, result_data)
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
+            await self._finish_without_transaction(job_id, True)
+
+    async def _finish_without_transaction(self, job_id: str, finish: bool) -> None:
+        # Off the queue first: a worker dying between the two leaves a job key to expire, never a
+        # queued id without its job.
+        async with self.pool.pipeline(transaction=False) as pipe:
+            if finish:
+                pipe.zrem(self.queue_name, job_id)
+                pipe.delete(retry_key_prefix + job_id, JOB_KEY_PREFIX + job_id)
+            pipe.delete(IN_PROGRESS_KEY_PREFIX + job_id)
+            await pipe.execute()
+
+    async def record_health(self) -> None:
+        # arq's shared health-check key (a write): skipped while Redis is full, /healthz tells instead.
+        try:
+            await super().record_health()
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
 
 
 async def repair_after_crash(worker: Worker) -> None:
@@ -481,7 +666,12 @@ async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> Non
             if time.monotonic() - started > RUNNING_WELL_S:
                 said, delay = None, 0.5  # the loop ran well for a while: this is a new problem
             problem = classify(exc)
-            if problem is not said:
+            rt: Runtime | None = worker.ctx.get("runtime")
+            if problem is RedisProblem.FULL and rt is not None:
+                # Said once a minute by the pressure watch, with the figures; not a lost connection.
+                rt.recorder.pressure.full_now()
+                log.debug("poll loop met a full Redis (%s); restarting it", exc)
+            elif problem is not said:
                 # A relapse right after Redis answered again (connections the restart broke) is the
                 # same outage: not announced twice.
                 said, down, down_since = problem, True, time.monotonic()
@@ -519,7 +709,7 @@ async def run_worker(settings: Settings) -> signal.Signals | None:
     # create_pool, whose retry messages print connection details.
     kwargs["redis_pool"] = queue_redis(settings)
     kwargs["handle_signals"] = False
-    worker = Worker(**kwargs)
+    worker = FleetWorker(**kwargs)
 
     def poll_due() -> float | None:
         """When arq's poll loop is due to renew its health stamp (renewed from inside the loop)."""

@@ -12,6 +12,9 @@ FetchfleetError
 ├── ServerUnavailable       `fetchfleet run`: no Redis-compatible server to start, or it would not start
 ├── LocalRunError           `fetchfleet run`: a local worker or the embedded server died
 ├── HandBack                a chunk stopped early for a graceful stop; the queue runs the rest again
+├── BodyUnavailable         a result has no body to give: none was kept, or its store cannot be read
+├── BodyStoreError          a worker could not make a body durable in FETCHFLEET_BODY_STORE in time; the
+│                           chunk fails and runs again, and no result points at the bytes
 └── FetchError              one URL could not be fetched; `kind` is the result's error kind
     ├── TransientFetchError     worth another attempt
     │   ├── ConnectFailed           kind "connect"
@@ -88,6 +91,14 @@ class HandBack(FetchfleetError):
         super().__init__(f"batch {batch_id}: {handed_back} unstarted URLs handed back")
         self.batch_id = batch_id
         self.handed_back = handed_back
+
+
+class BodyUnavailable(FetchfleetError):
+    """A result's body was not kept (no `body=True`, or an error result), or cannot be read back."""
+
+
+class BodyStoreError(FetchfleetError):
+    """A body could not be written and fsynced to the body store within FETCHFLEET_BODY_STORE_MAX_WAIT."""
 
 
 class FetchError(FetchfleetError):

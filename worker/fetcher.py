@@ -22,6 +22,7 @@ from worker.deadlines import Deadline, Watchdog
 from worker.errormap import map_exception
 from worker.settings import Settings
 from worker.ssrf import AddressPolicy, IPNetwork
+from worker.warcstore import Exchange
 
 log = logging.getLogger("fetchfleet.fetcher")
 
@@ -44,6 +45,7 @@ class FetchOutcome:
     error: errors.FetchError | None = None
     retry_after: str | None = None
     body_truncated: bool = False
+    exchange: Exchange | None = None  # with a kept body: what a WARC record needs besides it
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,8 @@ class FetchLimits:
             s.total_timeout,
             s.max_redirects,
             s.max_body_bytes,
-            s.max_stored_body_bytes,
+            # A body store holds whole bodies; only Redis needs the smaller cap.
+            s.max_body_bytes if s.body_store else s.max_stored_body_bytes,
         )
 
 
@@ -248,6 +251,17 @@ class Fetcher:
                     continue
                 digest, size, kept = await self._read_body(resp, state, keep_body and method != "HEAD")
                 truncated = kept is not None and size > len(kept)
+                exchange = None
+                if kept is not None:
+                    exchange = Exchange(
+                        url=str(resp.url),
+                        method=method,
+                        request_headers=tuple(resp.request_info.headers.items()),
+                        status=resp.status,
+                        reason=resp.reason or "",
+                        version=f"{resp.version.major}.{resp.version.minor}",
+                        response_headers=tuple(resp.headers.items()),
+                    )
                 return FetchOutcome(
                     url=req.url,
                     final_url=str(resp.url),
@@ -260,6 +274,7 @@ class Fetcher:
                     body=kept,
                     retry_after=resp.headers.get("Retry-After"),
                     body_truncated=truncated,
+                    exchange=exchange,
                 )
 
     async def _read_body(

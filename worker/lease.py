@@ -48,16 +48,24 @@ class Leases:
     async def renew(self) -> None:
         """Renew every held lease in one round trip.
 
-        SET, not PEXPIRE: a claim that expired while Redis was away longer than a lease (or restarted
-        without it) is taken back, so other workers do not start a second run of a chunk still running.
+        PEXPIRE first: it is not refused by a full Redis (it adds nothing), so a chunk waiting for room
+        keeps its claim however long Redis stays full. Then SET for any claim that expired while Redis
+        was away longer than a lease (or restarted without it): it is taken back, so other workers do
+        not start a second run of a chunk still running.
         """
         held = list(self.held)
         if not held:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in held:
-                pipe.set(self._prefix + job_id, b"1", px=self.lease_ms)
-            await pipe.execute()
+                pipe.pexpire(self._prefix + job_id, self.lease_ms)
+            renewed = await pipe.execute()
+        lost = [job_id for job_id, ok in zip(held, renewed, strict=True) if not ok]
+        if lost:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in lost:
+                    pipe.set(self._prefix + job_id, b"1", px=self.lease_ms)
+                await pipe.execute()
 
     def start(self) -> None:
         self._task = start_loop(self._task, self._run, "fetchfleet-leases")

@@ -51,6 +51,8 @@ class Probes:
     # Wall-clock time by which the queue engine's poll loop is due to report progress again; None when
     # the engine cannot tell (e.g. under `arq worker.WorkerSettings`).
     poll_due: Callable[[], float | None] = lambda: None
+    # "Redis is full (used/max)" while a write was refused for lack of memory; None otherwise.
+    redis_full: Callable[[], str | None] = lambda: None
 
 
 @dataclass
@@ -170,6 +172,9 @@ class Monitor:
         problems = []
         if not await self.ping():
             problems.append(f"redis did not answer a ping within {PING_TIMEOUT:g}s")
+        full = self.probes.redis_full()
+        if full is not None:
+            problems.append(full)
         stall = self.settings.stall_seconds
         waited = self.probes.recorder_stalled()
         if waited > stall:

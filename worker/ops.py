@@ -39,6 +39,7 @@ async def start_ops(rt: Runtime, poll_due: Callable[[], float | None] | None = N
         fetches=lambda: rt.fetches,
         recorder_stalled=rt.recorder.stalled_for,
         poll_due=poll_due or (lambda: None),
+        redis_full=lambda: rt.recorder.pressure.describe() if rt.recorder.pressure.full else None,
     )
     monitor = Monitor(s, rt.worker_id, rt.metrics, probes)
     server = OpsServer(monitor, s.metrics_host, s.metrics_port) if s.metrics_port else None

@@ -11,6 +11,7 @@ from importlib.resources import files
 from redis.asyncio import Redis
 
 from worker.contract import batch_keys
+from worker.pressure import RedisPressure
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
 
 log = logging.getLogger("fetchfleet.recorder")
@@ -19,6 +20,7 @@ RECORD_LUA = files("worker").joinpath("record.lua").read_text()
 MAX_FLUSH = 1000
 MAX_INDEX = 2**32  # SETBIT's offsets: the done bitmap holds no index beyond
 LOST = -1  # record.lua's answer when the batch hash is gone or holds another incarnation
+FULL_BACKOFF_CAP_S = 5.0
 
 
 @dataclass(slots=True)
@@ -65,9 +67,10 @@ class Recorder:
     next one, so under load each round trip carries hundreds of results and when idle there is no delay.
     """
 
-    def __init__(self, redis: Redis, ttl: int) -> None:
+    def __init__(self, redis: Redis, ttl: int, pressure: RedisPressure | None = None) -> None:
         self._redis = redis
         self._ttl = ttl
+        self.pressure = pressure if pressure is not None else RedisPressure(redis)
         self._script = redis.register_script(RECORD_LUA)
         self._queue: list[Pending] = []
         self._wake = asyncio.Event()
@@ -143,28 +146,41 @@ class Recorder:
         while True:
             try:
                 # Usually one batch per flush; EVALSHA falls back to loading the script once.
-                for (batch_id, incarnation), group in by_batch.items():
-                    if all(p.future.done() for p in group):
-                        continue  # recorded by an earlier pass of this loop
+                for key in list(by_batch):
+                    batch_id, incarnation = key
+                    group = by_batch[key]
                     flags = await self._script(
                         keys=reversed_keys(batch_id), args=script_args(self._ttl, group, incarnation)
                     )
                     if flags == LOST:
                         self._batch_lost(batch_id, incarnation, group)
+                        del by_batch[key]
                         continue
                     for p, flag in zip(group, flags, strict=True):
                         if not p.future.done():
                             p.future.set_result(bool(flag))
+                    # Recorded: a retry after an error further on must not send this group again.
+                    del by_batch[key]
                 break
             except REDIS_ERRORS as exc:
                 problem = classify(exc)
-                if problem not in (RedisProblem.UNREACHABLE, RedisProblem.FULL):
+                if problem is RedisProblem.FULL and not (self._closed and delay >= FULL_BACKOFF_CAP_S):
+                    # Redis is full: the script's first write was refused, so nothing of this group
+                    # was written. Keep every result and try again until there is room; the chunks
+                    # waiting on them hold their leases meanwhile, and no new chunk is claimed.
+                    # (Shutting down: the chunks fail after a while and run again elsewhere later.)
+                    self.pressure.full_now()
+                    self._progress_at = time.monotonic()  # waiting for room is not a stall
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, FULL_BACKOFF_CAP_S)
+                    continue
+                if problem is not RedisProblem.UNREACHABLE and problem is not RedisProblem.FULL:
                     # Not an outage (WRONGTYPE, READONLY, NOSCRIPT, ...): waiting will not fix it. The
                     # chunks waiting on these results fail and retry; the script wrote nothing.
                     log.error("recording %d results failed: %s", len(items), describe(exc))
                     self._fail(items, exc)
                     return
-                # Redis away or full: keep the results and try again, never drop them.
+                # Redis away: keep the results and try again, never drop them.
                 if self._closed and delay >= 5.0:
                     # Shutting down and Redis stays away: the chunk fails and arq runs it again later.
                     self._fail(items, exc)

@@ -117,6 +117,7 @@ def error_result(
 
 def encode(result: FetchResult) -> bytes:
     # Unset optional body fields are left out, so a default result stays small in Redis.
-    return result.model_dump_json(
-        exclude_none=False, exclude={"body", "body_encoding"} if result.body is None else None
-    ).encode()
+    exclude = {"body", "body_encoding"} if result.body is None else set()
+    if result.body_ref is None:
+        exclude.add("body_ref")
+    return result.model_dump_json(exclude_none=False, exclude=exclude or None).encode()

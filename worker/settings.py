@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     queue_name: str = "fetchfleet:queue"
     chunk_size: int = Field(default=100, ge=1, le=10_000)
     result_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="seconds every batch key lives")
+    # "collected": a follower (`--wait`, `results --follow`, the API's follow) deletes the results it has
+    # written out, so Redis holds only what is uncollected; "ttl": results stay until result_ttl.
+    result_retention: Literal["collected", "ttl"] = "collected"
     job_timeout: int = Field(default=300, ge=1, description="seconds one chunk may run")
     max_queued_chunks: int = Field(default=10_000, ge=1, description="submit waits above this queue depth")
     poll_delay: float = Field(default=0.01, gt=0, le=5)
@@ -86,6 +89,14 @@ class Settings(BaseSettings):
     # Headers of the input kept on a redirect to another origin; every other one given is dropped
     # there (Authorization, Cookie and Proxy-Authorization always are), as curl does for Authorization.
     redirect_keep_headers: Annotated[tuple[str, ...], NoDecode] = ()
+    # Kept bodies go to WARC files here instead of through Redis (docs/bodies.md); unset: inline in Redis.
+    body_store: str | None = None
+    warc_max_bytes: int = Field(default=1024**3, ge=1024, description="rotate a WARC file past this size")
+    warc_max_seconds: float = Field(default=3600.0, gt=0, description="rotate a WARC file this old")
+    body_store_max_wait: float = Field(default=30.0, gt=0, description="seconds a body may wait for fsync")
+    # s3:// stores: the endpoint of an S3-compatible server (unset: AWS); credentials from AWS_* variables
+    s3_endpoint_url: str | None = None
+    s3_flush_seconds: float = Field(default=1.0, gt=0, le=300, description="upload a WARC segment this often")
 
     # Retries (through the queue) and per-host politeness (through Redis, across all workers)
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -95,6 +106,21 @@ class Settings(BaseSettings):
     retry_after_max: float = Field(default=300.0, ge=0, description="longest Retry-After honoured")
     per_host_concurrency: int = Field(default=0, ge=0, description="0: no limit")
     per_host_rate: float = Field(default=0.0, ge=0, description="requests per second per host; 0: no limit")
+
+    @field_validator("body_store")
+    @classmethod
+    def _body_store(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value.startswith("s3://"):
+            from worker.s3store import parse_s3
+
+            parse_s3(value)  # raises ValueError with the reason
+            return value
+        from worker.warcstore import store_directory  # only when set: it loads warcio
+
+        store_directory(value)  # raises ValueError with the reason
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -190,11 +216,13 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
 
 
 # Which process reads each setting; README's settings table shows it (tests/test_readme.py checks).
-PRODUCER_FIELDS = frozenset({"chunk_size", "max_queued_chunks"})
+PRODUCER_FIELDS = frozenset({"chunk_size", "max_queued_chunks", "result_retention"})
 SHARED_FIELDS = frozenset(
-    {"redis_url", "redis_password", "redis_ca_file", "queue_name", "result_ttl", "max_request_body_bytes"}
-    | {"redis_socket_timeout", "allow_eviction"}
-)
+    {
+        "redis_url", "redis_password", "redis_ca_file", "queue_name", "result_ttl", "max_request_body_bytes",
+        "s3_endpoint_url", "redis_socket_timeout", "allow_eviction",
+    }
+)  # fmt: skip
 # Worker-only settings that decide how URLs are fetched: set beside `submit` they look as if they should
 # apply to its batch, and do not, so `submit` warns about them.
 FETCH_POLICY_FIELDS = frozenset(

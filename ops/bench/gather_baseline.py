@@ -20,8 +20,12 @@ import time
 import aiohttp
 
 
-async def fetch_all(base: str, first: int, count: int, concurrency: int, wait_go: bool) -> dict[str, float]:
+async def fetch_all(
+    base: str, first: int, count: int, concurrency: int, wait_go: bool, write: str | None = None
+) -> dict[str, float]:
     sem = asyncio.Semaphore(concurrency)
+    # --write: keep every page's text, as a script that uses the content would (ops/bench/bodies.py)
+    out = open(write, "w", encoding="utf-8") if write else None  # noqa: SIM115
     connector = aiohttp.TCPConnector(limit=concurrency)
     ok = errors = 0
 
@@ -32,7 +36,11 @@ async def fetch_all(base: str, first: int, count: int, concurrency: int, wait_go
             async with sem:
                 try:
                     async with session.get(url) as resp:
-                        await resp.read()
+                        if out is not None:
+                            out.write(await resp.text())
+                            out.write("\n")
+                        else:
+                            await resp.read()
                         ok += resp.status == 200
                 except aiohttp.ClientError:
                     errors += 1
@@ -45,6 +53,8 @@ async def fetch_all(base: str, first: int, count: int, concurrency: int, wait_go
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         start, cpu = time.time(), time.process_time()
         await asyncio.gather(*(fetch(f"{base}/ok/{i}") for i in range(first, first + count)))
+        if out is not None:
+            out.close()  # flushed to the OS before the clock stops, like a worker's fsynced WARC
         end, cpu = time.time(), time.process_time() - cpu
     return {"start": start, "end": end, "cpu": cpu, "count": count, "ok": ok, "errors": errors}
 
@@ -59,6 +69,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--wait-go", action="store_true")
+    parser.add_argument("--write", metavar="PATH", help="write every page's text to this file")
     args = parser.parse_args()
     run = asyncio.run
     if args.loop == "uvloop":
@@ -68,7 +79,7 @@ def main() -> None:
             run = uvloop.run
         except ImportError:
             pass
-    figures = run(fetch_all(args.base, args.first, args.count, args.concurrency, args.wait_go))
+    figures = run(fetch_all(args.base, args.first, args.count, args.concurrency, args.wait_go, args.write))
     figures["rate"] = figures["count"] / (figures["end"] - figures["start"])
     print(json.dumps(figures), flush=True)
 

@@ -78,9 +78,13 @@ class WorkerProc:
 class GatherProc:
     """One copy of gather_baseline.py that warms up, then waits for the word to go."""
 
-    def __init__(self, base: str, first: int, count: int, concurrency: int, loop: str) -> None:
+    def __init__(
+        self, base: str, first: int, count: int, concurrency: int, loop: str, write: Path | None = None
+    ) -> None:
         args = [sys.executable, str(HERE / "gather_baseline.py"), base, "--first", str(first)]
         args += ["--count", str(count), "--concurrency", str(concurrency), "--loop", loop, "--wait-go"]
+        if write is not None:
+            args += ["--write", str(write)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
 
     def wait_ready(self) -> None:

@@ -1,0 +1,137 @@
+"""A full Redis (maxmemory reached, noeviction) mid-batch: nothing lost, nothing twice, no tries burnt."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from producer.embedded import free_port
+from tests.chaos import Workers, done_count, rss_kib, wait_started, wait_until, write_urls
+from tests.fetch_target import FetchTarget
+from tests.procs import ROOT, fetchfleet_env
+from tests.redis_proc import RedisProcess
+
+N = 50_000
+FULL_FOR_S = 70.0  # longer than five leases (FETCHFLEET_LEASE_SECONDS 10)
+LEASE_S = 10
+MAX_ATTEMPTS = 3
+
+
+def healthz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_full_redis_loses_nothing_and_burns_no_tries(tmp_path: Path) -> None:
+    target = FetchTarget().start()
+    server = RedisProcess("--maxmemory-policy", "noeviction").start()
+    workers = Workers(tmp_path)
+    submit: subprocess.Popen[bytes] | None = None
+    try:
+        r = server.client()
+        # A 200 each, but every hundredth URL answers 503 once first: its retry goes through the queue
+        # too. Each URL has a path of its own, so the target counts the requests made for each.
+        urls = write_urls(
+            tmp_path / "urls.txt",
+            [target.url(f"/flaky/u{i}/{int(i % 100 == 7)}/503") for i in range(N)],
+        )
+        settings = {
+            "concurrency": 100,
+            "chunk_size": 100,
+            "lease_seconds": LEASE_S,
+            "max_attempts": MAX_ATTEMPTS,
+            "heartbeat_interval": 1,
+            "retry_backoff_base": 0.2,
+        }
+        out = tmp_path / "out.jsonl"
+        env = fetchfleet_env(server.url, **settings)
+        command = ["submit", str(urls), "--wait", "-q", "--batch-id", "full", "-o", str(out)]
+        submit = subprocess.Popen(
+            [sys.executable, "-m", "producer", *command],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_until(lambda: r.hget("ff:batch:full", "complete") == b"1", 120, "the whole batch queued")
+        # The cap: what the queued batch takes now, plus room for about a third of its results
+        # (~370 bytes each in Redis), so that Redis fills up mid-batch.
+        used = int(r.info("memory")["used_memory"])
+        r.config_set("maxmemory", used + N // 3 * 370)
+        ports = [free_port() for _ in range(2)]
+        ws = [
+            workers.spawn(server.url, worker_id=f"w{i}", metrics_port=ports[i], **settings) for i in range(2)
+        ]
+        for w in ws:
+            wait_started(w)
+
+        # Redis fills up: the done count stops moving while the queue still holds work.
+        def full_now() -> bool:
+            return all("Redis is full" in w.log() for w in ws)
+
+        wait_until(full_now, 180, "both workers to report a full Redis")
+        full_at = time.monotonic()
+        done_when_full = done_count(r, "full")
+        assert 0 < done_when_full < N, done_when_full
+        rss: list[list[int]] = []
+        health: list[tuple[int, str]] = []
+        while time.monotonic() - full_at < FULL_FOR_S:
+            rss.append([rss_kib(w.pid) for w in ws])
+            if len(rss) % 10 == 1:
+                health.append(healthz(ports[len(rss) % 2]))
+            assert all(w.proc.poll() is None for w in ws)
+            time.sleep(1)
+        done_blocked = done_count(r, "full")
+        r.config_set("maxmemory", 0)
+        room_at = time.monotonic()
+        _, stderr = submit.communicate(timeout=300)
+        finished = time.monotonic() - room_at
+        assert submit.returncode == 0, stderr.decode()
+        logs = [w.log() for w in ws]
+    finally:
+        if submit is not None and submit.poll() is None:
+            submit.kill()
+        workers.stop_all()
+        server.close()
+        target.stop()
+
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    counts = Counter(x["index"] for x in results)
+    assert sorted(counts) == list(range(N)) and set(counts.values()) == {1}, "an index missing or twice"
+    kinds = Counter((x["error"] or {}).get("kind") for x in results)
+    assert kinds == Counter({None: N}), kinds  # zero `internal`, zero anything else
+    # A full Redis costs no attempt and throws no fetch away: each URL was requested exactly as often
+    # as its result says it was attempted, within the limit, and the flaky ones twice.
+    over = [x for x in results if target.hits[f"flaky:u{x['index']}"] != x["attempts"]]
+    assert not over, [(x["index"], x["attempts"], target.hits[f"flaky:u{x['index']}"]) for x in over[:5]]
+    assert all(x["attempts"] <= MAX_ATTEMPTS for x in results)
+    assert all(x["attempts"] == 2 for x in results if x["index"] % 100 == 7)
+    # While blocked: nothing was claimed or fetched, so worker memory stayed flat.
+    first, peak = rss[0], [max(s[i] for s in rss) for i in range(2)]
+    growth = [peak[i] - first[i] for i in range(2)]
+    reports = [log.count("Redis is full (") for log in logs]
+    print(
+        f"\n{N:,} URLs, Redis full at {done_when_full:,} done ({done_blocked:,} when room came back "
+        f"after {FULL_FOR_S:.0f}s); finished {finished:.1f}s later; worker RSS while blocked: "
+        f"first {[k // 1024 for k in first]} MiB, peak {[k // 1024 for k in peak]} MiB, growth "
+        f"{[g // 1024 for g in growth]} MiB; 'Redis is full' lines per worker {reports}; "
+        f"/healthz while full {[code for code, _ in health]}"
+    )
+    assert all(g < 20 * 1024 for g in growth), growth
+    assert all(1 <= n <= 3 for n in reports), reports  # once a minute, not once per attempt
+    assert health and all(code == 503 and "Redis is full" in body for code, body in health), health
+    assert all("Redis has room again" in log for log in logs)
+    assert not any("Traceback" in log for log in logs)

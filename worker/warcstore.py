@@ -1,0 +1,358 @@
+"""The body store: each kept body as a WARC/1.1 `response` record (and its `request`) in files on disk.
+
+A worker appends gzip members, one per record, to its own file and rotates it by size and age. `put`
+returns a `BodyRef` (file URI, offset, length of the response record) only once the bytes it points at
+are fsynced: a result recorded in Redis never points at bytes a crash could lose. Imports only warcio,
+the contract and the standard library, so the producer reads bodies back with the same module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import os
+import re
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlsplit
+
+from warcio.archiveiterator import ArchiveIterator
+from warcio.utils import Digester
+from warcio.warcwriter import WARCWriter
+
+from worker.contract import BodyRef
+from worker.errors import BodyStoreError, BodyUnavailable
+
+# Headers describing the bytes on the wire: the record holds the body as decoded (gzip, br inflated,
+# chunks joined), so these would make a replay tool decode it a second time.
+WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length"})
+GZIP_LEVEL = 1  # CPU is what limits a worker: level 1 deflates text in about half the time of 6 for
+# files about 5 % larger (warcio's own wrapper uses 9)
+SOFTWARE = "fetchfleet/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What a WARC needs of one HTTP exchange besides the body."""
+
+    url: str
+    method: str
+    request_headers: tuple[tuple[str, str], ...]
+    status: int
+    reason: str
+    version: str  # "1.1"
+    response_headers: tuple[tuple[str, str], ...]
+
+
+class BodyStore(Protocol):
+    """What a worker needs of a body store: WarcStore (a directory) or s3store.S3WarcStore."""
+
+    async def put(self, exchange: Exchange, body: bytes, sha256_hex: str | None = None) -> BodyRef: ...
+    async def close(self) -> None: ...
+
+
+def store_directory(store: str) -> Path:
+    """The directory of a `file:///path` store URI."""
+    parts = urlsplit(store)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+        raise ValueError(f"not a file:///absolute/path URI: {store!r}")
+    return Path(unquote(parts.path))
+
+
+def file_uri(path: Path) -> str:
+    return "file://" + quote(str(path))
+
+
+class _Sha256Writer(WARCWriter):
+    """warcio's writer with SHA-256 digests: a record's payload digest is then the result's `sha256`."""
+
+    def _create_digester(self) -> Digester:
+        return Digester("sha256")
+
+
+def _gzip(data: bytes) -> bytes:
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: one gzip member per record
+    return c.compress(data) + c.flush()
+
+
+def _record(writer: _Sha256Writer, record: Any) -> bytes:
+    out = io.BytesIO()
+    writer.out = out
+    writer.write_record(record)
+    return _gzip(out.getvalue())
+
+
+def _http_block(first_line: str, headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> bytes:
+    """An HTTP message head as it went over the wire (aiohttp decodes header bytes with surrogateescape)."""
+    lines = [first_line, *(f"{k}: {v}" for k, v in headers), "", ""]
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def _warc_record(
+    rec_type: str, record_id: str, url: str, when: str, block: bytes, payload_sha256: str, extra: str = ""
+) -> bytes:
+    """One gzipped WARC/1.1 record whose block is an HTTP message (head + payload).
+
+    Written here rather than through warcio's record builder, which cost ~200 us of CPU an exchange
+    (hashing and base32 twice per record, header bookkeeping) against ~40 us here: at 1 KiB pages that
+    was most of a worker's CPU (ops/bench/bodies.py). Digests are SHA-256 in base16, which the WARC
+    standard allows (any RFC 4648 encoding) and `warcio check` verifies; the payload digest is then the
+    result's own `sha256`. warcio reads and checks every file the tests write.
+    """
+    head = (
+        f"WARC/1.1\r\nWARC-Type: {rec_type}\r\nWARC-Record-ID: {record_id}\r\nWARC-Date: {when}\r\n"
+        f"WARC-Target-URI: {url}\r\n{extra}WARC-Payload-Digest: sha256:{payload_sha256}\r\n"
+        f"WARC-Block-Digest: sha256:{hashlib.sha256(block).hexdigest()}\r\n"
+        f"Content-Type: application/http; msgtype={rec_type}\r\nContent-Length: {len(block)}\r\n\r\n"
+    ).encode()
+    return _gzip(head + block + b"\r\n\r\n")
+
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def build_records(exchange: Exchange, body: bytes, sha256_hex: str | None = None) -> tuple[bytes, bytes]:
+    """(gzipped response record, gzipped request record) for one exchange; `sha256_hex`: the body's,
+    when the caller has it already (the fetcher hashes every body it reads)."""
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    response_id = f"<urn:uuid:{uuid.uuid4()}>"
+    headers = [(k, v) for k, v in exchange.response_headers if k.lower() not in WIRE_HEADERS]
+    headers.append(("Content-Length", str(len(body))))
+    status_line = f"HTTP/{exchange.version} {exchange.status} {exchange.reason}".rstrip()
+    response = _warc_record(
+        "response",
+        response_id,
+        exchange.url,
+        when,
+        _http_block(status_line, headers) + body,
+        sha256_hex or hashlib.sha256(body).hexdigest(),
+    )
+    target = urlsplit(exchange.url)
+    path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+    request_line = f"{exchange.method} {path} HTTP/{exchange.version}"
+    request = _warc_record(
+        "request",
+        f"<urn:uuid:{uuid.uuid4()}>",
+        exchange.url,
+        when,
+        _http_block(request_line, exchange.request_headers),
+        _EMPTY_SHA256,
+        f"WARC-Concurrent-To: {response_id}\r\n",
+    )
+    return response, request
+
+
+def _warcinfo(filename: str) -> bytes:
+    writer = _Sha256Writer(io.BytesIO(), gzip=False, warc_version="1.1")
+    info = writer.create_warcinfo_record(filename, {"software": SOFTWARE, "format": "WARC File Format 1.1"})
+    return _record(writer, info)
+
+
+def _fsync(fd: int, dir_fd: int | None) -> None:
+    os.fsync(fd)
+    if dir_fd is not None:
+        os.fsync(dir_fd)
+
+
+@dataclass(eq=False, slots=True)
+class _File:
+    path: Path
+    fd: int
+    opened: float
+    size: int = 0
+    synced: int = 0
+    retired: bool = False
+    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+
+
+class WarcStore:
+    """One worker's WARC files in a directory (a shared volume). Use as `async with WarcStore(...)`.
+
+    Writes go to the page cache at once (one `os.write` per exchange, so a kill leaves whole records);
+    a flusher task fsyncs for every waiting `put` together (group commit), as the recorder does.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        worker_id: str,
+        max_bytes: int,
+        max_seconds: float,
+        max_wait: float,
+    ) -> None:
+        self.dir = directory
+        self.name = re.sub(r"[^A-Za-z0-9._-]", "_", worker_id)
+        self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
+        self.max_wait = max_wait
+        self._current: _File | None = None
+        self._files: list[_File] = []  # open: the current one and retired ones not yet fsynced
+        self._serial = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> WarcStore:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._task = asyncio.create_task(self._flusher(), name="fetchfleet-warc-flusher")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def put(self, exchange: Exchange, body: bytes, sha256_hex: str | None = None) -> BodyRef:
+        """Append the exchange's records; return the response record's place once it is durable.
+
+        Raises BodyStoreError if the bytes are not durable within `max_wait` seconds (a stuck disk):
+        the chunk then fails and runs again, and no result points at them.
+        """
+        if self._closed:
+            raise BodyStoreError("body store is closed")
+        response, request = build_records(exchange, body, sha256_hex)
+        f = self._file()
+        offset = f.size
+        try:
+            os.write(f.fd, response + request)
+        except OSError as exc:
+            raise BodyStoreError(f"cannot write {f.path}: {exc.strerror}") from exc
+        f.size += len(response) + len(request)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        f.waiters.append((f.size, done))
+        self._wake.set()
+        await done  # the flusher answers within max_wait, one way or the other
+        return BodyRef(uri=file_uri(f.path), offset=offset, length=len(response))
+
+    def _file(self) -> _File:
+        f = self._current
+        now = time.monotonic()
+        if f is not None and (f.size >= self.max_bytes or now - f.opened >= self.max_seconds):
+            f.retired = True  # the flusher closes it once everything in it is fsynced
+            self._wake.set()
+            f = None
+        if f is None:
+            self._serial += 1
+            stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
+            path = self.dir / f"fetchfleet-{stamp}-{self._serial:05d}-{self.name}.warc.gz"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            except OSError as exc:
+                raise BodyStoreError(f"cannot create {path}: {exc.strerror}") from exc
+            f = _File(path, fd, now)
+            info = _warcinfo(path.name)
+            os.write(fd, info)
+            f.size = len(info)
+            self._current = f
+            self._files.append(f)
+        return f
+
+    async def _flusher(self) -> None:
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                for f in list(self._files):
+                    await self._sync(f, dir_fd)
+                if self._closed and not any(f.waiters for f in self._files):
+                    return
+        finally:
+            os.close(dir_fd)
+
+    async def _sync(self, f: _File, dir_fd: int) -> None:
+        size, waiters = f.size, f.waiters
+        if size > f.synced or (f.retired and not waiters):
+            f.waiters = []
+            # One bound for the whole group rather than a timer per body: a stuck disk fails every
+            # waiting put after max_wait (the fsync thread is left to finish on its own).
+            new_file = f.synced == 0  # then its name must survive a crash too
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(_fsync, f.fd, dir_fd if new_file else None), self.max_wait
+                )
+            except (OSError, TimeoutError) as exc:
+                why = (
+                    f"not durable within {self.max_wait:g}s"
+                    if isinstance(exc, TimeoutError)
+                    else exc.strerror
+                )
+                for _, fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(BodyStoreError(f"{f.path}: {why}"))
+                return
+            f.synced = size
+            for end, fut in waiters:
+                if end <= size and not fut.done():
+                    fut.set_result(None)
+            f.waiters = [w for w in waiters if w[0] > size] + f.waiters
+        if f.retired and not f.waiters and f.synced >= f.size:
+            os.close(f.fd)
+            self._files.remove(f)
+
+    async def close(self) -> None:
+        """Fsync and close every file; puts still waiting get their answer first."""
+        if self._closed:
+            return
+        self._closed = True
+        for f in self._files:
+            f.retired = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for f in self._files:
+            with contextlib.suppress(OSError):
+                os.fsync(f.fd)
+                os.close(f.fd)
+        self._files.clear()
+
+
+# ---- reading back (producer side) -----------------------------------------------------------------
+
+
+def read_record(ref: dict[str, Any]) -> tuple[bytes, str | None]:
+    """(payload, WARC-Payload-Digest) of the response record a result's `body_ref` points at."""
+    try:
+        uri, offset, length = ref["uri"], int(ref["offset"]), int(ref["length"])
+        path = None if uri.startswith("s3://") else store_directory(uri)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BodyUnavailable(f"not a body reference: {exc}") from None
+    if path is None:
+        from worker.s3store import read_s3_range  # loads obstore, only for S3 references
+
+        data = read_s3_range(uri, offset, length)
+    else:
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except OSError as exc:
+            raise BodyUnavailable(f"{uri}: {exc.strerror}") from None
+    if len(data) != length:
+        raise BodyUnavailable(f"{uri}: {length} bytes at {offset} are not all there")
+    try:
+        for record in ArchiveIterator(io.BytesIO(data)):
+            if record.rec_type == "response":
+                return record.raw_stream.read(), record.rec_headers.get_header("WARC-Payload-Digest")
+    except Exception as exc:  # warcio raises several types for a damaged record
+        raise BodyUnavailable(f"{uri} at {offset}: not a WARC record ({exc})") from None
+    raise BodyUnavailable(f"{uri} at {offset}: no response record")
+
+
+def read_body(ref: dict[str, Any], sha256_hex: str | None) -> bytes:
+    """The body a `body_ref` points at, checked against the result's `sha256` when there is one."""
+    payload, _digest = read_record(ref)
+    if sha256_hex is not None and hashlib.sha256(payload).hexdigest() != sha256_hex:
+        raise BodyUnavailable(f"{ref.get('uri')} at {ref.get('offset')}: body does not match its sha256")
+    return payload
+
+
+def sha256_digest_header(sha256_hex: str) -> str:
+    """The WARC-Payload-Digest value this store writes for a body with this SHA-256 (hex)."""
+    return f"sha256:{sha256_hex}"
