@@ -399,7 +399,7 @@ def done_key(batch_id: str) -> str:
 
 def retried_key(batch_id: str, attempt: int) -> str:
     """Bitmap, bit i set once attempt `attempt` of index i is queued: each retry queued once."""
-    return f"{KEY_PREFIX}:batch:{batch_id}:retried:{attempt}"
+    return f"{KEY_PREFIX}:retried:{attempt}:{batch_id}"  # type first, like every batch key
 
 
 def batch_keys(batch_id: str) -> tuple[str, str, str]:

@@ -124,9 +124,15 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
     except (Retry, asyncio.CancelledError):
         raise
     except REDIS_ERRORS as exc:
-        # Recording a failure met Redis away or full: not the chunk's fault, run it again.
         problem = classify(exc)
-        log.warning("chunk %s: Redis %s (%s); it will run again", job_id, problem.value, exc)
+        if problem not in WAIT_OUT:
+            # Recording its failure met a key of another type (or the like): this batch's keys cannot
+            # take a result, now or on any later run. Said as what it is; running it again would loop.
+            log.error("chunk %s: %s; its URLs cannot be recorded, so it is dropped", job_id, describe(exc))
+            return 0
+        # Recording a failure met Redis away or full: not the chunk's fault, run it again.
+        level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
+        log.log(level, "chunk %s will run again: %s", job_id, describe(exc))
         await forget_try(ctx)
         raise Retry(defer=0 if problem is RedisProblem.FULL else 1) from None
     except Exception:
