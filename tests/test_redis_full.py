@@ -18,6 +18,7 @@ from tests.chaos import Workers, done_count, rss_kib, wait_started, wait_until, 
 from tests.fetch_target import FetchTarget
 from tests.procs import ROOT, fetchfleet_env
 from tests.redis_proc import RedisProcess
+from worker.contract import batch_key
 
 N = 50_000
 FULL_FOR_S = 70.0  # longer than five leases (FETCHFLEET_LEASE_SECONDS 10)
@@ -66,7 +67,7 @@ def test_a_full_redis_loses_nothing_and_burns_no_tries(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        wait_until(lambda: r.hget("ff:batch:full", "complete") == b"1", 120, "the whole batch queued")
+        wait_until(lambda: r.hget(batch_key("full"), "complete") == b"1", 120, "the whole batch queued")
         # The cap: what the queued batch takes now, plus room for about a third of its results
         # (~370 bytes each in Redis), so that Redis fills up mid-batch.
         used = int(r.info("memory")["used_memory"])
