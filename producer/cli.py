@@ -22,15 +22,16 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from producer.client import REDIS_DOWN, Client, new_batch_id
+from producer.client import Client, check_batch_id, new_batch_id
 from producer.inputs import entries, scan, spool_stdin
 from producer.messages import say
 from producer.output import FORMATS, OrderedWriter, Output, ResultWriter, open_output, printable
 from producer.progress import Progress
 from producer.summary import FAIL_ON, Summary
 from worker.contract import BatchOptions
-from worker.errors import BatchError, QueueUnavailable, SettingsError, UsageError
+from worker.errors import BatchError, QueueUnavailable, SettingsError, UnsafeRedis, UsageError
 from worker.redisconn import redact
+from worker.rediserrors import REDIS_DOWN, REDIS_ERRORS, RedisProblem, classify, describe
 from worker.settings import Settings, load_settings, worker_only_variables
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -111,7 +112,7 @@ async def _watch_workers(client: Client, batch_id: str) -> None:
             elif workers and warned:
                 warned = False
                 say(f"{len(workers)} live worker(s) now; batch {batch_id} is being fetched")
-        except REDIS_DOWN:
+        except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
             pass
         await asyncio.sleep(2.0)
 
@@ -215,6 +216,9 @@ def outcome_code(summary: Summary, fail_on: str) -> int:
 
 
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    # The id is fixed before anything is queued, so that a submit cut short (Redis full, say) can say
+    # which --batch-id completes it.
+    batch_id = check_batch_id(args.batch_id) if args.batch_id is not None else new_batch_id()
     path, label, temporary = prepare_input(args.file)
     output: Output | None = None
     options = batch_options(args)
@@ -224,18 +228,27 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             output = open_output(args.output, args.format)
         async with Client(settings) as client:
             await client.ping()
-            batch_id = args.batch_id or new_batch_id()
             args.submitting = batch_id
             started = time.monotonic()
-            batch_id = await client.submit(
-                entries(path),
-                batch_id=batch_id,
-                store_body=args.body,
-                ignore_robots=args.ignore_robots,
-                total=total,
-                digest=digest,
-                options=options,
-            )
+            try:
+                batch_id = await client.submit(
+                    entries(path),
+                    batch_id=batch_id,
+                    store_body=args.body,
+                    ignore_robots=args.ignore_robots,
+                    total=total,
+                    digest=digest,
+                    options=options,
+                )
+            except REDIS_ERRORS as exc:
+                if classify(exc) is RedisProblem.UNREACHABLE:
+                    raise
+                where = redact(settings.redis_url)
+                raise BatchError(
+                    f"{describe(exc, where)}; batch {batch_id} may be partly queued: once that is fixed, "
+                    f"run the same submit with --batch-id {batch_id} to queue the rest "
+                    "(nothing is queued twice)"
+                ) from None
             args.queued_batch = batch_id
             print(batch_id, file=sys.stderr if args.wait and args.output == "-" else sys.stdout, flush=True)
             if output is None:
@@ -259,6 +272,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    check_batch_id(args.batch)
     async with Client(settings) as client:
         st = await client.status(args.batch)
         output = open_output(args.output, args.format, resume=args.resume)
@@ -276,6 +290,7 @@ async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    check_batch_id(args.batch)
     async with Client(settings) as client:
         st = await client.status(args.batch)
     if args.json:
@@ -307,6 +322,7 @@ def human_time(ms: int | None, now_ms: int) -> str:
 
 
 async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    check_batch_id(args.batch)
     async with Client(settings) as client:
         st = await client.cancel(args.batch)
     print(
@@ -594,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, UsageError) as exc:
         _err(str(exc))
         return EXIT_USAGE
-    except (BatchError, QueueUnavailable) as exc:
+    except (BatchError, QueueUnavailable, UnsafeRedis) as exc:
         message = str(exc)
         if "cannot reach Redis" in message:
             message += "; " + redis_hint(args.command)
@@ -609,10 +625,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         _err(f"{exc.filename}: {exc.strerror}")
         return EXIT_USAGE
-    except REDIS_DOWN as exc:
-        url = redact(load_settings().redis_url) if "settings" in locals() else "Redis"
-        # One line (scripts and the guarantee tests read it as one): the error, then what to do.
-        _err(f"cannot reach Redis at {url}: {exc}; {redis_hint(args.command)}")
+    except REDIS_ERRORS as exc:
+        # Any Redis error, by kind, on one line (scripts and the guarantee tests read it as one): never a
+        # traceback, never a command's arguments; for an unreachable one, what to do.
+        where = redact(settings.redis_url) if "settings" in locals() else ""
+        message = describe(exc, where)
+        if classify(exc) is RedisProblem.UNREACHABLE:
+            message += "; " + redis_hint(args.command)
+        _err(message)
         return EXIT_FAILED
 
 

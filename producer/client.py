@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -12,28 +14,42 @@ from itertools import islice
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.bodies import inline_ref, merge_body
 from worker.contract import (
     BATCHES_KEY,
+    INCARNATION_FIELD,
     BatchOptions,
     BatchState,
     ChunkJob,
     FetchRequest,
+    batch_id_problem,
     batch_key,
     chunk_job_id,
     results_key,
 )
 from worker.engine import enqueue_chunks, queue_depth, queue_redis
-from worker.errors import BatchError, QueueUnavailable
+from worker.errors import BatchError, BatchLost, InvalidBatchId, QueueUnavailable
+from worker.redisconn import check_eviction_policy
+from worker.rediserrors import REDIS_DOWN, RedisProblem, classify
 from worker.settings import Settings, load_settings
+
+__all__ = ["REDIS_DOWN", "BatchStatus", "Client", "check_batch_id", "new_batch_id"]
 
 log = logging.getLogger("fetchfleet.producer")
 
 CHUNKS_PER_ROUND_TRIP = 50
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+FOLLOW_RETRY_CAP_S = 2.0  # a follower notices a Redis that came back (maybe empty) within seconds
+
+# Update a batch hash only while it still holds the incarnation this producer created or resumed: after
+# Redis lost the batch, HSET would recreate a stray hash that `status` reports as a live batch.
+# KEYS[1] batch hash; ARGV[1] incarnation; ARGV[2..] field, value, ... Returns 1, or 0 if lost.
+GUARDED_HSET_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if (redis.call('HGET', KEYS[1], 'incarnation') or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +88,23 @@ def new_batch_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def check_batch_id(batch_id: str) -> str:
+    """`batch_id` if it fits the grammar (`contract.BATCH_ID_RE`), else InvalidBatchId saying why."""
+    problem = batch_id_problem(batch_id)
+    if problem:
+        shown = repr(batch_id)[:80] if isinstance(batch_id, str) else type(batch_id).__name__
+        raise InvalidBatchId(f"invalid batch id {shown}: {problem}")
+    return batch_id
+
+
+def lost_message(batch_id: str, why: str) -> str:
+    return (
+        f"batch {batch_id}: its state was lost ({why}); its results so far are gone with it. "
+        f"Submit the same input again with --batch-id {batch_id}: with that id, submitting twice "
+        "queues it once"
+    )
+
+
 def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
     def num(name: str) -> int:
         try:
@@ -103,12 +136,43 @@ def status_from_meta(batch_id: str, meta: dict[bytes, bytes]) -> BatchStatus:
     )
 
 
+_INDEX = re.compile(rb'^\{"index":(\d+)[,}]')
+
+
+class SeenIndexes:
+    """Indexes already yielded by one `results` call, one bit each.
+
+    The done bitmap lets one result per index into the stream. But replication to a replica is
+    asynchronous: after a failover the new primary may lack the last results the old one took, and the
+    chunk records them again under new stream ids. A reader that had read them before the failover would
+    see them twice; this keeps each reader's output to one line per index.
+    """
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def first(self, document: bytes) -> bool:
+        match = _INDEX.match(document)
+        if match is None:  # not a result document fetchfleet wrote: let it through unjudged
+            return True
+        index = int(match.group(1))
+        byte, bit = index >> 3, 1 << (index & 7)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits) + 1024))
+        if self._bits[byte] & bit:
+            return False
+        self._bits[byte] |= bit
+        return True
+
+
 class Client:
     """A connection to one fetchfleet cluster (its Redis). Use as `async with Client() as c:`."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
         self.redis: Redis = queue_redis(self.settings)
+        self._guarded_hset = self.redis.register_script(GUARDED_HSET_LUA)
+        self._checked = False
 
     async def __aenter__(self) -> Client:
         return self
@@ -123,7 +187,24 @@ class Client:
         try:
             await self.redis.ping()
         except REDIS_DOWN as exc:
+            if classify(exc) is not RedisProblem.UNREACHABLE:
+                raise  # a refused password or the like: reported as what it is
             raise QueueUnavailable(f"cannot reach Redis: {exc}") from exc
+
+    async def check_server(self) -> None:
+        """Refuse a Redis that may evict keys (UnsafeRedis); once per client."""
+        if not self._checked:
+            await check_eviction_policy(self.redis, self.settings, log)
+            self._checked = True
+
+    async def _update(self, batch_id: str, incarnation: str, fields: dict[str, Any]) -> None:
+        """HSET `fields` on the batch hash, or BatchLost if Redis no longer holds this incarnation."""
+        args: list[Any] = [incarnation]
+        for name, value in fields.items():
+            args += [name, value]
+        if not await self._guarded_hset(keys=[batch_key(batch_id)], args=args):
+            why = "its keys vanished from Redis while it was being submitted"
+            raise BatchLost(lost_message(batch_id, why))
 
     async def submit(
         self,
@@ -145,7 +226,8 @@ class Client:
         """
         if total is None and isinstance(requests, list | tuple):
             total = len(requests)
-        batch_id = batch_id or new_batch_id()
+        batch_id = check_batch_id(batch_id) if batch_id is not None else new_batch_id()
+        await self.check_server()
         s = self.settings
         key = batch_key(batch_id)
         options = options or BatchOptions()
@@ -154,6 +236,7 @@ class Client:
         )
         meta = await self.redis.hgetall(key)
         if meta:
+            incarnation = meta.get(INCARNATION_FIELD.encode(), b"").decode()
             if digest and meta.get(b"digest", b"").decode() not in ("", digest):
                 raise BatchError(f"batch id {batch_id!r} already holds a different input")
             if meta.get(b"complete") == b"1":
@@ -177,12 +260,16 @@ class Client:
             if digest:
                 fields["digest"] = digest
             async with self.redis.pipeline(transaction=True) as pipe:
+                # NX: of two submits racing to create the batch, both go on with the first's token.
+                pipe.hsetnx(key, INCARNATION_FIELD, secrets.token_hex(8))
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, s.result_ttl)
                 pipe.zadd(BATCHES_KEY, {batch_id: now_ms})
                 # The batch index would otherwise outlive every batch it names.
                 pipe.zremrangebyscore(BATCHES_KEY, 0, now_ms - s.result_ttl * 1000)
-                await pipe.execute()
+                pipe.hget(key, INCARNATION_FIELD)
+                *_, token = await pipe.execute()
+            incarnation = token.decode()
 
         it = iter(requests)
         for _ in islice(it, start):  # already queued by an earlier, interrupted submit
@@ -198,15 +285,20 @@ class Client:
             room = min(CHUNKS_PER_ROUND_TRIP, await self._wait_for_room())
             pending: list[tuple[str, ChunkJob]] = []
             while urls and len(pending) < room:
-                job = ChunkJob(batch_id=batch_id, first_index=index, requests=urls, options=options)
+                job = ChunkJob(
+                    batch_id=batch_id,
+                    incarnation=incarnation,
+                    first_index=index,
+                    requests=urls,
+                    options=options,
+                )
                 pending.append((chunk_job_id(batch_id, chunk_no), job))
                 index += len(urls)
                 chunk_no += 1
                 urls = list(islice(it, size))
             await enqueue_chunks(self.redis, s, pending)
-            await self.redis.hset(key, "enqueued", index)
-        fields = {"complete": 1, "submitted": index}
-        await self.redis.hset(key, mapping=fields)
+            await self._update(batch_id, incarnation, {"enqueued": index})
+        await self._update(batch_id, incarnation, {"complete": 1, "submitted": index})
         return batch_id
 
     async def _wait_for_room(self) -> int:
@@ -217,7 +309,7 @@ class Client:
         return limit - depth
 
     async def status(self, batch_id: str) -> BatchStatus:
-        meta = await self.redis.hgetall(batch_key(batch_id))
+        meta = await self.redis.hgetall(batch_key(check_batch_id(batch_id)))
         if not meta:
             raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
         return status_from_meta(batch_id, meta)
@@ -238,7 +330,8 @@ class Client:
     ) -> AsyncIterator[tuple[str, bytes]]:
         """Yield (cursor, result JSON) pairs; resume later from the last cursor seen.
 
-        With `follow`, keep waiting until every submitted URL has a result. Reconnects if Redis goes away.
+        With `follow`, keep waiting until every submitted URL has a result. Reconnects if Redis goes away;
+        raises BatchLost if Redis comes back without the batch (or with another batch of that id).
         Bodies kept in Redis are always in the documents; with `inline_bodies`, so are those in the body
         store (read from it), else those documents carry only their `body_ref`.
         """
@@ -255,7 +348,11 @@ class Client:
 
         The body stays as the worker packed it (worker.bodies.pack), for callers that want its bytes.
         """
-        stream = results_key(batch_id)
+        stream = results_key(check_batch_id(batch_id))
+        # A blocking read must end well inside the socket timeout, or the wait reads as a dead Redis.
+        block_ms = max(min(block_ms, int(self.settings.redis_socket_timeout * 500)), 1)
+        incarnation = await self._incarnation(batch_id) if follow else None
+        seen = SeenIndexes()
         delay = 0.1
         while True:
             try:
@@ -266,34 +363,55 @@ class Client:
                     entries = await self.redis.xrange(stream, min=f"({cursor}", count=1000)
                 delay = 0.1
             except REDIS_DOWN as exc:
+                if classify(exc) is not RedisProblem.UNREACHABLE:
+                    raise
                 log.warning("Redis unreachable while reading results (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, FOLLOW_RETRY_CAP_S if follow else 5.0)
                 continue
             for entry_id, fields in entries:
                 cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                yield cursor, fields[b"r"], fields.get(b"b")
+                if seen.first(fields[b"r"]):
+                    yield cursor, fields[b"r"], fields.get(b"b")
             if not follow:
                 if not entries:
                     return
                 continue
-            if len(entries) < 1000 and await self._all_recorded(batch_id):
+            if len(entries) < 1000 and await self._all_recorded(batch_id, incarnation):
                 # Everything is recorded; drain what is left after the cursor and stop.
                 rest = await self.redis.xrange(stream, min=f"({cursor}")
                 for entry_id, fields in rest:
                     cursor = entry_id.decode()
-                    yield cursor, fields[b"r"], fields.get(b"b")
+                    if seen.first(fields[b"r"]):
+                        yield cursor, fields[b"r"], fields.get(b"b")
                 return
 
-    async def _all_recorded(self, batch_id: str) -> bool:
+    async def _incarnation(self, batch_id: str) -> str:
+        """The batch's incarnation token ("" for a batch made before tokens); BatchError if none."""
+        complete, token = await self.redis.hmget(batch_key(batch_id), "complete", INCARNATION_FIELD)
+        if complete is None:
+            raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
+        return (token or b"").decode()
+
+    async def _all_recorded(self, batch_id: str, incarnation: str | None = None) -> bool:
+        """Every URL has its result. With `incarnation`, BatchLost if the batch is no longer that one."""
         # The `done` counter, not the stream's length: collected results may have been trimmed away.
         # It goes up in the same script that appends to the stream, so it never runs ahead of it.
         try:
-            complete, submitted, done = await self.redis.hmget(
-                batch_key(batch_id), "complete", "submitted", "done"
+            complete, submitted, done, token = await self.redis.hmget(
+                batch_key(batch_id), "complete", "submitted", "done", INCARNATION_FIELD
             )
-        except REDIS_DOWN:
+        except REDIS_DOWN as exc:
+            if classify(exc) is not RedisProblem.UNREACHABLE:
+                raise
             return False
+        if incarnation is not None:
+            # `complete` is written when the hash is made: without it, the hash is gone.
+            if complete is None:
+                why = "its keys are gone from Redis: restarted without persistence, flushed, or evicted"
+                raise BatchLost(lost_message(batch_id, why))
+            if (token or b"").decode() != incarnation:
+                raise BatchLost(lost_message(batch_id, "its keys were made again by another submission"))
         return complete == b"1" and int(done or 0) >= int(submitted or 0)
 
     @property
@@ -324,8 +442,7 @@ class Client:
             return 0
 
     async def cancel(self, batch_id: str) -> BatchStatus:
-        key = batch_key(batch_id)
-        if not await self.redis.exists(key):
-            raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
-        await self.redis.hset(key, "cancelled", int(time.time() * 1000))
+        # Guarded like every producer write: a batch that vanishes meanwhile is not recreated by the flag.
+        incarnation = await self._incarnation(check_batch_id(batch_id))
+        await self._update(batch_id, incarnation, {"cancelled": int(time.time() * 1000)})
         return await self.status(batch_id)

@@ -14,8 +14,7 @@ from aiohttp import web
 
 from tests.http_target import HttpTarget
 from tests.procs import WorkerProcess, fetchfleet_env
-
-BATCH_PREFIX = "ff:batch:"
+from worker.contract import batch_key, results_key
 
 
 class SlowTarget(HttpTarget):
@@ -47,18 +46,18 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float
 
 
 def batch_meta(r: redis.Redis, batch_id: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in r.hgetall(BATCH_PREFIX + batch_id).items()}
+    return {k.decode(): v.decode() for k, v in r.hgetall(batch_key(batch_id)).items()}
 
 
 def done_count(r: redis.Redis, batch_id: str) -> int:
-    return int(r.hget(BATCH_PREFIX + batch_id, "done") or 0)
+    return int(r.hget(batch_key(batch_id), "done") or 0)
 
 
 def stream_results(r: redis.Redis, batch_id: str) -> list[tuple[int, dict[str, Any]]]:
     """(ms the result was recorded, result) for every entry of the batch's result stream."""
     out: list[tuple[int, dict[str, Any]]] = []
     cursor = "-"
-    key = f"{BATCH_PREFIX}{batch_id}:results"
+    key = results_key(batch_id)
     while True:
         page = r.xrange(key, min=cursor, count=5000)
         if not page:

@@ -13,6 +13,7 @@ import pytest
 from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
 from tests.procs import ROOT, fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
+from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -53,7 +54,7 @@ def test_queue_stays_bounded(
             time.sleep(1.5)
             assert submit.poll() is None, "submit returned while its input could not be queued"
             assert r.zcard(QUEUE) == LIMIT
-            assert int(r.hget("ff:batch:big", "enqueued")) == LIMIT * 20
+            assert int(r.hget(batch_key("big"), "enqueued")) == LIMIT * 20
         w = spawn_worker(redis_url, chunk_size=20, concurrency=40)
         wait_started(w)
         _out, err = submit.communicate(timeout=120)

@@ -19,6 +19,7 @@ from tests.chaos import (
 )
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
+from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -39,7 +40,7 @@ def test_cancel_stops_every_worker(
         env = fetchfleet_env(redis_url, result_retention="ttl", **settings)  # the stream is read again below
         assert run_cli(["submit", str(urls), "--batch-id", "stopme"], env).returncode == 0
         with redis_server.client() as r:
-            wait_until(lambda: int(r.hget("ff:batch:stopme", "done") or 0) >= 200, 30, "some results")
+            wait_until(lambda: int(r.hget(batch_key("stopme"), "done") or 0) >= 200, 30, "some results")
 
         cancel = run_cli(["cancel", "stopme"], env)
         assert cancel.returncode == 0, cancel.stderr.decode()

@@ -19,6 +19,7 @@ from tests.chaos import (
 )
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
+from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -44,7 +45,7 @@ def test_sigterm_hands_back_and_fetches_nothing_twice(
     staying = spawn_worker(redis_url, worker_id="staying", concurrency=20, chunk_size=20)
     wait_started(staying)
     with redis_server.client() as r:
-        wait_until(lambda: int(r.hget("ff:batch:drain", "done") or 0) >= 60, 30, "some results")
+        wait_until(lambda: int(r.hget(batch_key("drain"), "done") or 0) >= 60, 30, "some results")
     in_flight_before = sum(slow_target.hits.values())
     leaving.signal(signal.SIGTERM)
     t0 = time.monotonic()

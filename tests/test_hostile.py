@@ -129,7 +129,18 @@ def plant_jobs(r: redis.Redis, a: FetchTarget) -> tuple[str, int]:
 # through the CLI and the API beside the batches above), each expected to be refused with a clear error
 # while the normal batch still finishes. Return (CLI arguments, expected exit code) pairs.
 def batch_id_cases(normal_batch: str) -> list[tuple[list[str], int]]:
-    return []
+    reaching = [
+        f"{normal_batch}:done",
+        f"{normal_batch}:results",
+        f"meta:{normal_batch}",
+        "x" * 65,
+        "a b",
+        "\x1b[2J",
+    ]
+    cases: list[tuple[list[str], int]] = []
+    for bad in reaching:
+        cases += [(["submit", "-", "--batch-id", bad], 2), (["cancel", bad], 2), (["status", bad], 2)]
+    return [*cases, (["results", f"{normal_batch}:done"], 2), (["results", "", "--follow"], 2)]
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -59,7 +59,7 @@ def test_text_format_appends_ids() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://:pw@h:6379/0", "redis://***@h:6379/0"),
         ("rediss://user:p%40ss@h/1 and http://a:b@c/", "rediss://user:***@h/1 and http://a:***@c/"),
         ("redis://h:6379/0", "redis://h:6379/0"),
         ("mail me at a@b.c", "mail me at a@b.c"),

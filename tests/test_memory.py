@@ -12,6 +12,7 @@ from tests.chaos import done_count, rss_kib, wait_started, write_urls
 from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
+from worker.contract import batch_keys as contract_keys
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -62,8 +63,8 @@ def test_200k_urls_flat_rss_and_expiring_keys(
 
         # Every key the batch left behind expires, within the result TTL.
         keys = [k.decode() for k in r.scan_iter(match="*", count=1000)]
-        batch_keys = [k for k in keys if k.startswith("ff:batch:mem")]
-        assert sorted(batch_keys) == ["ff:batch:mem", "ff:batch:mem:done", "ff:batch:mem:results"]
+        batch_keys = [k for k in keys if k.endswith(":mem") and k.startswith("ff:")]
+        assert sorted(batch_keys) == sorted(contract_keys("mem"))
         for k in batch_keys:
             assert 0 < r.ttl(k) <= TTL, k
         assert not [k for k in keys if k.startswith("arq:job:")], "finished chunk jobs left behind"

@@ -14,6 +14,7 @@ from tests.chaos import Workers, assert_each_index_once, wait_started, wait_unti
 from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
+from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -114,7 +115,7 @@ def test_crashing_url_does_not_crash_loop(
     # A supervisor (compose's restart:) in miniature: start a worker again whenever one dies.
     w = workers.spawn(redis_url, faulty, **settings)
     with redis_server.client() as r:
-        while int(r.hget("ff:batch:crashy", "done") or 0) < len(urls):
+        while int(r.hget(batch_key("crashy"), "done") or 0) < len(urls):
             assert time.monotonic() < deadline, f"not done after {crashes} crashes"
             if w.proc.poll() is not None:
                 assert w.proc.returncode == 70

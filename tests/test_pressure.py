@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from worker.codec import load_job
-from worker.contract import ChunkJob, results_key
+from worker.contract import ChunkJob, batch_key, results_key
 from worker.engine import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
 from worker.lease import Leases
 from worker.metrics import WorkerMetrics
@@ -44,6 +44,7 @@ async def test_results_wait_for_room_and_are_recorded_once(redis: Redis) -> None
     rec = Recorder(redis, ttl=600)
     rec.start()
     try:
+        await redis.hset(batch_key("b1"), mapping={"submitted": 10})  # results go only to a live batch
         await fill(redis)
         task = asyncio.create_task(rec.record("b1", 3, False, b'{"index":3}'))
         await asyncio.sleep(0.3)

@@ -14,6 +14,7 @@ import pytest
 from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_until, write_urls
 from tests.procs import ROOT, fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
+from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -56,9 +57,9 @@ def test_redis_killed_and_restarted_mid_batch(aof_redis: RedisProcess, spawn_wor
         follow = None
         try:
             with aof_redis.client() as r:
-                wait_until(lambda: r.exists("ff:batch:restart"), 20, "the batch")
+                wait_until(lambda: r.exists(batch_key("restart")), 20, "the batch")
                 follow = cli(["results", "restart", "--follow", "-q"], env)
-                wait_until(lambda: int(r.hget("ff:batch:restart", "done") or 0) >= 600, 60, "some results")
+                wait_until(lambda: int(r.hget(batch_key("restart"), "done") or 0) >= 600, 60, "some results")
             aof_redis.kill()
             killed = time.monotonic()
             # Longer than redis-py's own reconnect attempts: arq's poll loop dies and must be restarted.

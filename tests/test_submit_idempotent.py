@@ -13,6 +13,7 @@ import pytest
 from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_until, write_urls
 from tests.procs import ROOT, fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
+from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -69,10 +70,10 @@ def test_interrupted_submit_resumes_without_duplicates(
             stderr=subprocess.DEVNULL,
         )
         with redis_server.client() as r:
-            wait_until(lambda: r.hget("ff:batch:resume", "enqueued") == b"30", 20, "a partial submit")
+            wait_until(lambda: r.hget(batch_key("resume"), "enqueued") == b"30", 20, "a partial submit")
             submit.send_signal(signal.SIGKILL)
             submit.wait(10)
-            assert r.hget("ff:batch:resume", "complete") == b"0"
+            assert r.hget(batch_key("resume"), "complete") == b"0"
 
         w = spawn_worker(redis_url, chunk_size=10, concurrency=20)
         wait_started(w)

@@ -114,7 +114,9 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
         for index, req, tries in pending:
             url = req if isinstance(req, str) else req.url
             result = error_result(index, url, ErrorKind.CANCELLED, "batch was cancelled", tries, rt.worker_id)
-            records.append(rt.recorder.record(job.batch_id, index, True, encode(result)))
+            records.append(
+                rt.recorder.record(job.batch_id, index, True, encode(result), incarnation=job.incarnation)
+            )
         await asyncio.gather(*records)  # one flush for the whole chunk, not a round trip per URL
         return ChunkSummary(fetched=0, skipped=len(entries), recorded=len(pending))
     rt.waiting += len(pending)  # counted until each holds a slot (claim sizing)
@@ -159,7 +161,11 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
                 result = error_result(
                     index, url, ErrorKind.CANCELLED, "batch was cancelled", tries, rt.worker_id
                 )
-                return int(await rt.recorder.record(job.batch_id, index, True, encode(result)))
+                return int(
+                    await rt.recorder.record(
+                        job.batch_id, index, True, encode(result), incarnation=job.incarnation
+                    )
+                )
             rt.in_flight += 1
             try:
                 outcome = await rt.fetcher.fetch(
@@ -206,7 +212,11 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
         )
         doc, payload = result.model_dump(mode="json"), encode(result)
     rt.metrics.fetched_doc(doc)
-    return int(await rt.recorder.record(job.batch_id, index, not doc["ok"], payload, body))
+    return int(
+        await rt.recorder.record(
+            job.batch_id, index, not doc["ok"], payload, body, incarnation=job.incarnation
+        )
+    )
 
 
 async def _refused(

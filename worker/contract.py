@@ -55,6 +55,9 @@ _BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+INCARNATION_FIELD = "incarnation"  # of the batch hash; see ChunkJob.incarnation
+
+
 def batch_id_problem(batch_id: str) -> str | None:
     """Why `batch_id` is not a valid batch id, or None."""
     if not isinstance(batch_id, str) or BATCH_ID_RE.fullmatch(batch_id) is None:
@@ -298,6 +301,9 @@ class ChunkJob(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     batch_id: str
+    # The batch hash's `incarnation` when the job was made: the recorder writes nothing unless the hash
+    # still holds it, so a batch whose keys vanished (Redis restarted empty) is never half recreated.
+    incarnation: str = ""
     # Never negative: record.lua reads indexes as digits, so -5 would land on index 5 of the batch.
     first_index: int = Field(default=0, ge=0, le=MAX_INDEX)
     # Plain GET URLs travel as bare strings to keep jobs small and parsing cheap.
@@ -306,6 +312,14 @@ class ChunkJob(BaseModel):
     indexes: list[Annotated[int, Field(ge=0, le=MAX_INDEX)]] | None = None
     attempts: list[Annotated[int, Field(ge=0)]] | None = None
     options: BatchOptions = Field(default_factory=BatchOptions)
+
+    @field_validator("batch_id")
+    @classmethod
+    def _valid_batch_id(cls, value: str) -> str:
+        problem = batch_id_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("requests", mode="before")
     @classmethod
@@ -368,24 +382,29 @@ class FetchResult(BaseModel):
     politeness_wait_ms: float = 0.0
 
 
+# Batch keys put their type before the id (`ff:meta:ID`, `ff:done:ID`, `ff:results:ID`): whatever an id
+# holds, the key of one type can never be the key of another type of any batch, because no id is a prefix
+# of a type word. (With the id first, batch `nightly:done` *was* the done bitmap of batch `nightly`.)
+
+
 def batch_key(batch_id: str) -> str:
-    """Hash: submitted, done, failed, created, cancelled, input digest, chunk progress."""
-    return f"{KEY_PREFIX}:batch:{batch_id}"
+    """Hash: submitted, done, failed, created, cancelled, incarnation, input digest, chunk progress."""
+    return f"{KEY_PREFIX}:meta:{batch_id}"
 
 
 def results_key(batch_id: str) -> str:
     """Stream of result JSON documents, field `r`; read with XREAD from a cursor."""
-    return f"{KEY_PREFIX}:batch:{batch_id}:results"
+    return f"{KEY_PREFIX}:results:{batch_id}"
 
 
 def done_key(batch_id: str) -> str:
     """Bitmap, bit i set once index i has its result: the exactly-once gate."""
-    return f"{KEY_PREFIX}:batch:{batch_id}:done"
+    return f"{KEY_PREFIX}:done:{batch_id}"
 
 
 def retried_key(batch_id: str, attempt: int) -> str:
     """Bitmap, bit i set once attempt `attempt` of index i is queued: each retry queued once."""
-    return f"{KEY_PREFIX}:batch:{batch_id}:retried:{attempt}"
+    return f"{KEY_PREFIX}:retried:{attempt}:{batch_id}"  # type first, like every batch key
 
 
 def batch_keys(batch_id: str) -> tuple[str, str, str]:

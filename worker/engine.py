@@ -28,13 +28,12 @@ from arq.utils import timestamp_ms
 from arq.worker import Retry, Worker, func
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from worker.codec import dump_job, load_job
-from worker.contract import CHUNK_TASK, WAKE_TOKENS_MAX, ChunkJob, ErrorKind, wake_key
-from worker.redisconn import make_pool, redact
-from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify
-from worker.settings import Settings
+from worker.contract import CHUNK_TASK, WAKE_TOKENS_MAX, ChunkJob, ErrorKind, batch_id_problem, wake_key
+from worker.redisconn import check_eviction_policy, make_pool, redact
+from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
+from worker.settings import Settings, is_sentinel_url, parse_sentinel_url
 
 if TYPE_CHECKING:  # the producer imports this module for enqueueing and must not load the fetcher
     from worker.chunks import Runtime
@@ -46,7 +45,6 @@ log = logging.getLogger("fetchfleet.worker")
 
 JOB_KEY_PREFIX = job_key_prefix
 IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
-REDIS_DOWN = (RedisError, OSError)
 # Results waiting this long without the recorder making progress: claim nothing more for now.
 STALLED_NO_CLAIM_S = 1.0
 RECONNECT_CAP_S = 5.0
@@ -59,6 +57,9 @@ STILL_DOWN_EVERY_S = 60.0
 # which stops while Redis is full, so it always has the last word and its last word is a result.
 # (arq's timeout is the job key's own lifetime, FETCHFLEET_RESULT_TTL: past that arq drops it anyway.)
 ARQ_MAX_TRIES = 1_000_000
+# Redis problems a chunk waits out instead of failing: none of them is the chunk's doing.
+WAIT_OUT = frozenset({RedisProblem.UNREACHABLE, RedisProblem.FULL, RedisProblem.READONLY, RedisProblem.AUTH})
+RUNNING_WELL_S = 10.0  # a poll loop that ran this long before failing meets a new problem
 
 
 class WorkerCtx(TypedDict, total=False):
@@ -135,9 +136,15 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
     except (Retry, asyncio.CancelledError):
         raise
     except REDIS_ERRORS as exc:
-        # Recording a failure met Redis away or full: not the chunk's fault, run it again.
         problem = classify(exc)
-        log.warning("chunk %s: Redis %s (%s); it will run again", job_id, problem.value, exc)
+        if problem not in WAIT_OUT:
+            # Recording its failure met a key of another type (or the like): this batch's keys cannot
+            # take a result, now or on any later run. Said as what it is; running it again would loop.
+            log.error("chunk %s: %s; its URLs cannot be recorded, so it is dropped", job_id, describe(exc))
+            return 0
+        # Recording a failure met Redis away or full: not the chunk's fault, run it again.
+        level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
+        log.log(level, "chunk %s will run again: %s", job_id, describe(exc))
         await forget_try(ctx)
         raise Retry(defer=0 if problem is RedisProblem.FULL else 1) from None
     except Exception:
@@ -156,6 +163,12 @@ async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
 
     rt, settings = ctx["runtime"], ctx["settings"]
     job_id, job_try = ctx.get("job_id", "?"), ctx.get("job_try", 1)
+    claimed = payload.get("batch_id") if isinstance(payload, dict) else None
+    if not isinstance(claimed, str) or batch_id_problem(claimed):
+        # Planted by a Redis writer (the producer checks ids): such an id could name keys of another
+        # batch, so nothing of it is recorded anywhere. Shown by repr, cut short: it may hold anything.
+        log.warning("job %s names no valid batch id (%.80r); dropped", job_id, claimed)
+        return 0
     try:
         job = ChunkJob.model_validate(payload)
     except ValidationError as exc:
@@ -186,7 +199,7 @@ async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         raise Retry(defer=0) from None
     except asyncio.CancelledError:
         raise
-    except TimeoutError:  # before REDIS_DOWN: TimeoutError is an OSError
+    except TimeoutError:  # before REDIS_ERRORS: TimeoutError is an OSError
         rt.metrics.chunk_done("timed_out")
         if job_try >= settings.chunk_max_tries:
             message = f"chunk did not finish within FETCHFLEET_JOB_TIMEOUT ({settings.job_timeout}s)"
@@ -195,13 +208,22 @@ async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         raise Retry(defer=0) from None
     except REDIS_ERRORS as exc:
         problem = classify(exc)
-        if problem not in (RedisProblem.UNREACHABLE, RedisProblem.FULL):
-            raise
-        # Not the chunk's fault: it runs again once Redis is back (or its lease runs out), and this
-        # run does not count against its tries. (A full Redis: no deferral, which is a write.)
-        log.warning("chunk %s: Redis %s (%s); it will run again", job_id, problem.value, exc)
-        await forget_try(ctx)
-        raise Retry(defer=0 if problem is RedisProblem.FULL else 1) from None
+        if problem in WAIT_OUT:
+            # Not the chunk's fault: it runs again once Redis is back, has room, is writable again (a
+            # failover in progress) or takes the password again, and this run does not count against
+            # its tries. (A full Redis: no deferral, which is a write.)
+            # Unreachable: the poll loop announces the outage once; a line per chunk would flood.
+            level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
+            log.log(level, "chunk %s will run again: %s", job_id, describe(exc))
+            await forget_try(ctx)
+            defer = {RedisProblem.FULL: 0, RedisProblem.UNREACHABLE: 1}.get(problem, 5)
+            raise Retry(defer=defer) from None
+        # WRONGTYPE, NOSCRIPT, ...: said as what it is; the chunk fails like any other error.
+        log.error("chunk %s failed on try %d: %s", job_id, job_try, describe(exc))
+        rt.metrics.chunk_done("failed")
+        if job_try >= settings.chunk_max_tries:
+            return await record_internal(rt, job, describe(exc))
+        raise Retry(defer=min(2 ** (job_try - 1), 30)) from None
     except Exception as exc:
         log.exception("chunk %s failed on try %d of %d", job_id, job_try, settings.chunk_max_tries)
         rt.metrics.chunk_done("failed")
@@ -226,7 +248,9 @@ async def record_internal(
         if not done:
             url = req if isinstance(req, str) else req.url
             result = error_result(index, url, kind, message, tries + 1, rt.worker_id)
-            records.append(rt.recorder.record(job.batch_id, index, True, encode(result)))
+            records.append(
+                rt.recorder.record(job.batch_id, index, True, encode(result), incarnation=job.incarnation)
+            )
     return sum(map(int, await asyncio.gather(*records)))
 
 
@@ -234,8 +258,24 @@ async def forget_try(ctx: WorkerCtx) -> None:
     """Undo arq's try count for a chunk handed back on a graceful stop, so drains never exhaust it."""
     try:
         await ctx["redis"].decr(retry_key_prefix + ctx["job_id"])
-    except REDIS_DOWN as exc:
+    except REDIS_ERRORS as exc:
         log.debug("could not undo the try count of %s: %s", ctx.get("job_id"), exc)
+
+
+def arq_redis_settings(settings: Settings) -> RedisSettings:
+    """arq's own connection settings (used by `arq worker.WorkerSettings`; `fetchfleet worker` passes its
+    own pool): a redis+sentinel:// URL becomes arq's sentinel form."""
+    if not is_sentinel_url(settings.redis_url):
+        return RedisSettings.from_dsn(settings.redis_url)
+    target = parse_sentinel_url(settings.redis_url)
+    return RedisSettings(
+        host=list(target.sentinels),
+        sentinel=True,
+        sentinel_master=target.service,
+        database=target.db,
+        username=target.username,
+        password=target.password,
+    )
 
 
 async def open_body_store(settings: Settings, worker_id: str) -> BodyStore:
@@ -284,6 +324,8 @@ def build_worker_settings(settings: Settings) -> type:
     async def on_startup(ctx: WorkerCtx) -> None:
         if "runtime" in ctx:  # the poll loop restarted after a Redis outage: keep what runs
             return
+        # Before anything starts: on an evicting Redis queued work vanishes unnoticed (UnsafeRedis).
+        await check_eviction_policy(ctx["redis"], settings, log)
         # arq logs each job's arguments (URLs, which may carry credentials) at INFO; under
         # `arq worker.WorkerSettings` its own logging config has just turned that on again.
         logging.getLogger("arq").setLevel(max(logging.getLogger("arq").level, logging.WARNING))
@@ -349,7 +391,7 @@ def build_worker_settings(settings: Settings) -> type:
     # (worker/claimsize.py); this cap only bounds a worker's memory. It is four times what fills
     # the slots, since retry chunks can be far smaller than FETCHFLEET_CHUNK_SIZE.
     chunks_held = max(8, 4 * math.ceil(settings.concurrency / settings.chunk_size) + 2)
-    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    redis_settings = arq_redis_settings(settings)
     if settings.redis_password is not None:
         redis_settings.password = settings.redis_password.get_secret_value()
     if settings.redis_ca_file:
@@ -648,11 +690,17 @@ async def repair_after_crash(worker: Worker) -> None:
 async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> None:
     """Run arq's poll loop, starting it again whenever Redis comes back (arq #435, #498).
 
-    One warning when Redis goes away (a reminder each minute it stays away), one line when it is back:
-    no traceback per attempt. Chunks already running carry on; their results wait in the recorder.
+    One warning when Redis goes away, saying what went wrong by kind (a reminder each minute it stays
+    so), one line when it answers again: no traceback per attempt. Chunks already running carry on;
+    their results wait in the recorder.
     """
     where = redact(settings.redis_url)
+    said: RedisProblem | None = None  # the problem last announced, until the loop runs well again
+    down = False  # a loss announced and not yet followed by "answers again"
+    down_since = 0.0
+    delay = 0.5
     while not stopper.requested:
+        started = time.monotonic()
         try:
             await worker.async_run()
             return
@@ -661,32 +709,43 @@ async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> Non
             if stopper.requested and not (task and task.cancelling()):
                 return
             raise
-        except REDIS_DOWN as exc:
+        except REDIS_ERRORS as exc:
             if stopper.requested:
                 return
+            if time.monotonic() - started > RUNNING_WELL_S:
+                said, delay = None, 0.5  # the loop ran well for a while: this is a new problem
+            problem = classify(exc)
             rt: Runtime | None = worker.ctx.get("runtime")
-            if classify(exc) is RedisProblem.FULL and rt is not None:
+            if problem is RedisProblem.FULL and rt is not None:
                 # Said once a minute by the pressure watch, with the figures; not a lost connection.
                 rt.recorder.pressure.full_now()
                 log.debug("poll loop met a full Redis (%s); restarting it", exc)
-            else:
-                log.warning("cannot reach Redis at %s (%s: %s); retrying", where, type(exc).__name__, exc)
+            elif problem is not said:
+                # A relapse right after Redis answered again (connections the restart broke) is the
+                # same outage: not announced twice.
+                said, down, down_since = problem, True, time.monotonic()
+                log.warning("%s; retrying", describe(exc, where))
         await repair_after_crash(worker)
-        down_since = last_said = time.monotonic()
-        delay = 0.5
+        last_said = time.monotonic()
         while not stopper.requested:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopper.event.wait(), delay)
             delay = min(delay * 2, RECONNECT_CAP_S)
             try:
                 await worker.pool.ping()
-            except REDIS_DOWN as exc:
-                if time.monotonic() - last_said > STILL_DOWN_EVERY_S:
-                    last_said = time.monotonic()
-                    log.warning("still cannot reach Redis at %s (%s)", where, exc)
+            except REDIS_ERRORS as exc:
+                problem = classify(exc)
+                if problem is not said or time.monotonic() - last_said > STILL_DOWN_EVERY_S:
+                    still = "still: " if problem is said else ""
+                    said, last_said = problem, time.monotonic()
+                    log.warning("%s%s", still, describe(exc, where))
                 continue
-            log.info("Redis at %s answers again after %.1fs", where, time.monotonic() - down_since)
             break
+        if down and said in (RedisProblem.UNREACHABLE, RedisProblem.AUTH):
+            # A ping answers: that problem is over. (A WRONGTYPE or READONLY is not seen by a ping; it
+            # stays announced, and the poll loop restarts with a growing delay, until the loop runs.)
+            log.info("Redis at %s answers again after %.1fs", where, time.monotonic() - down_since)
+            down, delay = False, 0.5
 
 
 async def run_worker(settings: Settings) -> signal.Signals | None:
@@ -717,8 +776,8 @@ async def run_worker(settings: Settings) -> signal.Signals | None:
     finally:
         try:
             await worker.close()
-        except REDIS_DOWN as exc:
-            log.warning("Redis unreachable while stopping (%s)", exc)
+        except REDIS_ERRORS as exc:
+            log.warning("while stopping: %s", describe(exc, redact(settings.redis_url)))
             if worker.on_shutdown is not None:
                 await worker.on_shutdown(worker.ctx)
     return stopper.signal

@@ -2,10 +2,13 @@
 
 FetchfleetError
 ├── UsageError              the user asked for something that cannot be done: bad input lines, a missing
-│                           file, an unwritable output (exit code 2)
+│   │                       file, an unwritable output (exit code 2)
+│   └── InvalidBatchId          a batch id outside the grammar (also a ValueError)
 ├── SettingsError           a FETCHFLEET_* variable holds a bad value (exit code 2)
 ├── BatchError              a batch id is unknown, or reused for different input
+│   └── BatchLost               a followed batch's keys vanished from Redis or were recreated
 ├── QueueUnavailable        Redis cannot be reached (transient: reconnect and retry)
+├── UnsafeRedis             Redis is set up to lose data (maxmemory-policy evicts keys)
 ├── ServerUnavailable       `fetchfleet run`: no Redis-compatible server to start, or it would not start
 ├── LocalRunError           `fetchfleet run`: a local worker or the embedded server died
 ├── HandBack                a chunk stopped early for a graceful stop; the queue runs the rest again
@@ -50,8 +53,20 @@ class UsageError(FetchfleetError):
     pass
 
 
+class InvalidBatchId(UsageError, ValueError):
+    """A batch id outside `contract.BATCH_ID_RE`: it could name another batch's keys."""
+
+
 class BatchError(FetchfleetError):
     pass
+
+
+class BatchLost(BatchError):
+    """The batch's state is gone from Redis (restarted empty, flushed, evicted) or was recreated."""
+
+
+class UnsafeRedis(FetchfleetError):
+    """Redis would silently drop fetchfleet's keys (an evicting maxmemory-policy)."""
 
 
 class QueueUnavailable(FetchfleetError):

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from yarl import URL
 
 from worker.contract import THROTTLED_KEY, host_keys, throttle_key
+from worker.rediserrors import REDIS_DOWN
 from worker.settings import Settings
 
 log = logging.getLogger("fetchfleet.hostlimits")
@@ -129,7 +128,7 @@ class HostLimiter:
         finally:
             slots.release()
             if self.limits.concurrency > 0:
-                with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                with contextlib.suppress(*REDIS_DOWN):
                     # If this fails the lease frees the permit later.
                     await self.release(host, permit)
 
@@ -144,7 +143,7 @@ class HostLimiter:
             await slots.acquire()
             try:
                 wait_ms = await self.try_acquire(host, permit, interval_ms)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except REDIS_DOWN as exc:
                 slots.release()
                 log.warning("host limit for %s unavailable (%s); retrying in %.1fs", host, exc, delay)
                 await asyncio.sleep(delay)

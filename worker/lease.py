@@ -9,6 +9,7 @@ import time
 from redis.asyncio import Redis
 
 from worker.background import start_loop, stop_loop
+from worker.rediserrors import RedisProblem, classify, describe
 
 log = logging.getLogger("fetchfleet.lease")
 
@@ -82,8 +83,11 @@ class Leases:
                 # One warning per outage; the chunks keep running and recording retries by itself.
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
-                    log.warning("renewing %d leases failed (%s); retrying", len(self.held), exc)
+                    # An unreachable Redis is announced once by the poll loop; other problems here.
+                    unreachable = classify(exc) is RedisProblem.UNREACHABLE
+                    level = logging.DEBUG if unreachable else logging.WARNING
+                    log.log(level, "renewing %d leases failed (%s); retrying", len(self.held), describe(exc))
                 continue
             if self._failing_since is not None:
-                log.info("leases renewed again after %.1fs", time.monotonic() - self._failing_since)
+                log.debug("leases renewed again after %.1fs", time.monotonic() - self._failing_since)
                 self._failing_since = None

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 
-from worker.errors import SettingsError
+from worker.errors import SettingsError, UnsafeRedis
 from worker.settings import Settings, load_settings
 
 
@@ -43,6 +43,9 @@ def serve(settings: Settings | None = None) -> int:
     except SettingsError as exc:  # one found only at start-up, e.g. FETCHFLEET_METRICS_PORT taken
         print(f"fetchfleet: {exc}", file=sys.stderr)
         return 2
+    except UnsafeRedis as exc:  # an evicting maxmemory-policy, found once Redis answered
+        print(f"fetchfleet: {exc}", file=sys.stderr)
+        return 1
     # Ctrl-C (SIGINT) is an interruption, 130 as for every command; SIGTERM is the normal way to stop a
     # worker (Docker, Kubernetes, `fetchfleet run`) and drains: 0.
     return 130 if stopped_by == signal.SIGINT else 0

@@ -16,8 +16,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from worker.background import stop_loop
 from worker.contract import WORKERS_KEY, worker_key
 from worker.metrics import WorkerMetrics
-from worker.redisconn import pool_kwargs
-from worker.settings import Settings
+from worker.redisconn import make_pool, pool_kwargs
+from worker.rediserrors import RedisProblem, classify, describe
+from worker.settings import Settings, is_sentinel_url
 
 log = logging.getLogger("fetchfleet.monitor")
 
@@ -74,6 +75,9 @@ class Monitor:
         # A client of its own: health must not wait behind the queue engine's busy connections. At
         # most two connections (the heartbeat, one shared ping): /healthz is open to the network, and
         # a pool without a cap would open a Redis connection per concurrent probe.
+        if is_sentinel_url(self.settings.redis_url):  # the same cap; the heartbeat and ping share it
+            self.redis = Redis(connection_pool=make_pool(self.settings, max_connections=2))
+            return
         pool = BlockingConnectionPool.from_url(
             self.settings.redis_url, max_connections=2, timeout=PING_TIMEOUT, **pool_kwargs(self.settings)
         )
@@ -136,7 +140,9 @@ class Monitor:
                     depth, *_ = await pipe.execute()
         except Exception as exc:  # Redis away: report it, keep beating
             if self.redis_ok:
-                log.warning("heartbeat failed: %s", exc.__class__.__name__)
+                # An unreachable Redis is announced once by the worker's poll loop; anything else here.
+                level = logging.DEBUG if classify(exc) is RedisProblem.UNREACHABLE else logging.WARNING
+                log.log(level, "heartbeat failed: %s", describe(exc))
             self.redis_ok = False
             self.metrics.redis_up.set(0)
             return

@@ -4,15 +4,51 @@
 -- result JSON length, stored body length (0 for none); ARGV[3] every result's JSON then its body,
 -- concatenated. Two arguments for the whole flush instead of four per result: redis-py packs every
 -- argument in Python (ops/bench: ~1.7 us a result), Lua slices a string for much less.
--- Returns one flag per result: 1 if it was the first result for its index.
+-- ARGV[4] the batch's incarnation token, as the chunk job carries it.
+-- Returns one flag per result: 1 if it was the first result for its index; or -1, writing nothing, when
+-- the batch hash is gone or holds another incarnation (Redis lost the batch: never recreate it).
 -- The bitmap bit is the gate: a chunk that runs twice finds it set and adds nothing.
+--
+-- Lua does not roll back: a command that fails halfway leaves what came before it. So every check comes
+-- first, with reads only; the writes after them cannot fail on what is in the keys. (An OOM or READONLY
+-- refusal comes at the first write, before anything was written.)
+local function wrongtype(key, found, wanted)
+  return redis.error_reply('WRONGTYPE fetchfleet key ' .. key .. ' holds a ' .. found .. ', not a ' .. wanted)
+end
+
+local meta_type = redis.call('TYPE', KEYS[3])['ok']
+if meta_type == 'none' then return -1 end
+if meta_type ~= 'hash' then return wrongtype(KEYS[3], meta_type, 'hash') end
+local state = redis.call('HMGET', KEYS[3], 'incarnation', 'done', 'failed', 'submitted')
+if (state[1] or '') ~= (ARGV[4] or '') then return -1 end
+for i = 2, 4 do
+  if state[i] and not tonumber(state[i]) then
+    return redis.error_reply('ERR fetchfleet batch hash ' .. KEYS[3] .. ' holds a counter that is not a number')
+  end
+end
+local done_type = redis.call('TYPE', KEYS[1])['ok']
+if done_type ~= 'none' and done_type ~= 'string' then return wrongtype(KEYS[1], done_type, 'string') end
+local stream_type = redis.call('TYPE', KEYS[2])['ok']
+if stream_type ~= 'none' and stream_type ~= 'stream' then return wrongtype(KEYS[2], stream_type, 'stream') end
+
+local nums = {}
+for n in string.gmatch(ARGV[2], '%-?%d+') do nums[#nums + 1] = tonumber(n) end
+local blob, total = ARGV[3], 0
+if #nums % 4 ~= 0 then return redis.error_reply('ERR fetchfleet record arguments are malformed') end
+for i = 1, #nums, 4 do
+  -- SETBIT takes offsets below 2^32; a planted negative or huge index must fail here, not mid-way.
+  if nums[i] < 0 or nums[i] >= 4294967296 or nums[i + 2] < 0 or nums[i + 3] < 0 then
+    return redis.error_reply('ERR fetchfleet result index or length out of range')
+  end
+  total = total + nums[i + 2] + nums[i + 3]
+end
+if total ~= #blob then return redis.error_reply('ERR fetchfleet record arguments are malformed') end
+
 local added, failed = 0, 0
 local fresh = {}
-local nums = {}
-for n in string.gmatch(ARGV[2], '%d+') do nums[#nums + 1] = n end
-local blob, pos = ARGV[3], 1
+local pos = 1
 for i = 1, #nums, 4 do
-  local plen, blen = tonumber(nums[i + 2]), tonumber(nums[i + 3])
+  local plen, blen = nums[i + 2], nums[i + 3]
   local payload = string.sub(blob, pos, pos + plen - 1)
   local body = string.sub(blob, pos + plen, pos + plen + blen - 1)
   pos = pos + plen + blen
@@ -23,7 +59,7 @@ for i = 1, #nums, 4 do
       redis.call('XADD', KEYS[2], '*', 'r', payload, 'b', body)
     end
     added = added + 1
-    failed = failed + tonumber(nums[i + 1])
+    failed = failed + nums[i + 1]
     fresh[#fresh + 1] = 1
   else
     fresh[#fresh + 1] = 0
@@ -37,7 +73,7 @@ if added > 0 then
   local done = redis.call('HINCRBY', KEYS[3], 'done', added)
   if failed > 0 then redis.call('HINCRBY', KEYS[3], 'failed', failed) end
   if redis.call('TTL', KEYS[3]) < 0 then redis.call('EXPIRE', KEYS[3], ttl) end
-  local submitted = tonumber(redis.call('HGET', KEYS[3], 'submitted') or '-1')
+  local submitted = tonumber(state[4] or '-1')
   if done == submitted then
     local now = redis.call('TIME')
     redis.call('HSET', KEYS[3], 'finished_ms', tostring(now[1] * 1000 + math.floor(now[2] / 1000)))

@@ -12,12 +12,14 @@ from redis.asyncio import Redis
 
 from worker.contract import batch_keys
 from worker.pressure import RedisPressure
-from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify
+from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
 
 log = logging.getLogger("fetchfleet.recorder")
 
 RECORD_LUA = files("worker").joinpath("record.lua").read_text()
 MAX_FLUSH = 1000
+MAX_INDEX = 2**32  # SETBIT's offsets: the done bitmap holds no index beyond
+LOST = -1  # record.lua's answer when the batch hash is gone or holds another incarnation
 FULL_BACKOFF_CAP_S = 5.0
 
 
@@ -29,6 +31,7 @@ class Pending:
     payload: bytes
     body: bytes  # compressed kept body, b"" for none
     future: asyncio.Future[bool] = field(repr=False)
+    incarnation: str = ""
 
 
 def reversed_keys(batch_id: str) -> list[str]:
@@ -49,11 +52,12 @@ async def done_flags(redis: Redis, batch_id: str, indexes: list[int]) -> list[bo
     return [bool(v) for v in values]
 
 
-def script_args(ttl: int, group: list[Pending]) -> list[object]:
-    """record.lua's ARGV: the ttl, the numbers of every result in one string, their bytes in another."""
+def script_args(ttl: int, group: list[Pending], incarnation: str = "") -> list[object]:
+    """record.lua's ARGV: the ttl, the numbers of every result in one string, their bytes in another,
+    and the batch incarnation the results belong to."""
     numbers = " ".join([f"{p.index} {p.failed:d} {len(p.payload)} {len(p.body)}" for p in group])
     blob = b"".join([part for p in group for part in (p.payload, p.body)])
-    return [ttl, numbers, blob]
+    return [ttl, numbers, blob, incarnation]
 
 
 class Recorder:
@@ -75,19 +79,34 @@ class Recorder:
         # For /healthz: results waiting, and when the recorder last moved (see stalled_for).
         self._waiting = 0
         self._progress_at = time.monotonic()
+        # Batches whose state Redis lost, already warned about: one warning per batch, not per flush.
+        self._lost: set[tuple[str, str]] = set()
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="fetchfleet-recorder")
 
     async def record(
-        self, batch_id: str, index: int, failed: bool, payload: bytes, body: bytes | None = None
+        self,
+        batch_id: str,
+        index: int,
+        failed: bool,
+        payload: bytes,
+        body: bytes | None = None,
+        *,
+        incarnation: str = "",
     ) -> bool:
-        """Queue one result and wait until it is durable; True if it was the first for its index."""
+        """Queue one result and wait until it is durable; True if it was the first for its index.
+
+        False too when the batch no longer exists in that incarnation: the result is dropped.
+        """
         if self._closed:
             raise RuntimeError("recorder is closed")
+        if not 0 <= index < MAX_INDEX:
+            # record.lua refuses it too, but with the whole flush: refused here, it fails its chunk only.
+            raise ValueError(f"result index {index} is outside 0..{MAX_INDEX - 1}")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(batch_id, index, failed, payload, body or b"", fut))
+        self._queue.append(Pending(batch_id, index, failed, payload, body or b"", fut, incarnation))
         self._wake.set()
         if not self._waiting:
             self._progress_at = time.monotonic()
@@ -119,23 +138,29 @@ class Recorder:
                 return
 
     async def _flush(self, items: list[Pending]) -> None:
-        by_batch: dict[str, list[Pending]] = {}
+        by_batch: dict[tuple[str, str], list[Pending]] = {}
         for p in items:
-            by_batch.setdefault(p.batch_id, []).append(p)
+            by_batch.setdefault((p.batch_id, p.incarnation), []).append(p)
         delay = 0.1
+        failing: RedisProblem | None = None
         while True:
             try:
                 # Usually one batch per flush; EVALSHA falls back to loading the script once.
-                for batch_id in list(by_batch):
-                    group = by_batch[batch_id]
+                for key in list(by_batch):
+                    batch_id, incarnation = key
+                    group = by_batch[key]
                     flags = await self._script(
-                        keys=reversed_keys(batch_id), args=script_args(self._ttl, group)
+                        keys=reversed_keys(batch_id), args=script_args(self._ttl, group, incarnation)
                     )
+                    if flags == LOST:
+                        self._batch_lost(batch_id, incarnation, group)
+                        del by_batch[key]
+                        continue
                     for p, flag in zip(group, flags, strict=True):
                         if not p.future.done():
                             p.future.set_result(bool(flag))
                     # Recorded: a retry after an error further on must not send this group again.
-                    del by_batch[batch_id]
+                    del by_batch[key]
                 break
             except REDIS_ERRORS as exc:
                 problem = classify(exc)
@@ -150,22 +175,35 @@ class Recorder:
                     delay = min(delay * 2, FULL_BACKOFF_CAP_S)
                     continue
                 if problem is not RedisProblem.UNREACHABLE and problem is not RedisProblem.FULL:
-                    # Not transient: the chunks waiting on these results fail and retry
-                    log.error("recording %d results failed: %s", len(items), exc)
+                    # Not an outage (WRONGTYPE, READONLY, NOSCRIPT, ...): waiting will not fix it. The
+                    # chunks waiting on these results fail and retry; the script wrote nothing.
+                    log.error("recording %d results failed: %s", len(items), describe(exc))
                     self._fail(items, exc)
                     return
-                # Redis away: keep the results and try again, never drop them
+                # Redis away: keep the results and try again, never drop them.
                 if self._closed and delay >= 5.0:
                     # Shutting down and Redis stays away: the chunk fails and arq runs it again later.
                     self._fail(items, exc)
                     return
-                log.warning("recording %d results failed (%s); retrying in %.1fs", len(items), exc, delay)
+                if problem is not failing:
+                    failing = problem
+                    # An unreachable Redis is announced once by the worker's poll loop; say it here
+                    # only at DEBUG so that an outage costs one line, not one per attempt.
+                    level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
+                    log.log(level, "recording %d results waits: %s", len(items), describe(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            except Exception as exc:  # not transient: the chunks waiting on these results fail and retry
-                log.error("recording %d results failed: %s", len(items), exc)
-                self._fail(items, exc)
-                return
+
+    def _batch_lost(self, batch_id: str, incarnation: str, group: list[Pending]) -> None:
+        """Redis no longer holds this batch (restarted empty, flushed, evicted): drop its results."""
+        if (batch_id, incarnation) not in self._lost:
+            self._lost.add((batch_id, incarnation))
+            log.warning(
+                "batch %s no longer exists in Redis (its state was lost); its results are dropped", batch_id
+            )
+        for p in group:
+            if not p.future.done():
+                p.future.set_result(False)
 
     @staticmethod
     def _fail(items: list[Pending], exc: BaseException) -> None:

@@ -8,6 +8,7 @@ as what they are, never as "Redis unreachable".
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 from redis.exceptions import (
@@ -78,3 +79,44 @@ def classify(exc: BaseException) -> RedisProblem:
 def is_transient(exc: BaseException) -> bool:
     """Worth waiting out (reconnect or back off) rather than failing: unreachable or full."""
     return classify(exc) in (RedisProblem.UNREACHABLE, RedisProblem.FULL)
+
+
+# redis-py rewrites a pipeline's error as "Command # N (SET key <job payload>) of pipeline caused error:
+# ...": the arguments are job payloads, URLs with their passwords. Only the server's own words are kept.
+_PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+MAX_MESSAGE = 200
+
+WHAT = {
+    RedisProblem.UNREACHABLE: "cannot reach Redis at {where}",
+    RedisProblem.FULL: "Redis at {where} is full (maxmemory reached, OOM)",
+    RedisProblem.READONLY: "Redis at {where} is a read-only replica (READONLY): point FETCHFLEET_REDIS_URL "
+    "at the primary",
+    RedisProblem.WRONG_TYPE: "Redis at {where} holds a key of another type where fetchfleet expects its "
+    "own (WRONGTYPE): something else wrote to fetchfleet's keys",
+    RedisProblem.NO_SCRIPT: "Redis at {where} lost a script fetchfleet loaded (NOSCRIPT)",
+    RedisProblem.AUTH: "Redis at {where} refused the credentials (NOAUTH/WRONGPASS): check the password "
+    "in FETCHFLEET_REDIS_URL or FETCHFLEET_REDIS_PASSWORD",
+    RedisProblem.OTHER: "Redis at {where} answered with an error",
+}
+
+
+def server_message(exc: BaseException) -> str:
+    """What the server (or the socket) said, on one line, without any command arguments, secrets masked."""
+    from worker.redact import redact
+
+    text = _PIPELINE_PREFIX.sub("", str(exc)) or type(exc).__name__
+    text = " ".join(redact(text).split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def describe(exc: BaseException, where: str = "") -> str:
+    """One line saying what kind of Redis problem `exc` is, for logs and CLI messages.
+
+    `where` is the (already redacted) address. The server's words follow in parentheses, except for a
+    full Redis: its message carries nothing more, and the command it refused may carry job payloads.
+    """
+    problem = classify(exc)
+    head = WHAT[problem].format(where=where or "the configured address")
+    if problem is RedisProblem.FULL:
+        return head
+    return f"{head} ({server_message(exc)})"

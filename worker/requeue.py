@@ -62,6 +62,7 @@ class Waiting:
     attempts: int  # made so far; the retry is attempt attempts + 1
     due_ms: int  # the chunk's score: the end of this retry's bucket
     future: asyncio.Future[None] = field(repr=False)
+    incarnation: str = ""  # the batch's, carried into the retry chunk (see ChunkJob.incarnation)
 
 
 class Requeuer:
@@ -91,7 +92,9 @@ class Requeuer:
         width = bucket_ms(delay)
         due = math.ceil((timestamp_ms() + delay * 1000) / width) * width
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(Waiting(job.batch_id, job.options, index, request, attempts, due, fut))
+        self._waiting.append(
+            Waiting(job.batch_id, job.options, index, request, attempts, due, fut, job.incarnation)
+        )
         self._wake.set()
         self._task = start_loop(self._task, self._run, "fetchfleet-requeue")
         await fut
@@ -117,9 +120,9 @@ class Requeuer:
             if not self._closed:
                 await asyncio.sleep(LINGER_S)
             take, self._waiting = self._waiting, []
-            groups: dict[tuple[str, int, BatchOptions, int], list[Waiting]] = {}
+            groups: dict[tuple[str, str, int, BatchOptions, int], list[Waiting]] = {}
             for w in take:
-                groups.setdefault((w.batch_id, w.attempts, w.options, w.due_ms), []).append(w)
+                groups.setdefault((w.batch_id, w.incarnation, w.attempts, w.options, w.due_ms), []).append(w)
             size = self._settings.chunk_size
             for group in groups.values():
                 group.sort(key=lambda w: w.index)
@@ -140,6 +143,7 @@ class Requeuer:
             first = items[0]
             job = ChunkJob(
                 batch_id=first.batch_id,
+                incarnation=first.incarnation,
                 first_index=first.index,
                 requests=[w.request for w in items],
                 indexes=[w.index for w in items],

@@ -103,6 +103,7 @@ async def schedule_retry(
     """
     retry = ChunkJob(
         batch_id=job.batch_id,
+        incarnation=job.incarnation,
         first_index=index,
         requests=[request],
         indexes=[index],

@@ -8,15 +8,20 @@ import os
 import socket
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
+from worker.redact import redact, register_secret, register_url_secrets
 
 ENV_PREFIX = "FETCHFLEET_"
+URL_FIELDS = frozenset({"redis_url"})
+SECRET_FIELDS = frozenset({"redis_password"})
 
 
 class Settings(BaseSettings):
@@ -28,6 +33,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     redis_password: SecretStr | None = None
     redis_ca_file: str | None = None
+    # Every Redis command's reply must come within this (blocking reads wait at most half of it), so a
+    # silently cut connection is noticed instead of waited on for ever.
+    redis_socket_timeout: float = Field(default=5.0, ge=1, le=300, description="seconds per Redis reply")
+    # Start against a Redis whose maxmemory-policy evicts keys (it may drop queued work silently).
+    allow_eviction: bool = False
 
     # Queue and batches
     queue_name: str = "fetchfleet:queue"
@@ -136,8 +146,10 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if is_sentinel_url(value):
+            parse_sentinel_url(value)  # a ValueError saying what is wrong, never echoing the URL
+        elif not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         return value
 
     @field_validator("allowed_networks", mode="before")
@@ -216,12 +228,62 @@ def nameserver_problem(server: str) -> str | None:
     return None
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """`redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]`, parsed."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.startswith(SENTINEL_SCHEME)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """The sentinels, service name, db and credentials of a `redis+sentinel://` URL (ValueError if it
+    is not one; the message never repeats the URL, which may hold a password)."""
+    rest = url[len(SENTINEL_SCHEME) :]
+    userinfo, at, rest = rest.rpartition("@") if "@" in rest else ("", "", rest)
+    hosts, _, path = rest.partition("/")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = (unquote(user) or None), (unquote(secret) if colon else None)
+    sentinels = []
+    for item in hosts.split(","):
+        host, port = item.strip(), str(SENTINEL_PORT)
+        if host.startswith("["):  # [::1]:26379
+            host, _, tail = host[1:].partition("]")
+            port = tail.removeprefix(":") or port
+        elif ":" in host:
+            host, _, port = host.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                "a sentinel address is not host:port (redis+sentinel://h:26379,h2:26379/service/0)"
+            )
+        sentinels.append((host, int(port)))
+    service, _, db = path.strip("/").partition("/")
+    if not service:
+        raise ValueError("names no service (redis+sentinel://h:26379,h2:26379/service/0)")
+    if db and not db.isdigit():
+        raise ValueError("database is not a number (redis+sentinel://h:26379/service/0)")
+    return SentinelTarget(tuple(sentinels), service, int(db or 0), username, password)
+
+
 # Which process reads each setting; docs/settings.md's table shows it (tests/test_readme.py checks).
 PRODUCER_FIELDS = frozenset({"chunk_size", "max_queued_chunks", "result_retention"})
 SHARED_FIELDS = frozenset(
     {
         "redis_url", "redis_password", "redis_ca_file", "queue_name", "result_ttl", "max_request_body_bytes",
-        "s3_endpoint_url",
+        "s3_endpoint_url", "redis_socket_timeout", "allow_eviction",
     }
 )  # fmt: skip
 # Worker-only settings that decide how URLs are fetched: set beside `submit` they look as if they should
@@ -284,15 +346,31 @@ def load_settings(**overrides: object) -> Settings:
     if unknown:
         raise SettingsError(_unknown_message(unknown))
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
             given = err.get("input")
-            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            shown = "" if isinstance(given, dict) else f" (got {_shown(field, given)})"
             lines.append(f"{env_name(field)}: {err['msg']}{shown}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    # From here on every log line and message masks the Redis password wherever it appears.
+    if settings.redis_password is not None:
+        register_secret(settings.redis_password.get_secret_value())
+    register_url_secrets(settings.redis_url)
+    return settings
+
+
+def _shown(field: str, given: object) -> str:
+    """A rejected value as a settings error may echo it: never a credential, even of a malformed URL."""
+    if field in SECRET_FIELDS:
+        return "a value that is not shown"
+    text = repr(given)
+    if field in URL_FIELDS and "@" in text:
+        # A malformed URL (no "://", say) cannot be parsed for its password: show none of it.
+        return "a value with credentials, not shown"
+    return redact(text)
 
 
 @lru_cache(maxsize=1)
