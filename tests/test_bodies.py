@@ -108,7 +108,7 @@ def test_hostile_bodies_through_a_worker_and_the_cli(
     paths = sorted(HOSTILE_RESPONSES) * 3
     urls = write_urls(tmp_path / "urls.txt", [raw_target.url(p) for p in paths])
     spawn_worker(redis_url, concurrency=8)
-    env = fetchfleet_env(redis_url)
+    env = fetchfleet_env(redis_url, result_retention="ttl")  # read again by `results` below
     out = tmp_path / "out.jsonl"
     started = time.monotonic()
     done = run_cli(

@@ -180,7 +180,7 @@ def test_hostile_batch_beside_a_normal_one(
     ]
     for w in workers:
         wait_started(w)
-    env = fetchfleet_env(redis_url, **settings)
+    env = fetchfleet_env(redis_url, result_retention="ttl", **settings)  # results are read again below
 
     held: list[socket.socket] = []
     for port in ports:  # the ops ports flooded for the whole run
