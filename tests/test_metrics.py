@@ -175,7 +175,7 @@ async def test_health_reports_a_stalled_recorder(monkeypatch: pytest.MonkeyPatch
     recorder = Recorder(make_redis(settings), settings.result_ttl)
     recorder.start()
     assert recorder.stalled_for() == 0.0
-    waiting = asyncio.ensure_future(recorder.record("b1", 0, False, b"{}"))
+    waiting = asyncio.ensure_future(recorder.record("b1", 0, False, b"{}", incarnation=""))
     probes = Probes(in_flight=lambda: 0, fetches=lambda: 0, recorder_stalled=recorder.stalled_for)
     monitor = Monitor(settings, "w-test", WorkerMetrics(), probes)
     try:

@@ -94,6 +94,21 @@ def test_robots_unreachable_fetches_nothing(
     assert site.pages() == [] and site.hits["/robots.txt"] == 1
 
 
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_a_closed_port_ends_with_a_result(
+    redis_url: str, spawn_worker, tmp_path: Path, attempts: int
+) -> None:
+    """robots.txt of an origin nobody listens on cannot be fetched: each URL ends with a `connect` result
+    (after its attempts), and the batch ends. The newcomer's case: before, the result was recorded under
+    no incarnation, dropped as a lost batch's, and `run` waited for ever."""
+    settings = {"max_attempts": attempts, "retry_backoff_base": 0.1}
+    _fleet(spawn_worker, redis_url, 1, **settings)
+    dead = f"http://127.0.0.1:{free_port()}"
+    results = _submit(redis_url, [f"{dead}/a", f"{dead}/b"], tmp_path, timeout=60, **settings)
+    assert sorted(r["index"] for r in results) == [0, 1]
+    assert all(_kind(r) == "connect" and r["attempts"] == attempts for r in results), results
+
+
 def test_robots_unreachable_then_back(
     redis_url: str, spawn_worker, site: PoliteTarget, tmp_path: Path
 ) -> None:

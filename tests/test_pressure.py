@@ -46,7 +46,7 @@ async def test_results_wait_for_room_and_are_recorded_once(redis: Redis) -> None
     try:
         await redis.hset(batch_key("b1"), mapping={"submitted": 10})  # results go only to a live batch
         await fill(redis)
-        task = asyncio.create_task(rec.record("b1", 3, False, b'{"index":3}'))
+        task = asyncio.create_task(rec.record("b1", 3, False, b'{"index":3}', incarnation=""))
         await asyncio.sleep(0.3)
         assert not task.done()  # kept, not dropped and not failed
         assert rec.pressure.full and "Redis is full" in rec.pressure.describe()

@@ -25,9 +25,12 @@ async def test_packed_results_and_bodies_round_trip(redis_url: str) -> None:
     try:
         await r.hset(batch_key("b"), "submitted", 4)
         firsts = await asyncio.gather(
-            *(rec.record("b", i, failed, payload, body) for i, (payload, body, failed) in docs.items())
+            *(
+                rec.record("b", i, failed, payload, body, incarnation="")
+                for i, (payload, body, failed) in docs.items()
+            )
         )
-        again = await rec.record("b", 1, False, b"{}", b"x")
+        again = await rec.record("b", 1, False, b"{}", b"x", incarnation="")
     finally:
         await rec.close()
     try:

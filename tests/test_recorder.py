@@ -15,7 +15,7 @@ async def _record_all(r: Redis, batch: str, indexes: list[int]) -> None:
     rec = Recorder(r, ttl=3600)
     rec.start()
     for i in indexes:
-        await rec.record(batch, i, i % 2 == 1, orjson.dumps({"index": i}))
+        await rec.record(batch, i, i % 2 == 1, orjson.dumps({"index": i}), incarnation="")
     await rec.close()
 
 

@@ -249,7 +249,9 @@ async def _refused(
             return 1
     result = error_result(index, url, kind, message, attempts, rt.worker_id, gate.waited_ms)
     rt.metrics.fetched(result)
-    return int(await rt.recorder.record(job.batch_id, index, True, encode(result)))
+    return int(
+        await rt.recorder.record(job.batch_id, index, True, encode(result), incarnation=job.incarnation)
+    )
 
 
 async def _retry_later(

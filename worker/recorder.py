@@ -94,9 +94,12 @@ class Recorder:
         payload: bytes,
         body: bytes | None = None,
         *,
-        incarnation: str = "",
+        incarnation: str,
     ) -> bool:
         """Queue one result and wait until it is durable; True if it was the first for its index.
+
+        `incarnation` is required: a result recorded under another one (or none) is dropped as belonging
+        to a lost batch, so every caller must pass the one its chunk job carries.
 
         False too when the batch no longer exists in that incarnation: the result is dropped.
         """
