@@ -86,11 +86,13 @@ FLUSH_EVERY = 0.1  # seconds: a killed collector loses at most this much of what
 NO_WORKER_AFTER = 5.0  # seconds without a live worker before `--wait` says so
 
 
-async def _flush_often(writer: ResultWriter) -> None:
+async def _flush_often(writer: ResultWriter, progress: Progress | None = None) -> None:
     # Writes and flushes both run on this event loop, so a flush never meets a half-written line.
     while True:
         await asyncio.sleep(FLUSH_EVERY)
         writer.flush()
+        if progress is not None:
+            progress.tick()
 
 
 async def _watch_workers(client: Client, batch_id: str) -> None:
@@ -142,7 +144,7 @@ async def collect(
         writer = OrderedWriter(writer)
         for index in output.indexes():
             writer.skip(index)
-    background = [asyncio.ensure_future(_flush_often(writer))]
+    background = [asyncio.ensure_future(_flush_often(writer, progress))]
     if watch_workers:
         background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
     # A follower owns the batch's stream: what it has written out (and flushed) leaves Redis. In input

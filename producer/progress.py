@@ -73,6 +73,16 @@ class Progress:
             self._last = now
             self._line()
 
+    def tick(self) -> None:
+        """Called on a timer: a plain line for results that arrived since the last one was printed, so
+        the display never stays behind while a batch waits on its last slow URLs."""
+        behind = self._printed != (self.done, self.failed)
+        if self.enabled and self._bar is None and not self._closed and behind:
+            now = time.monotonic()
+            if now - self._last >= self.interval:
+                self._last = now
+                self._line()
+
     def _line(self) -> None:
         self._printed = (self.done, self.failed)
         pct = 100.0 * self.done / self.total if self.total else 100.0
