@@ -1,6 +1,7 @@
-"""The queue engine seam: the only module that imports arq.
+"""The queue engine seam: the worker side of arq.
 
-It enqueues chunk jobs in bulk, adapts the arq task to `run_chunk`, builds `WorkerSettings`, and runs
+Enqueueing lives in worker/enqueue.py (the producer imports that, never this module). This one
+adapts the arq task to `run_chunk`, builds `WorkerSettings`, and runs
 the worker with what arq lacks: short renewed leases, a draining SIGTERM, and surviving Redis restarts.
 Moving to another engine means rewriting this module and nothing else.
 """
@@ -17,34 +18,36 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
-from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from arq.worker import Retry, Worker, func
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
+from worker.cancel import CancelWatch
+from worker.chunks import Runtime, run_chunk
+from worker.claimsize import ClaimSizer
 from worker.codec import dump_job, load_job
-from worker.contract import CHUNK_TASK, WAKE_TOKENS_MAX, ChunkJob, ErrorKind, batch_id_problem, wake_key
+from worker.contract import CHUNK_TASK, ChunkJob, ErrorKind, batch_id_problem, wake_key
+from worker.enqueue import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX
+from worker.errors import HandBack
+from worker.fetcher import Fetcher
+from worker.lease import Leases
+from worker.logs import bind_job
+from worker.ops import Ops, start_ops
+from worker.pressure import RedisPressure
+from worker.recorder import Recorder, done_flags
 from worker.redisconn import check_eviction_policy, make_pool, redact
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
+from worker.results import encode, error_result
 from worker.settings import Settings, is_sentinel_url, parse_sentinel_url
-
-if TYPE_CHECKING:  # the producer imports this module for enqueueing and must not load the fetcher
-    from worker.chunks import Runtime
-    from worker.lease import Leases
-    from worker.ops import Ops
-    from worker.warcstore import BodyStore
+from worker.warcstore import BodyStore, WarcStore, store_directory
 
 log = logging.getLogger("fetchfleet.worker")
 
-JOB_KEY_PREFIX = job_key_prefix
-IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
 # Results waiting this long without the recorder making progress: claim nothing more for now.
 STALLED_NO_CLAIM_S = 1.0
 RECONNECT_CAP_S = 5.0
@@ -73,11 +76,7 @@ class WorkerCtx(TypedDict, total=False):
     job_try: int
 
 
-def chunk_payload(job: ChunkJob) -> dict[str, Any]:
-    return job.model_dump(mode="json", exclude_defaults=True)
-
-
-def queue_redis(settings: Settings) -> ArqRedis:
+def arq_pool(settings: Settings) -> ArqRedis:
     """A client that arq's own calls can use; it never pickles."""
     return ArqRedis(
         connection_pool=make_pool(settings),
@@ -85,40 +84,6 @@ def queue_redis(settings: Settings) -> ArqRedis:
         job_deserializer=load_job,
         default_queue_name=settings.queue_name,
     )
-
-
-async def enqueue_chunks(
-    redis: Redis,
-    settings: Settings,
-    jobs: Sequence[tuple[str, ChunkJob]],
-    defer_ms: int = 0,
-) -> None:
-    """Enqueue many chunk jobs in one pipelined round trip (arq's enqueue_job costs three per job).
-
-    NX on both writes keeps a re-submitted job id from being queued twice.
-    """
-    now = timestamp_ms()
-    ttl_ms = settings.result_ttl * 1000
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id, job in jobs:
-            data = serialize_job(CHUNK_TASK, (chunk_payload(job),), {}, None, now, serializer=dump_job)
-            pipe.set(JOB_KEY_PREFIX + job_id, data, px=ttl_ms, nx=True)
-            pipe.zadd(settings.queue_name, {job_id: now + defer_ms}, nx=True)
-        if jobs:
-            wake_workers(pipe, settings.queue_name, len(jobs))
-        await pipe.execute()
-
-
-def wake_workers(pipe: Any, queue_name: str, chunks: int) -> None:
-    """Wake up to `chunks` idle workers blocked on the wake list (FleetWorker.wait_for_work); a deferred
-    chunk wakes them too, so that they wait for its due time instead of their longest wait."""
-    key = wake_key(queue_name)
-    pipe.rpush(key, *["1"] * min(chunks, WAKE_TOKENS_MAX))
-    pipe.ltrim(key, -WAKE_TOKENS_MAX, -1)  # tokens nobody waited for must not pile up
-
-
-async def queue_depth(redis: Redis, settings: Settings) -> int:
-    return int(await redis.zcard(settings.queue_name))
 
 
 # ---- the task ------------------------------------------------------------------------------------
@@ -157,10 +122,6 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
 
 
 async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
-    from worker.chunks import run_chunk
-    from worker.errors import HandBack
-    from worker.logs import bind_job
-
     rt, settings = ctx["runtime"], ctx["settings"]
     job_id, job_try = ctx.get("job_id", "?"), ctx.get("job_try", 1)
     claimed = payload.get("batch_id") if isinstance(payload, dict) else None
@@ -238,9 +199,6 @@ async def record_internal(
     rt: Runtime, job: ChunkJob, message: str, kind: ErrorKind = ErrorKind.INTERNAL
 ) -> int:
     """Give every URL of the chunk still without a result a final error result (`internal` by default)."""
-    from worker.recorder import done_flags
-    from worker.results import encode, error_result
-
     entries = job.entries()
     flags = await done_flags(rt.redis, job.batch_id, [e[0] for e in entries])
     records = []
@@ -257,7 +215,7 @@ async def record_internal(
 async def forget_try(ctx: WorkerCtx) -> None:
     """Undo arq's try count for a chunk handed back on a graceful stop, so drains never exhaust it."""
     try:
-        await ctx["redis"].decr(retry_key_prefix + ctx["job_id"])
+        await ctx["redis"].decr(RETRY_KEY_PREFIX + ctx["job_id"])
     except REDIS_ERRORS as exc:
         log.debug("could not undo the try count of %s: %s", ctx.get("job_id"), exc)
 
@@ -279,10 +237,9 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
 
 
 async def open_body_store(settings: Settings, worker_id: str) -> BodyStore:
-    from worker.warcstore import WarcStore, store_directory
-
     assert settings.body_store is not None
     if settings.body_store.startswith("s3://"):
+        # Lazy on purpose: worker/s3store.py loads obstore, needed only for an s3:// body store.
         from worker.s3store import S3WarcStore
 
         s3 = S3WarcStore(
@@ -312,14 +269,6 @@ def make_worker_id(settings: Settings) -> str:
 
 def build_worker_settings(settings: Settings) -> type:
     """The class `arq worker.WorkerSettings` reads: only its own attributes count, so all are set here."""
-
-    from worker.cancel import CancelWatch
-    from worker.chunks import Runtime
-    from worker.fetcher import Fetcher
-    from worker.lease import Leases
-    from worker.ops import start_ops
-    from worker.pressure import RedisPressure
-    from worker.recorder import Recorder
 
     async def on_startup(ctx: WorkerCtx) -> None:
         if "runtime" in ctx:  # the poll loop restarted after a Redis outage: keep what runs
@@ -510,8 +459,6 @@ def claim_in_one_round_trip(worker: Worker) -> None:
     lease), a second run in the same process would share one entry in arq's task table (a KeyError at
     the end).
     """
-    from worker.claimsize import ClaimSizer
-
     script = worker.pool.register_script(CLAIM_LUA)
     worker.queue_read_limit = 1
     sizer: ClaimSizer | None = None
@@ -656,7 +603,7 @@ class FleetWorker(Worker):
         async with self.pool.pipeline(transaction=False) as pipe:
             if finish:
                 pipe.zrem(self.queue_name, job_id)
-                pipe.delete(retry_key_prefix + job_id, JOB_KEY_PREFIX + job_id)
+                pipe.delete(RETRY_KEY_PREFIX + job_id, JOB_KEY_PREFIX + job_id)
             pipe.delete(IN_PROGRESS_KEY_PREFIX + job_id)
             await pipe.execute()
 
@@ -756,7 +703,7 @@ async def run_worker(settings: Settings) -> signal.Signals | None:
     del kwargs["redis_settings"], kwargs["job_completion_wait"]
     # Our own pool: reconnect with backoff, password and CA file from the settings; never arq's
     # create_pool, whose retry messages print connection details.
-    kwargs["redis_pool"] = queue_redis(settings)
+    kwargs["redis_pool"] = arq_pool(settings)
     kwargs["handle_signals"] = False
     worker = FleetWorker(**kwargs)
 
