@@ -6,7 +6,7 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from worker.engine import CLAIM_LUA
+from worker.arqseam import CLAIM_LUA
 from worker.enqueue import IN_PROGRESS_KEY_PREFIX
 
 QUEUE = "fetchfleet:test-claim"
