@@ -28,7 +28,7 @@ from worker.contract import (
     chunk_job_id,
     results_key,
 )
-from worker.engine import enqueue_chunks, queue_depth, queue_redis
+from worker.enqueue import enqueue_chunks, queue_depth, queue_redis
 from worker.errors import BatchError, BatchLost, InvalidBatchId, QueueUnavailable
 from worker.redisconn import check_eviction_policy
 from worker.rediserrors import REDIS_DOWN, RedisProblem, classify

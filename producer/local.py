@@ -27,8 +27,18 @@ from producer.inputs import entries
 from producer.messages import say
 from producer.output import Output, open_output
 from producer.progress import Progress
+from producer.submitting import (
+    EXIT_FAILED,
+    batch_options,
+    check_input,
+    collect,
+    outcome_code,
+    prepare_input,
+    report,
+)
 from producer.summary import Summary
-from worker.errors import LocalRunError, ServerUnavailable
+from worker.errors import LocalRunError, ServerUnavailable, UsageError
+from worker.main import install_event_loop
 from worker.settings import Settings, env_name
 
 T = TypeVar("T")
@@ -233,8 +243,6 @@ async def submit_and_collect(
     settings: Settings, path: Path, total: int, digest: str, args: argparse.Namespace, output: Output
 ) -> Summary:
     """The same Client calls as `submit --wait`; returns the summary of the results written."""
-    from producer.cli import batch_options, collect
-
     async with Client(settings) as client:
         await client.ping()
         options = batch_options(args)
@@ -264,17 +272,6 @@ def check_workers(wanted: int, cores: int) -> str | None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """`fetchfleet run`: check the input, start the cluster, fetch everything, tear it all down."""
-    from producer.cli import (
-        EXIT_FAILED,
-        UsageError,
-        batch_options,
-        check_input,
-        outcome_code,
-        prepare_input,
-        report,
-    )
-    from worker.main import install_event_loop
-
     if args.output != "-" and not Path(args.output).resolve().parent.is_dir():
         raise UsageError(f"{args.output}: no such directory")  # before minutes of fetching, not after
     batch_options(args)  # a bad --only-networks: exit 2 before anything starts

@@ -36,11 +36,13 @@ def fetchfleet_env(redis_url: str, **settings: str | int | bool) -> dict[str, st
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, command: tuple[str, ...] = ("-m", "worker")
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker"],
+            [sys.executable, *command],
             env=env,
             cwd=ROOT,
             stdout=self._log,

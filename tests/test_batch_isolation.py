@@ -20,7 +20,7 @@ from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 from worker.contract import ChunkJob, batch_key, batch_keys, done_key, results_key
-from worker.engine import enqueue_chunks
+from worker.enqueue import enqueue_chunks
 from worker.errors import InvalidBatchId
 from worker.recorder import RECORD_LUA, Pending, Recorder, reversed_keys, script_args
 from worker.rediserrors import RedisProblem, classify

@@ -6,7 +6,8 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from worker.engine import CLAIM_LUA, IN_PROGRESS_KEY_PREFIX
+from worker.arqseam import CLAIM_LUA
+from worker.enqueue import IN_PROGRESS_KEY_PREFIX
 
 QUEUE = "fetchfleet:test-claim"
 

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from worker.codec import load_job
 from worker.contract import ChunkJob, batch_key, results_key
-from worker.engine import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
+from worker.enqueue import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
 from worker.lease import Leases
 from worker.metrics import WorkerMetrics
 from worker.monitor import Monitor, Probes

@@ -15,7 +15,7 @@ from tests.procs import fetchfleet_env, run_cli
 from tests.redis_proc import RedisProcess
 from worker.codec import load_job
 from worker.contract import BATCHES_KEY, batch_key, chunk_job_id, done_key, results_key
-from worker.engine import JOB_KEY_PREFIX
+from worker.enqueue import JOB_KEY_PREFIX
 
 PASSWORD = "Pw@" + secrets.token_hex(6) + ":/x"  # a password a URL parser would cut short
 QUEUE = "fetchfleet:queue"

@@ -11,6 +11,7 @@ import zlib
 import orjson
 
 from worker.charsets import codec_for
+from worker.errors import BodyUnavailable
 
 # Past this, the producer refuses to inflate a stored body: a hostile Redis writer cannot make a
 # producer allocate more than the largest cap a worker would ever store.
@@ -67,7 +68,6 @@ def inline_ref(document: bytes) -> bytes:
     `body` and `body_encoding`; unchanged if it has none. An unreadable body becomes `body_error`."""
     if b'"body_ref":{' not in document:  # most documents: no parse
         return document
-    from worker.errors import BodyUnavailable
     from worker.warcstore import read_body  # loads warcio, only for batches that use a store
 
     doc = orjson.loads(document)

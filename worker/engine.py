@@ -1,6 +1,7 @@
-"""The queue engine seam: the only module that imports arq.
+"""The queue engine seam: the worker side of arq.
 
-It enqueues chunk jobs in bulk, adapts the arq task to `run_chunk`, builds `WorkerSettings`, and runs
+Enqueueing lives in worker/enqueue.py (the producer imports that, never this module). This one
+adapts the arq task to `run_chunk`, builds `WorkerSettings`, and runs
 the worker with what arq lacks: short renewed leases, a draining SIGTERM, and surviving Redis restarts.
 Moving to another engine means rewriting this module and nothing else.
 """
@@ -17,39 +18,35 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
-from importlib.resources import files
-from typing import TYPE_CHECKING, Any, TypedDict
+from collections.abc import Callable
+from typing import Any, TypedDict
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
-from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
-from arq.worker import Retry, Worker, func
+from arq.worker import Retry, func
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
+from worker.arqseam import FleetWorker
+from worker.cancel import CancelWatch
+from worker.chunks import Runtime, run_chunk
 from worker.codec import dump_job, load_job
-from worker.contract import CHUNK_TASK, WAKE_TOKENS_MAX, ChunkJob, ErrorKind, batch_id_problem, wake_key
+from worker.contract import CHUNK_TASK, ChunkJob, ErrorKind, batch_id_problem
+from worker.enqueue import IN_PROGRESS_KEY_PREFIX, RETRY_KEY_PREFIX
+from worker.errors import HandBack
+from worker.fetcher import Fetcher
+from worker.lease import Leases
+from worker.logs import bind_job
+from worker.ops import Ops, start_ops
+from worker.pressure import RedisPressure
+from worker.recorder import Recorder, done_flags
 from worker.redisconn import check_eviction_policy, make_pool, redact
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
+from worker.results import encode, error_result
 from worker.settings import Settings, is_sentinel_url, parse_sentinel_url
-
-if TYPE_CHECKING:  # the producer imports this module for enqueueing and must not load the fetcher
-    from worker.chunks import Runtime
-    from worker.lease import Leases
-    from worker.ops import Ops
-    from worker.warcstore import BodyStore
+from worker.warcstore import BodyStore, WarcStore, store_directory
 
 log = logging.getLogger("fetchfleet.worker")
 
-JOB_KEY_PREFIX = job_key_prefix
-IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
-# Results waiting this long without the recorder making progress: claim nothing more for now.
-STALLED_NO_CLAIM_S = 1.0
 RECONNECT_CAP_S = 5.0
-WAKE_CAP_S = 1.0  # an idle worker's longest wait on the wake list (see FleetWorker.wait_for_work)
-WAKE_MIN_S = 0.01  # a shorter wait is not worth a round trip: poll again
 STILL_DOWN_EVERY_S = 60.0
 # arq's own try limit and job timeout, set out of reach: when arq reaches either it deletes the job
 # with no result for its URLs (ARQ-NOTES). fetch_chunk counts the tries that matter itself (a run
@@ -73,11 +70,7 @@ class WorkerCtx(TypedDict, total=False):
     job_try: int
 
 
-def chunk_payload(job: ChunkJob) -> dict[str, Any]:
-    return job.model_dump(mode="json", exclude_defaults=True)
-
-
-def queue_redis(settings: Settings) -> ArqRedis:
+def arq_pool(settings: Settings) -> ArqRedis:
     """A client that arq's own calls can use; it never pickles."""
     return ArqRedis(
         connection_pool=make_pool(settings),
@@ -85,40 +78,6 @@ def queue_redis(settings: Settings) -> ArqRedis:
         job_deserializer=load_job,
         default_queue_name=settings.queue_name,
     )
-
-
-async def enqueue_chunks(
-    redis: Redis,
-    settings: Settings,
-    jobs: Sequence[tuple[str, ChunkJob]],
-    defer_ms: int = 0,
-) -> None:
-    """Enqueue many chunk jobs in one pipelined round trip (arq's enqueue_job costs three per job).
-
-    NX on both writes keeps a re-submitted job id from being queued twice.
-    """
-    now = timestamp_ms()
-    ttl_ms = settings.result_ttl * 1000
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id, job in jobs:
-            data = serialize_job(CHUNK_TASK, (chunk_payload(job),), {}, None, now, serializer=dump_job)
-            pipe.set(JOB_KEY_PREFIX + job_id, data, px=ttl_ms, nx=True)
-            pipe.zadd(settings.queue_name, {job_id: now + defer_ms}, nx=True)
-        if jobs:
-            wake_workers(pipe, settings.queue_name, len(jobs))
-        await pipe.execute()
-
-
-def wake_workers(pipe: Any, queue_name: str, chunks: int) -> None:
-    """Wake up to `chunks` idle workers blocked on the wake list (FleetWorker.wait_for_work); a deferred
-    chunk wakes them too, so that they wait for its due time instead of their longest wait."""
-    key = wake_key(queue_name)
-    pipe.rpush(key, *["1"] * min(chunks, WAKE_TOKENS_MAX))
-    pipe.ltrim(key, -WAKE_TOKENS_MAX, -1)  # tokens nobody waited for must not pile up
-
-
-async def queue_depth(redis: Redis, settings: Settings) -> int:
-    return int(await redis.zcard(settings.queue_name))
 
 
 # ---- the task ------------------------------------------------------------------------------------
@@ -157,10 +116,6 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
 
 
 async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
-    from worker.chunks import run_chunk
-    from worker.errors import HandBack
-    from worker.logs import bind_job
-
     rt, settings = ctx["runtime"], ctx["settings"]
     job_id, job_try = ctx.get("job_id", "?"), ctx.get("job_try", 1)
     claimed = payload.get("batch_id") if isinstance(payload, dict) else None
@@ -238,9 +193,6 @@ async def record_internal(
     rt: Runtime, job: ChunkJob, message: str, kind: ErrorKind = ErrorKind.INTERNAL
 ) -> int:
     """Give every URL of the chunk still without a result a final error result (`internal` by default)."""
-    from worker.recorder import done_flags
-    from worker.results import encode, error_result
-
     entries = job.entries()
     flags = await done_flags(rt.redis, job.batch_id, [e[0] for e in entries])
     records = []
@@ -257,7 +209,7 @@ async def record_internal(
 async def forget_try(ctx: WorkerCtx) -> None:
     """Undo arq's try count for a chunk handed back on a graceful stop, so drains never exhaust it."""
     try:
-        await ctx["redis"].decr(retry_key_prefix + ctx["job_id"])
+        await ctx["redis"].decr(RETRY_KEY_PREFIX + ctx["job_id"])
     except REDIS_ERRORS as exc:
         log.debug("could not undo the try count of %s: %s", ctx.get("job_id"), exc)
 
@@ -279,10 +231,9 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
 
 
 async def open_body_store(settings: Settings, worker_id: str) -> BodyStore:
-    from worker.warcstore import WarcStore, store_directory
-
     assert settings.body_store is not None
     if settings.body_store.startswith("s3://"):
+        # Lazy on purpose: worker/s3store.py loads obstore, needed only for an s3:// body store.
         from worker.s3store import S3WarcStore
 
         s3 = S3WarcStore(
@@ -312,14 +263,6 @@ def make_worker_id(settings: Settings) -> str:
 
 def build_worker_settings(settings: Settings) -> type:
     """The class `arq worker.WorkerSettings` reads: only its own attributes count, so all are set here."""
-
-    from worker.cancel import CancelWatch
-    from worker.chunks import Runtime
-    from worker.fetcher import Fetcher
-    from worker.lease import Leases
-    from worker.ops import start_ops
-    from worker.pressure import RedisPressure
-    from worker.recorder import Recorder
 
     async def on_startup(ctx: WorkerCtx) -> None:
         if "runtime" in ctx:  # the poll loop restarted after a Redis outage: keep what runs
@@ -438,7 +381,7 @@ def build_worker_settings(settings: Settings) -> type:
 class Stopper:
     """SIGTERM/SIGINT: stop picking chunks, hand back unstarted URLs, wait for fetches in flight."""
 
-    def __init__(self, worker: Worker, grace: float) -> None:
+    def __init__(self, worker: FleetWorker, grace: float) -> None:
         self.worker = worker
         self.grace = grace
         self.event = asyncio.Event()
@@ -462,7 +405,7 @@ class Stopper:
             return
         self.event.set()
         self.signal = sig
-        w.allow_pick_jobs = False
+        w.stop_claiming()
         rt: Runtime | None = w.ctx.get("runtime")
         if rt is not None:
             rt.stopping = True
@@ -494,200 +437,7 @@ class Stopper:
             self.worker.main_task.cancel()
 
 
-CLAIM_LUA = files("worker").joinpath("claim.lua").read_text()
-
-
-def claim_in_one_round_trip(worker: Worker) -> None:
-    """arq's start_jobs, with every claim of a poll made by one script (worker/claim.lua).
-
-    arq claims one job at a time in four round trips (WATCH, EXISTS, ZSCORE, MULTI/EXEC), and pays
-    them again for every job it finds running on another worker: per chunk of 100 URLs that was ~11 us
-    a URL of a worker's CPU (ops/bench). The script scans the queue itself, so arq's poll only needs
-    to see that one job is due (queue_read_limit 1). Never waits for a slot: the next poll, poll_delay
-    later, claims again.
-
-    Never claims a chunk this worker runs already: if its claim lapsed (Redis away longer than a
-    lease), a second run in the same process would share one entry in arq's task table (a KeyError at
-    the end).
-    """
-    from worker.claimsize import ClaimSizer
-
-    script = worker.pool.register_script(CLAIM_LUA)
-    worker.queue_read_limit = 1
-    sizer: ClaimSizer | None = None
-
-    async def start_jobs(job_ids: list[bytes]) -> None:
-        nonlocal sizer
-        free = worker.max_jobs - worker.job_counter
-        if free <= 0 or not job_ids:
-            return
-        rt: Runtime | None = worker.ctx.get("runtime")
-        if rt is not None:
-            if rt.recorder.pressure.full or rt.recorder.stalled_for() > STALLED_NO_CLAIM_S:
-                # Results are waiting for Redis: a new chunk would only add to them (memory).
-                return
-            if sizer is None:
-                sizer = ClaimSizer(rt.settings.concurrency, rt.settings.chunk_size)
-            free = min(
-                free,
-                sizer.chunks(
-                    now=time.monotonic(),
-                    fetches=rt.fetches,
-                    in_flight=rt.in_flight,
-                    waiting=rt.waiting,
-                    reserved=sum(rt.reserved.values()),
-                ),
-            )
-            if free <= 0:
-                return
-        running = worker.tasks
-        own = [j for j, t in running.items() if not t.done()]
-        lease_ms = int(worker.in_progress_timeout_s * 1000)
-        args = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
-        try:
-            claimed = await script(keys=[worker.queue_name], args=args)
-        except REDIS_ERRORS as exc:
-            if classify(exc) is not RedisProblem.FULL or rt is None:
-                raise
-            rt.recorder.pressure.full_now()  # the claim's first write was refused: nothing claimed
-            return
-        for i in range(0, len(claimed), 2):
-            job_id, score = claimed[i].decode(), int(float(claimed[i + 1]))
-            if rt is not None:
-                rt.reserved[job_id] = rt.settings.chunk_size
-            # arq's own accounting, as its start_jobs keeps it: one semaphore slot and one count per task
-            await worker.sem.acquire()
-            worker.job_counter += 1
-            t = asyncio.get_running_loop().create_task(worker.run_job(job_id, score))
-            t.add_done_callback(lambda _: worker._release_sem_dec_counter_on_complete())
-            running[job_id] = t
-
-    worker.start_jobs = start_jobs  # type: ignore[method-assign]
-
-
-class FleetWorker(Worker):
-    """arq's Worker, surviving a full Redis: a refused write there must not end the poll loop.
-
-    Idle, it blocks on the wake list instead of polling every poll_delay (~100 commands/s a worker):
-    a submit or a retry pushes a token and the worker claims at once, through the claim script still.
-    """
-
-    async def _poll_iteration(self) -> None:
-        await super()._poll_iteration()
-        # Nothing running and nothing claimed: wait for work on Redis, then claim at once (not
-        # poll_delay later, which would be most of a one-URL batch's latency).
-        while self.allow_pick_jobs and self.job_counter == 0 and not self.burst:
-            await self.wait_for_work()
-            await super()._poll_iteration()
-
-    async def wait_for_work(self) -> None:
-        """Block until a wake token arrives, the next deferred chunk falls due, or WAKE_CAP_S passes.
-
-        The cap bounds how late an idle worker notices a chunk whose claim lapsed (its worker died),
-        which no one announces."""
-        now = timestamp_ms()
-        due = await self.pool.zrangebyscore(
-            self.queue_name, f"({now}", "+inf", start=0, num=1, withscores=True
-        )
-        wait = WAKE_CAP_S
-        if due:
-            wait = min(wait, (float(due[0][1]) - now) / 1000)
-        if wait >= WAKE_MIN_S:
-            await self.pool.blpop([wake_key(self.queue_name)], timeout=wait)
-
-    async def run_job(self, job_id: str, score: int) -> None:
-        ran = self.jobs_complete + self.jobs_failed + self.jobs_retried
-        try:
-            await super().run_job(job_id, score)
-        except REDIS_ERRORS as exc:
-            if classify(exc) is not RedisProblem.FULL:
-                raise
-            # arq's start (GET, INCR) or finish transaction was refused as a whole: no try was counted
-            # (or the run is over). The claim's lease runs out and the chunk runs again after it.
-            stage = "end" if self.jobs_complete + self.jobs_failed + self.jobs_retried > ran else "start"
-            log.warning("chunk %s: Redis full at its %s; it runs again after its lease", job_id, stage)
-            rt: Runtime | None = self.ctx.get("runtime")
-            if rt is not None:
-                rt.recorder.pressure.full_now()
-        finally:
-            rt = self.ctx.get("runtime")
-            if rt is not None:
-                rt.reserved.pop(job_id, None)
-
-    async def finish_job(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: float | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: float | None,
-    ) -> None:
-        try:
-            await super().finish_job(
-                job_id,
-                finish,
-                result_data,
-                result_timeout_s,
-                keep_result_forever,
-                incr_score,
-                keep_in_progress,
-            )
-        except REDIS_ERRORS as exc:
-            if classify(exc) is not RedisProblem.FULL:
-                raise
-            # A full Redis refuses every command queued in a MULTI, even DEL and ZREM; left there, a
-            # finished chunk would stay queued and run a second time. Outside a transaction those run.
-            # (A deferral is a ZINCRBY, which it refuses anyway: the chunk then runs again at once.)
-            await self._finish_without_transaction(job_id, finish)
-
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        try:
-            await super().finish_failed_job(job_id, result_data)
-        except REDIS_ERRORS as exc:
-            if classify(exc) is not RedisProblem.FULL:
-                raise
-            await self._finish_without_transaction(job_id, True)
-
-    async def _finish_without_transaction(self, job_id: str, finish: bool) -> None:
-        # Off the queue first: a worker dying between the two leaves a job key to expire, never a
-        # queued id without its job.
-        async with self.pool.pipeline(transaction=False) as pipe:
-            if finish:
-                pipe.zrem(self.queue_name, job_id)
-                pipe.delete(retry_key_prefix + job_id, JOB_KEY_PREFIX + job_id)
-            pipe.delete(IN_PROGRESS_KEY_PREFIX + job_id)
-            await pipe.execute()
-
-    async def record_health(self) -> None:
-        # arq's shared health-check key (a write): skipped while Redis is full, /healthz tells instead.
-        try:
-            await super().record_health()
-        except REDIS_ERRORS as exc:
-            if classify(exc) is not RedisProblem.FULL:
-                raise
-
-
-async def repair_after_crash(worker: Worker) -> None:
-    """Make arq's job accounting true again after its poll loop died mid-claim.
-
-    `start_jobs` takes a semaphore slot and bumps `job_counter` before its Redis calls and gives neither
-    back when one raises; after a few outages the worker would hold no free slot. Running chunks keep
-    running (they are separate tasks) and release the fresh semaphore when they end.
-    """
-    for job_id, t in list(worker.tasks.items()):
-        if t.done():
-            del worker.tasks[job_id]
-            if not t.cancelled() and t.exception() is not None:
-                log.debug("job %s ended with %r", job_id, t.exception())
-    worker.job_counter = len(worker.tasks)
-    worker.sem = asyncio.BoundedSemaphore(worker.max_jobs + 1)
-    for _ in worker.tasks:
-        await worker.sem.acquire()
-
-
-async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> None:
+async def supervise(worker: FleetWorker, settings: Settings, stopper: Stopper) -> None:
     """Run arq's poll loop, starting it again whenever Redis comes back (arq #435, #498).
 
     One warning when Redis goes away, saying what went wrong by kind (a reminder each minute it stays
@@ -725,7 +475,7 @@ async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> Non
                 # same outage: not announced twice.
                 said, down, down_since = problem, True, time.monotonic()
                 log.warning("%s; retrying", describe(exc, where))
-        await repair_after_crash(worker)
+        await worker.repair_after_crash()
         last_said = time.monotonic()
         while not stopper.requested:
             with contextlib.suppress(TimeoutError):
@@ -756,19 +506,11 @@ async def run_worker(settings: Settings) -> signal.Signals | None:
     del kwargs["redis_settings"], kwargs["job_completion_wait"]
     # Our own pool: reconnect with backoff, password and CA file from the settings; never arq's
     # create_pool, whose retry messages print connection details.
-    kwargs["redis_pool"] = queue_redis(settings)
+    kwargs["redis_pool"] = arq_pool(settings)
     kwargs["handle_signals"] = False
-    worker = FleetWorker(**kwargs)
-
-    def poll_due() -> float | None:
-        """When arq's poll loop is due to renew its health stamp (renewed from inside the loop)."""
-        stamp = worker._last_health_check  # 0 until the first poll
-        return stamp + worker.health_check_interval if stamp else None
-
-    worker.ctx["poll_due"] = poll_due  # read by /healthz
-    # The claim itself is a lease from the first moment (on_job_start shortens it too, for `arq`).
-    worker.in_progress_timeout_s = settings.lease_seconds
-    claim_in_one_round_trip(worker)
+    # The claim itself is a lease from the first moment (on_job_start renews it too, for `arq`).
+    worker = FleetWorker(lease_seconds=settings.lease_seconds, **kwargs)
+    worker.ctx["poll_due"] = worker.poll_due  # read by /healthz
     stopper = Stopper(worker, settings.drain_grace)
     stopper.install()
     try:

@@ -7,13 +7,12 @@ import signal
 import sys
 
 from worker.errors import SettingsError, UnsafeRedis
+from worker.logs import setup_logging
 from worker.settings import Settings, load_settings
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Text or JSON lines on stderr (FETCHFLEET_LOG_FORMAT), credentials masked (worker.logs)."""
-    from worker.logs import setup_logging
-
     setup_logging(level, fmt)
 
 
@@ -34,6 +33,8 @@ def serve(settings: Settings | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     install_event_loop()
+    # Lazy on purpose: `fetchfleet` (the producer CLI) imports this module for `serve`, and only a worker
+    # process may load arq's worker, aiohttp and the fetcher.
     from worker.engine import run_worker
 
     try:

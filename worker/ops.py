@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from worker.chunks import Runtime
 from worker.monitor import Monitor, Probes
 from worker.opsserver import OpsServer
 from worker.politeness import PolitenessCounters
-
-if TYPE_CHECKING:
-    from worker.chunks import Runtime
 
 
 @dataclass

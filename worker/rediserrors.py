@@ -23,6 +23,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.redact import redact
+
 
 class RedisProblem(str, Enum):
     UNREACHABLE = "unreachable"  # no connection, reset, timed out, still loading its data
@@ -102,8 +104,6 @@ WHAT = {
 
 def server_message(exc: BaseException) -> str:
     """What the server (or the socket) said, on one line, without any command arguments, secrets masked."""
-    from worker.redact import redact
-
     text = _PIPELINE_PREFIX.sub("", str(exc)) or type(exc).__name__
     text = " ".join(redact(text).split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."

@@ -12,15 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from importlib.resources import files
 
-from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
 from worker.background import start_loop, stop_loop
-from worker.codec import dump_job
 from worker.contract import (
     CHUNK_TASK,
     BatchOptions,
@@ -30,7 +28,7 @@ from worker.contract import (
     retry_job_id,
     wake_key,
 )
-from worker.engine import JOB_KEY_PREFIX, chunk_payload
+from worker.enqueue import JOB_KEY_PREFIX, chunk_payload, job_record
 from worker.pressure import RedisPressure
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify
 from worker.settings import Settings
@@ -90,7 +88,7 @@ class Requeuer:
         if self._closed:
             raise RuntimeError("requeuer is closed")
         width = bucket_ms(delay)
-        due = math.ceil((timestamp_ms() + delay * 1000) / width) * width
+        due = math.ceil((int(time.time() * 1000) + delay * 1000) / width) * width
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(
             Waiting(job.batch_id, job.options, index, request, attempts, due, fut, job.incarnation)
@@ -153,9 +151,7 @@ class Requeuer:
             attempt = first.attempts + 1
             # Unique without a random part: the bitmap lets each (index, attempt) into one job only.
             job_id = retry_job_id(first.batch_id, first.index, attempt)
-            data = serialize_job(
-                CHUNK_TASK, (chunk_payload(job),), {}, None, timestamp_ms(), serializer=dump_job
-            )
+            data = job_record(CHUNK_TASK, (chunk_payload(job),), int(time.time() * 1000))
             ttl = self._settings.result_ttl
             try:
                 seen = await self._script(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, retry_job_id
-from worker.engine import enqueue_chunks
+from worker.enqueue import enqueue_chunks
 from worker.settings import Settings
 
 # Only failures where the same request can plausibly succeed later; DNS, TLS, blocked and the like

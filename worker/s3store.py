@@ -16,35 +16,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any
-from urllib.parse import urlsplit
 
 from worker.contract import BodyRef
-from worker.errors import BodyStoreError, BodyUnavailable
+from worker.errors import BodyStoreError
+from worker.s3read import make_store, read_s3_range  # noqa: F401  (read_s3_range: re-exported)
+from worker.storeuri import parse_s3
 from worker.warcstore import Exchange, _warcinfo, build_records
 
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024  # held in memory until uploaded
-
-
-def parse_s3(uri: str) -> tuple[str, str]:
-    """(bucket, key prefix without slashes at either end) of `s3://bucket/prefix`."""
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"not an s3://bucket/prefix URI: {uri!r}")
-    return parts.netloc, parts.path.strip("/")
-
-
-def make_store(bucket: str, endpoint: str | None, timeout: float = 30.0) -> Any:
-    """An obstore S3Store; credentials and region come from the usual AWS_* variables."""
-    from obstore.store import S3Store
-
-    options: dict[str, Any] = {"timeout": f"{timeout:g}s"}
-    config: dict[str, Any] = {}
-    if endpoint:
-        config["endpoint"] = endpoint
-        options["allow_http"] = endpoint.startswith("http://")
-    return S3Store(bucket, config=config or None, client_options=options)  # type: ignore[arg-type]
 
 
 @dataclass(eq=False, slots=True)
@@ -165,24 +144,3 @@ class S3WarcStore:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-
-@lru_cache(maxsize=16)
-def _reader(bucket: str, endpoint: str | None) -> Any:
-    return make_store(bucket, endpoint)
-
-
-def read_s3_range(uri: str, offset: int, length: int) -> bytes:
-    """`length` bytes at `offset` of the object `uri` (FETCHFLEET_S3_ENDPOINT_URL and AWS_* apply)."""
-    import obstore
-
-    from worker.settings import get_settings
-
-    bucket, key = parse_s3(uri)
-    try:
-        data = obstore.get_range(
-            _reader(bucket, get_settings().s3_endpoint_url), key, start=offset, length=length
-        )
-    except Exception as exc:  # obstore's own errors: not found, denied, unreachable
-        raise BodyUnavailable(f"{uri}: {exc}") from None
-    return bytes(data)

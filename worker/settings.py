@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
 from worker.redact import redact, register_secret, register_url_secrets
+from worker.storeuri import parse_s3, store_directory
 
 ENV_PREFIX = "FETCHFLEET_"
 URL_FIELDS = frozenset({"redis_url"})
@@ -118,12 +119,8 @@ class Settings(BaseSettings):
         if not value:
             return None
         if value.startswith("s3://"):
-            from worker.s3store import parse_s3
-
             parse_s3(value)  # raises ValueError with the reason
             return value
-        from worker.warcstore import store_directory  # only when set: it loads warcio
-
         store_directory(value)  # raises ValueError with the reason
         return value
 

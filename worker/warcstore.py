@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
 from warcio.utils import Digester
@@ -29,6 +29,8 @@ from warcio.warcwriter import WARCWriter
 
 from worker.contract import BodyRef
 from worker.errors import BodyStoreError, BodyUnavailable
+from worker.s3read import read_s3_range
+from worker.storeuri import file_uri, store_directory
 
 # Headers describing the bytes on the wire: the record holds the body as decoded (gzip, br inflated,
 # chunks joined), so these would make a replay tool decode it a second time.
@@ -56,18 +58,6 @@ class BodyStore(Protocol):
 
     async def put(self, exchange: Exchange, body: bytes, sha256_hex: str | None = None) -> BodyRef: ...
     async def close(self) -> None: ...
-
-
-def store_directory(store: str) -> Path:
-    """The directory of a `file:///path` store URI."""
-    parts = urlsplit(store)
-    if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-        raise ValueError(f"not a file:///absolute/path URI: {store!r}")
-    return Path(unquote(parts.path))
-
-
-def file_uri(path: Path) -> str:
-    return "file://" + quote(str(path))
 
 
 class _Sha256Writer(WARCWriter):
@@ -324,8 +314,6 @@ def read_record(ref: dict[str, Any]) -> tuple[bytes, str | None]:
     except (KeyError, TypeError, ValueError) as exc:
         raise BodyUnavailable(f"not a body reference: {exc}") from None
     if path is None:
-        from worker.s3store import read_s3_range  # loads obstore, only for S3 references
-
         data = read_s3_range(uri, offset, length)
     else:
         try:

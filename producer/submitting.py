@@ -1,0 +1,222 @@
+"""What `submit --wait` and `run` share: checking the input, batch options, collecting results, the report.
+
+Both `producer.cli` and `producer.local` import this module, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+from pydantic import ValidationError
+
+from producer.client import Client
+from producer.inputs import scan, spool_stdin
+from producer.messages import say
+from producer.output import OrderedWriter, Output, ResultWriter, open_output, printable
+from producer.progress import Progress
+from producer.stats import live_workers
+from producer.summary import Summary
+from worker.contract import BatchOptions
+from worker.errors import BatchError, UsageError
+from worker.redisconn import redact
+from worker.rediserrors import REDIS_DOWN, REDIS_ERRORS
+from worker.settings import worker_only_variables
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_FETCH_FAILED = 3  # only with --fail-on: some URLs' results are failures
+FORGET_EVERY = 1000  # results written between deletions of collected ones from Redis
+
+
+def _err(message: str) -> None:
+    say(message)
+
+
+# ---- submit -------------------------------------------------------------------------------------
+
+
+def prepare_input(source: str) -> tuple[Path, str, bool]:
+    """(file to read, label for messages, is temporary)."""
+    if source == "-":
+        return spool_stdin(), "<stdin>", True
+    path = Path(source)
+    if path.is_dir():
+        raise UsageError(f"{source}: is a directory; give a file with one URL (or JSON object) per line")
+    if not path.is_file():
+        raise UsageError(f"{source}: no such file")
+    return path, source, False
+
+
+BAD_LINES_SHOWN = 20  # 5,000 bad lines must not scroll the one that explains them off the screen
+
+
+def check_input(path: Path, label: str) -> tuple[int, str]:
+    """Count and digest the input; on any bad line, name the first ones on stderr and stop with exit 2."""
+    shown = 0
+
+    def report(line: str) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= BAD_LINES_SHOWN:
+            say(line, prefix="")
+
+    report_ = scan(path, label, report)
+    if report_.bad_lines:
+        if report_.bad_lines > BAD_LINES_SHOWN:
+            say(f"... and {report_.bad_lines - BAD_LINES_SHOWN} more bad lines not shown", prefix="")
+        noun = "line" if report_.bad_lines == 1 else "lines"
+        raise UsageError(f"{label}: {report_.bad_lines} bad {noun}; nothing was submitted")
+    if report_.count == 0:
+        raise UsageError(f"{label}: no URLs to submit")
+    return report_.count, report_.digest
+
+
+FLUSH_EVERY = 0.1  # seconds: a killed collector loses at most this much of what it had received
+NO_WORKER_AFTER = 5.0  # seconds without a live worker before `--wait` says so
+
+
+async def _flush_often(writer: ResultWriter, progress: Progress | None = None) -> None:
+    # Writes and flushes both run on this event loop, so a flush never meets a half-written line.
+    while True:
+        await asyncio.sleep(FLUSH_EVERY)
+        writer.flush()
+        if progress is not None:
+            progress.tick()
+
+
+async def _watch_workers(client: Client, batch_id: str) -> None:
+    """Say once when no worker has a live heartbeat, and once more when one appears; never stop waiting."""
+    warned = False
+    await asyncio.sleep(NO_WORKER_AFTER)
+    while True:
+        try:
+            workers = await live_workers(client)
+            if not workers and not warned and not await client._all_recorded(batch_id):
+                warned = True
+                say(
+                    f"no live worker on {redact(client.settings.redis_url)} (no heartbeat for "
+                    f"{NO_WORKER_AFTER:g}s): batch {batch_id} stays queued until one starts "
+                    "(`fetchfleet worker` with the same FETCHFLEET_REDIS_URL); still waiting"
+                )
+            elif workers and warned:
+                warned = False
+                say(f"{len(workers)} live worker(s) now; batch {batch_id} is being fetched")
+        except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
+            pass
+        await asyncio.sleep(2.0)
+
+
+async def collect(
+    client: Client,
+    batch_id: str,
+    output: Output | str,
+    fmt: str,
+    follow: bool,
+    progress: Progress | None,
+    *,
+    ordered: bool = False,
+    watch_workers: bool = False,
+    summary: Summary | None = None,
+    body: bool = False,
+) -> Summary:
+    """Write a batch's results; returns their summary (progress counts come from what was written).
+
+    `body`: the batch keeps bodies (CSV gets their columns; a store's bodies are read back inline).
+    """
+    if isinstance(output, str):
+        output = open_output(output, fmt)
+    summary = summary or Summary()
+    writer: ResultWriter = output.writer(fmt, body=body)
+    if ordered:
+        writer = OrderedWriter(writer)
+        for index in output.indexes():
+            writer.skip(index)
+    background = [asyncio.ensure_future(_flush_often(writer, progress))]
+    if watch_workers:
+        background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
+    # A follower owns the batch's stream: what it has written out (and flushed) leaves Redis. In input
+    # order, results wait in the writer's buffer, not the file: those leave Redis only once all are out.
+    forget = follow and client.forgets_collected
+    cursor, written, completed = "0-0", 0, False
+    await _say_what_was_collected(client, batch_id, output)
+    try:
+        async for cursor, document in client.results(batch_id, follow=follow, inline_bodies=body):
+            doc = orjson.loads(document)
+            index = int(doc["index"])
+            if output.resumed and output.has(index):
+                continue  # already in the file from the run that was cut short
+            if isinstance(writer, OrderedWriter):
+                writer.write(document, index)
+            else:
+                writer.write(document)
+            written += 1
+            summary.add(doc)
+            if forget and not ordered and written % FORGET_EVERY == 0:
+                writer.flush()
+                await client.forget_results(batch_id, cursor)
+            if progress is not None:
+                progress.update(summary.done, summary.failed)
+        completed = True
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        writer.close()
+        if progress is not None:
+            progress.update(summary.done, summary.failed)
+            progress.close()
+    if forget and completed:  # only after a complete, flushed write: a failed one leaves all in Redis
+        await client.forget_results(batch_id, cursor)
+    return summary
+
+
+async def _say_what_was_collected(client: Client, batch_id: str, output: Output) -> None:
+    """Results an earlier follower wrote out are gone from Redis: say so rather than end short silently."""
+    try:
+        gone = (await client.status(batch_id)).collected
+    except (*REDIS_DOWN, BatchError):
+        return  # the read below reports these
+    if gone and not output.resumed:
+        say(
+            f"{gone} results of batch {printable(batch_id)} were already written out by an earlier "
+            "`--wait` or `--follow` and removed from Redis (FETCHFLEET_RESULT_RETENTION=collected); "
+            "this writes only the ones still held"
+        )
+
+
+def report(summary: Summary, started: float, label: str, quiet: bool) -> None:
+    """The end-of-run summary on stderr: counts by outcome, an example URL each, hints for known causes."""
+    if quiet:
+        return
+    say(
+        f"{label}{summary.done} result{'' if summary.done == 1 else 's'} in "
+        f"{time.monotonic() - started:.1f}s: "
+        f"{summary.done - summary.failed} ok, {summary.failed} failed"
+    )
+    # Where the workers are other processes, a worker-only setting set here did nothing: say so beside the
+    # hint that names it (`run` hands this environment to its own workers, so there it did count).
+    set_here = worker_only_variables() if label else []
+    for line in summary.lines(set_here):
+        say(line, prefix="")
+
+
+def outcome_code(summary: Summary, fail_on: str) -> int:
+    return EXIT_FETCH_FAILED if summary.should_fail(fail_on) else EXIT_OK
+
+
+def batch_options(args: argparse.Namespace) -> BatchOptions:
+    """The batch limits given on the command line (UsageError for a bad network list)."""
+    nets = getattr(args, "only_networks", None)
+    try:
+        return BatchOptions(
+            max_body_bytes=getattr(args, "max_body_bytes", None),
+            connect_timeout=getattr(args, "connect_timeout", None),
+            read_timeout=getattr(args, "read_timeout", None),
+            total_timeout=getattr(args, "total_timeout", None),
+            only_networks=tuple(n for n in nets.split(",") if n.strip()) if nets is not None else None,
+        )
+    except ValidationError as exc:
+        raise UsageError(f"--only-networks: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None

@@ -1,0 +1,238 @@
+"""arq behind one seam: `FleetWorker`, arq's Worker subclassed with overridden methods.
+
+Claims through worker/claim.lua, survives a full Redis, blocks idle on the wake list, and repairs its
+job accounting after its poll loop died. No other module touches arq's private attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from importlib.resources import files
+from typing import Any
+
+from arq.utils import timestamp_ms
+from arq.worker import Worker
+from redis.commands.core import AsyncScript
+
+from worker.chunks import Runtime
+from worker.claimsize import ClaimSizer
+from worker.contract import wake_key
+from worker.enqueue import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX
+from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify
+
+log = logging.getLogger("fetchfleet.worker")
+
+# Results waiting this long without the recorder making progress: claim nothing more for now.
+STALLED_NO_CLAIM_S = 1.0
+WAKE_CAP_S = 1.0  # an idle worker's longest wait on the wake list (see FleetWorker.wait_for_work)
+WAKE_MIN_S = 0.01  # a shorter wait is not worth a round trip: poll again
+
+CLAIM_LUA = files("worker").joinpath("claim.lua").read_text()
+
+
+class FleetWorker(Worker):
+    """arq's Worker, surviving a full Redis: a refused write there must not end the poll loop.
+
+    Idle, it blocks on the wake list instead of polling every poll_delay (~100 commands/s a worker):
+    a submit or a retry pushes a token and the worker claims at once, through the claim script still.
+
+    Every claim is made by worker/claim.lua, its size set by free fetch slots (worker/claimsize.py);
+    the claim is a lease of `lease_seconds` from its first moment (on_job_start renews it).
+    This is the only module that touches arq's internals (`_poll_iteration`, `_last_health_check`,
+    `_release_sem_dec_counter_on_complete`); none of them is assigned.
+    """
+
+    def __init__(self, *, lease_seconds: float, **kwargs: Any) -> None:
+        # The claim script scans the queue itself: arq's poll only needs to see that one job is due.
+        kwargs["queue_read_limit"] = 1
+        super().__init__(**kwargs)
+        self.in_progress_timeout_s = lease_seconds
+        self.claim_script: AsyncScript | None = None
+        self.sizer: ClaimSizer | None = None
+
+    def poll_due(self) -> float | None:
+        """When arq's poll loop is due to renew its health stamp (renewed from inside the loop)."""
+        stamp = self._last_health_check  # 0 until the first poll
+        return stamp + self.health_check_interval if stamp else None
+
+    def stop_claiming(self) -> None:
+        """Claim no more chunks (a drain); running ones carry on."""
+        self.allow_pick_jobs = False
+
+    def release_slot(self, _task: asyncio.Task[Any]) -> None:
+        # arq's own accounting, as its start_jobs keeps it: one semaphore slot and one count per task
+        self._release_sem_dec_counter_on_complete()
+
+    async def _poll_iteration(self) -> None:
+        await super()._poll_iteration()
+        # Nothing running and nothing claimed: wait for work on Redis, then claim at once (not
+        # poll_delay later, which would be most of a one-URL batch's latency).
+        while self.allow_pick_jobs and self.job_counter == 0 and not self.burst:
+            await self.wait_for_work()
+            await super()._poll_iteration()
+
+    async def wait_for_work(self) -> None:
+        """Block until a wake token arrives, the next deferred chunk falls due, or WAKE_CAP_S passes.
+
+        The cap bounds how late an idle worker notices a chunk whose claim lapsed (its worker died),
+        which no one announces."""
+        now = timestamp_ms()
+        due = await self.pool.zrangebyscore(
+            self.queue_name, f"({now}", "+inf", start=0, num=1, withscores=True
+        )
+        wait = WAKE_CAP_S
+        if due:
+            wait = min(wait, (float(due[0][1]) - now) / 1000)
+        if wait >= WAKE_MIN_S:
+            await self.pool.blpop([wake_key(self.queue_name)], timeout=wait)
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        ran = self.jobs_complete + self.jobs_failed + self.jobs_retried
+        try:
+            await super().run_job(job_id, score)
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
+            # arq's start (GET, INCR) or finish transaction was refused as a whole: no try was counted
+            # (or the run is over). The claim's lease runs out and the chunk runs again after it.
+            stage = "end" if self.jobs_complete + self.jobs_failed + self.jobs_retried > ran else "start"
+            log.warning("chunk %s: Redis full at its %s; it runs again after its lease", job_id, stage)
+            rt: Runtime | None = self.ctx.get("runtime")
+            if rt is not None:
+                rt.recorder.pressure.full_now()
+        finally:
+            rt = self.ctx.get("runtime")
+            if rt is not None:
+                rt.reserved.pop(job_id, None)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        try:
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
+            # A full Redis refuses every command queued in a MULTI, even DEL and ZREM; left there, a
+            # finished chunk would stay queued and run a second time. Outside a transaction those run.
+            # (A deferral is a ZINCRBY, which it refuses anyway: the chunk then runs again at once.)
+            await self._finish_without_transaction(job_id, finish)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        try:
+            await super().finish_failed_job(job_id, result_data)
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
+            await self._finish_without_transaction(job_id, True)
+
+    async def _finish_without_transaction(self, job_id: str, finish: bool) -> None:
+        # Off the queue first: a worker dying between the two leaves a job key to expire, never a
+        # queued id without its job.
+        async with self.pool.pipeline(transaction=False) as pipe:
+            if finish:
+                pipe.zrem(self.queue_name, job_id)
+                pipe.delete(RETRY_KEY_PREFIX + job_id, JOB_KEY_PREFIX + job_id)
+            pipe.delete(IN_PROGRESS_KEY_PREFIX + job_id)
+            await pipe.execute()
+
+    async def record_health(self) -> None:
+        # arq's shared health-check key (a write): skipped while Redis is full, /healthz tells instead.
+        try:
+            await super().record_health()
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL:
+                raise
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs, with every claim of a poll made by one script (worker/claim.lua).
+
+        arq claims one job at a time in four round trips (WATCH, EXISTS, ZSCORE, MULTI/EXEC), and pays
+        them again for every job it finds running on another worker: per chunk of 100 URLs that was ~11 us
+        a URL of a worker's CPU (ops/bench). The script scans the queue itself, so arq's poll only needs
+        to see that one job is due (queue_read_limit 1). Never waits for a slot: the next poll, poll_delay
+        later, claims again.
+
+        Never claims a chunk this worker runs already: if its claim lapsed (Redis away longer than a
+        lease), a second run in the same process would share one entry in arq's task table (a KeyError at
+        the end).
+        """
+        free = self.max_jobs - self.job_counter
+        if free <= 0 or not job_ids:
+            return
+        rt: Runtime | None = self.ctx.get("runtime")
+        if rt is not None:
+            if rt.recorder.pressure.full or rt.recorder.stalled_for() > STALLED_NO_CLAIM_S:
+                # Results are waiting for Redis: a new chunk would only add to them (memory).
+                return
+            if self.sizer is None:
+                self.sizer = ClaimSizer(rt.settings.concurrency, rt.settings.chunk_size)
+            free = min(
+                free,
+                self.sizer.chunks(
+                    now=time.monotonic(),
+                    fetches=rt.fetches,
+                    in_flight=rt.in_flight,
+                    waiting=rt.waiting,
+                    reserved=sum(rt.reserved.values()),
+                ),
+            )
+            if free <= 0:
+                return
+        running = self.tasks
+        own = [j for j, t in running.items() if not t.done()]
+        lease_ms = int(self.in_progress_timeout_s * 1000)
+        args = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
+        try:
+            if self.claim_script is None:
+                self.claim_script = self.pool.register_script(CLAIM_LUA)
+            claimed = await self.claim_script(keys=[self.queue_name], args=args)
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not RedisProblem.FULL or rt is None:
+                raise
+            rt.recorder.pressure.full_now()  # the claim's first write was refused: nothing claimed
+            return
+        for i in range(0, len(claimed), 2):
+            job_id, score = claimed[i].decode(), int(float(claimed[i + 1]))
+            if rt is not None:
+                rt.reserved[job_id] = rt.settings.chunk_size
+            # arq's own accounting, as its start_jobs keeps it: one semaphore slot and one count per task
+            await self.sem.acquire()
+            self.job_counter += 1
+            t = asyncio.get_running_loop().create_task(self.run_job(job_id, score))
+            t.add_done_callback(self.release_slot)
+            running[job_id] = t
+
+    async def repair_after_crash(self) -> None:
+        """Make arq's job accounting true again after its poll loop died mid-claim.
+
+        `start_jobs` takes a semaphore slot and bumps `job_counter` before its Redis calls and gives neither
+        back when one raises; after a few outages the worker would hold no free slot. Running chunks keep
+        running (they are separate tasks) and release the fresh semaphore when they end.
+        """
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                if not t.cancelled() and t.exception() is not None:
+                    log.debug("job %s ended with %r", job_id, t.exception())
+        self.job_counter = len(self.tasks)
+        self.sem = asyncio.BoundedSemaphore(self.max_jobs + 1)
+        for _ in self.tasks:
+            await self.sem.acquire()
