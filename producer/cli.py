@@ -183,9 +183,10 @@ async def collect(
 
 async def _say_what_was_collected(client: Client, batch_id: str, output: Output) -> None:
     """Results an earlier follower wrote out are gone from Redis: say so rather than end short silently."""
+    unreadable: tuple[type[BaseException], ...] = (*REDIS_DOWN, BatchError)
     try:
         gone = (await client.status(batch_id)).collected
-    except (*REDIS_DOWN, BatchError):
+    except unreadable:
         return  # the read below reports these
     if gone and not output.resumed:
         say(
@@ -602,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             install_event_loop()
             return asyncio.run(outcome)
-        return int(outcome)  # type: ignore[arg-type]
+        return int(outcome)
     except KeyboardInterrupt:
         _err("interrupted")
         _still_queued(args)

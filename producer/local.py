@@ -28,7 +28,7 @@ from producer.messages import say
 from producer.output import Output, open_output
 from producer.progress import Progress
 from producer.summary import Summary
-from worker.errors import LocalRunError, ServerUnavailable
+from worker.errors import LocalRunError, ServerUnavailable, UsageError
 from worker.settings import Settings, env_name
 
 T = TypeVar("T")
@@ -266,7 +266,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """`fetchfleet run`: check the input, start the cluster, fetch everything, tear it all down."""
     from producer.cli import (
         EXIT_FAILED,
-        UsageError,
         batch_options,
         check_input,
         outcome_code,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
 from worker.batchpolicy import batch_policy
 from worker.cancel import CancelWatch
-from worker.contract import ChunkJob, ErrorKind, FetchRequest, batch_key, done_key
+from worker.contract import ChunkJob, ErrorKind, FetchRequest, RejectedRequest, batch_key, done_key
 from worker.errors import BodyStoreError, HandBack, RobotsDisallowed
 from worker.fetcher import Fetcher
 from worker.hostlimits import HostLimiter, fetch_slot, make_limiter
@@ -127,7 +128,9 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
     return ChunkSummary(fetched=len(pending), skipped=len(entries) - len(pending), recorded=sum(outcomes))
 
 
-async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | str, tries: int) -> int:
+async def fetch_one(
+    rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | RejectedRequest | str, tries: int
+) -> int:
     """Fetch and record one URL; a fault in here fails this URL only, never the chunk."""
     url = req if isinstance(req, str) else req.url
     attempts = tries + 1
@@ -136,6 +139,7 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
     polite = rt.polite
     gate: Gate | None = None
     waited: float | None = None
+    slot: AbstractAsyncContextManager[float | None, bool | None]
     try:
         if rt.recorder.pressure.full:
             # Redis is full: a fetch now would only add a result that cannot be recorded (memory).
@@ -220,7 +224,12 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
 
 
 async def _refused(
-    rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | str, attempts: int, gate: Gate
+    rt: Runtime,
+    job: ChunkJob,
+    index: int,
+    req: FetchRequest | RejectedRequest | str,
+    attempts: int,
+    gate: Gate,
 ) -> int:
     """A URL robots.txt keeps us from: nothing is sent to its origin (RFC 9309 2.3.1.4).
 
@@ -253,7 +262,12 @@ async def _refused(
 
 
 async def _retry_later(
-    rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | str, attempts: int, delay: float
+    rt: Runtime,
+    job: ChunkJob,
+    index: int,
+    req: FetchRequest | RejectedRequest | str,
+    attempts: int,
+    delay: float,
 ) -> bool:
     try:
         await rt.requeuer.add(job, index, req, attempts, delay)

@@ -19,16 +19,18 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
+from arq.typing import WorkerCoroutine
 from arq.utils import timestamp_ms
 from arq.worker import Retry, Worker, func
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from worker.awaited import awaited
 from worker.codec import dump_job, load_job
 from worker.contract import CHUNK_TASK, WAKE_TOKENS_MAX, ChunkJob, ErrorKind, batch_id_problem, wake_key
 from worker.redisconn import check_eviction_policy, make_pool, redact
@@ -400,7 +402,7 @@ def build_worker_settings(settings: Settings) -> type:
         # arq's try limit and timeout out of reach (ARQ_MAX_TRIES): fetch_chunk has the last word.
         "functions": [
             func(
-                fetch_chunk,
+                cast("WorkerCoroutine", fetch_chunk),
                 name=CHUNK_TASK,
                 keep_result=0,
                 max_tries=ARQ_MAX_TRIES,
@@ -543,7 +545,7 @@ def claim_in_one_round_trip(worker: Worker) -> None:
         running = worker.tasks
         own = [j for j, t in running.items() if not t.done()]
         lease_ms = int(worker.in_progress_timeout_s * 1000)
-        args = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
+        args: list[int | str] = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
         try:
             claimed = await script(keys=[worker.queue_name], args=args)
         except REDIS_ERRORS as exc:
@@ -593,7 +595,8 @@ class FleetWorker(Worker):
         if due:
             wait = min(wait, (float(due[0][1]) - now) / 1000)
         if wait >= WAKE_MIN_S:
-            await self.pool.blpop([wake_key(self.queue_name)], timeout=wait)
+            # BLPOP takes fractional seconds (Redis >= 6); redis-py's stub says int.
+            await awaited(self.pool.blpop([wake_key(self.queue_name)], timeout=wait))  # type: ignore[arg-type]
 
     async def run_job(self, job_id: str, score: int) -> None:
         ran = self.jobs_complete + self.jobs_failed + self.jobs_retried

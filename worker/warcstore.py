@@ -70,7 +70,7 @@ def file_uri(path: Path) -> str:
     return "file://" + quote(str(path))
 
 
-class _Sha256Writer(WARCWriter):
+class _Sha256Writer(WARCWriter):  # type: ignore[misc]  # warcio ships no types: WARCWriter is Any
     """warcio's writer with SHA-256 digests: a record's payload digest is then the result's `sha256`."""
 
     def _create_digester(self) -> Digester:
