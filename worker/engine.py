@@ -158,7 +158,7 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
             rt.reserved.pop(job_id, None)
 
 
-async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
+async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:  # noqa: C901  # split by the arq-seam rework (issue 17), not here
     from worker.chunks import run_chunk
     from worker.errors import HandBack
     from worker.logs import bind_job
@@ -312,7 +312,7 @@ def make_worker_id(settings: Settings) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-def build_worker_settings(settings: Settings) -> type:
+def build_worker_settings(settings: Settings) -> type:  # noqa: C901  # split by the arq-seam rework (issue 17), not here
     """The class `arq worker.WorkerSettings` reads: only its own attributes count, so all are set here."""
 
     from worker.cancel import CancelWatch
@@ -690,7 +690,7 @@ async def repair_after_crash(worker: Worker) -> None:
         await worker.sem.acquire()
 
 
-async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> None:
+async def supervise(worker: Worker, settings: Settings, stopper: Stopper) -> None:  # noqa: C901  # split by the arq-seam rework (issue 17), not here
     """Run arq's poll loop, starting it again whenever Redis comes back (arq #435, #498).
 
     One warning when Redis goes away, saying what went wrong by kind (a reminder each minute it stays
