@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if asyncio.iscoroutine(outcome):
             install_event_loop()
             return asyncio.run(outcome)
-        return int(outcome)  # type: ignore[arg-type]
+        return int(outcome)
     except KeyboardInterrupt:
         _err("interrupted")
         _still_queued(args)

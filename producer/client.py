@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from worker.awaited import awaited
 from worker.bodies import inline_ref, merge_body
 from worker.contract import (
     BATCHES_KEY,
@@ -23,6 +24,7 @@ from worker.contract import (
     BatchState,
     ChunkJob,
     FetchRequest,
+    RejectedRequest,
     batch_id_problem,
     batch_key,
     chunk_job_id,
@@ -234,7 +236,7 @@ class Client:
         options = options.model_copy(
             update={"store_body": store_body, "ignore_robots": ignore_robots or options.ignore_robots}
         )
-        meta = await self.redis.hgetall(key)
+        meta = await awaited(self.redis.hgetall(key))
         if meta:
             incarnation = meta.get(INCARNATION_FIELD.encode(), b"").decode()
             if digest and meta.get(b"digest", b"").decode() not in ("", digest):
@@ -278,7 +280,7 @@ class Client:
         chunk_no = start // size
         # One chunk read ahead: the input's end is known before waiting for room, so a batch that
         # exactly fills the queue does not wait for room it will never use.
-        urls = list(islice(it, size))
+        urls: list[str | FetchRequest | RejectedRequest] = list(islice(it, size))
         while urls:
             # Read no further than the queue has room for, so neither Redis nor this process grows
             # with the input while the workers are behind.
@@ -309,14 +311,14 @@ class Client:
         return limit - depth
 
     async def status(self, batch_id: str) -> BatchStatus:
-        meta = await self.redis.hgetall(batch_key(check_batch_id(batch_id)))
+        meta = await awaited(self.redis.hgetall(batch_key(check_batch_id(batch_id))))
         if not meta:
             raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
         return status_from_meta(batch_id, meta)
 
     async def batch_options(self, batch_id: str) -> BatchOptions:
         """The options the batch was submitted with (whether it keeps bodies, ...)."""
-        raw = await self.redis.hget(batch_key(batch_id), "options")
+        raw = await awaited(self.redis.hget(batch_key(batch_id), "options"))
         return BatchOptions.model_validate_json(raw) if raw else BatchOptions()
 
     async def results(
@@ -388,7 +390,9 @@ class Client:
 
     async def _incarnation(self, batch_id: str) -> str:
         """The batch's incarnation token ("" for a batch made before tokens); BatchError if none."""
-        complete, token = await self.redis.hmget(batch_key(batch_id), "complete", INCARNATION_FIELD)
+        complete, token = await awaited(
+            self.redis.hmget(batch_key(batch_id), ["complete", INCARNATION_FIELD])
+        )
         if complete is None:
             raise BatchError(f"no batch {batch_id!r} (unknown, or expired)")
         return (token or b"").decode()
@@ -398,8 +402,8 @@ class Client:
         # The `done` counter, not the stream's length: collected results may have been trimmed away.
         # It goes up in the same script that appends to the stream, so it never runs ahead of it.
         try:
-            complete, submitted, done, token = await self.redis.hmget(
-                batch_key(batch_id), "complete", "submitted", "done", INCARNATION_FIELD
+            complete, submitted, done, token = await awaited(
+                self.redis.hmget(batch_key(batch_id), ["complete", "submitted", "done", INCARNATION_FIELD])
             )
         except REDIS_DOWN as exc:
             if classify(exc) is not RedisProblem.UNREACHABLE:
@@ -435,7 +439,7 @@ class Client:
                 )
             )
             if removed:  # counted, so that a later reader is told why they are not there
-                await self.redis.hincrby(batch_key(batch_id), "collected", removed)
+                await awaited(self.redis.hincrby(batch_key(batch_id), "collected", removed))
             return removed
         except REDIS_DOWN as exc:  # the next trim takes these too
             log.warning("could not delete collected results (%s); they expire with the batch", exc)

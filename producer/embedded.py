@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -126,7 +127,8 @@ class EmbeddedServer:
     def version(self) -> str:
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2)
         try:
-            info = client.info("server")
+            # The sync client: redis-py types its commands as sync-or-async.
+            info = cast("dict[str, Any]", client.info("server"))
         finally:
             client.close()
         if "valkey_version" in info:

@@ -129,11 +129,7 @@ async def collect(
     if isinstance(output, str):
         output = open_output(output, fmt)
     summary = summary or Summary()
-    writer: ResultWriter = output.writer(fmt, body=body)
-    if ordered:
-        writer = OrderedWriter(writer)
-        for index in output.indexes():
-            writer.skip(index)
+    writer = _result_writer(output, fmt, body=body, ordered=ordered)
     background = [asyncio.ensure_future(_flush_often(writer, progress))]
     if watch_workers:
         background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
@@ -161,23 +157,41 @@ async def collect(
                 progress.update(summary.done, summary.failed)
         completed = True
     finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        writer.close()
-        if progress is not None:
-            progress.update(summary.done, summary.failed)
-            progress.close()
+        await _finish_writing(background, writer, progress, summary)
     if forget and completed:  # only after a complete, flushed write: a failed one leaves all in Redis
         await client.forget_results(batch_id, cursor)
     return summary
 
 
+def _result_writer(output: Output, fmt: str, *, body: bool, ordered: bool) -> ResultWriter:
+    """The output's writer; in input order, it skips the indexes a cut-short run already wrote."""
+    writer: ResultWriter = output.writer(fmt, body=body)
+    if ordered:
+        writer = OrderedWriter(writer)
+        for index in output.indexes():
+            writer.skip(index)
+    return writer
+
+
+async def _finish_writing(
+    background: list[asyncio.Task[None]], writer: ResultWriter, progress: Progress | None, summary: Summary
+) -> None:
+    """Stop the helpers, close the writer (its last flush) and show the final counts."""
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    writer.close()
+    if progress is not None:
+        progress.update(summary.done, summary.failed)
+        progress.close()
+
+
 async def _say_what_was_collected(client: Client, batch_id: str, output: Output) -> None:
     """Results an earlier follower wrote out are gone from Redis: say so rather than end short silently."""
+    unreadable: tuple[type[BaseException], ...] = (*REDIS_DOWN, BatchError)
     try:
         gone = (await client.status(batch_id)).collected
-    except (*REDIS_DOWN, BatchError):
+    except unreadable:
         return  # the read below reports these
     if gone and not output.resumed:
         say(

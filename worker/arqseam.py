@@ -16,6 +16,7 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
 
+from worker.awaited import awaited
 from worker.chunks import Runtime
 from worker.claimsize import ClaimSizer
 from worker.contract import wake_key
@@ -86,7 +87,8 @@ class FleetWorker(Worker):
         if due:
             wait = min(wait, (float(due[0][1]) - now) / 1000)
         if wait >= WAKE_MIN_S:
-            await self.pool.blpop([wake_key(self.queue_name)], timeout=wait)
+            # BLPOP takes fractional seconds; redis-py's stub says int
+            await awaited(self.pool.blpop([wake_key(self.queue_name)], timeout=wait))  # type: ignore[arg-type]
 
     async def run_job(self, job_id: str, score: int) -> None:
         ran = self.jobs_complete + self.jobs_failed + self.jobs_retried
@@ -199,7 +201,7 @@ class FleetWorker(Worker):
         running = self.tasks
         own = [j for j, t in running.items() if not t.done()]
         lease_ms = int(self.in_progress_timeout_s * 1000)
-        args = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
+        args: list[int | str] = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
         try:
             if self.claim_script is None:
                 self.claim_script = self.pool.register_script(CLAIM_LUA)

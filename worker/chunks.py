@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
 from worker.batchpolicy import batch_policy
 from worker.cancel import CancelWatch
-from worker.contract import ChunkJob, ErrorKind, FetchRequest, batch_key, done_key
+from worker.contract import ChunkJob, ErrorKind, FetchRequest, RejectedRequest, batch_key, done_key
 from worker.errors import BodyStoreError, HandBack, RobotsDisallowed
-from worker.fetcher import Fetcher
+from worker.fetcher import Fetcher, FetchOutcome
 from worker.hostlimits import HostLimiter, fetch_slot, make_limiter
 from worker.metrics import WorkerMetrics
 from worker.politeness import Gate, HeldSlot, Politeness, make_politeness
@@ -127,7 +129,9 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
     return ChunkSummary(fetched=len(pending), skipped=len(entries) - len(pending), recorded=sum(outcomes))
 
 
-async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | str, tries: int) -> int:
+async def fetch_one(
+    rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | RejectedRequest | str, tries: int
+) -> int:
     """Fetch and record one URL; a fault in here fails this URL only, never the chunk."""
     url = req if isinstance(req, str) else req.url
     attempts = tries + 1
@@ -136,6 +140,7 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
     polite = rt.polite
     gate: Gate | None = None
     waited: float | None = None
+    slot: AbstractAsyncContextManager[float | None, bool | None]
     try:
         if rt.recorder.pressure.full:
             # Redis is full: a fetch now would only add a result that cannot be recorded (memory).
@@ -155,30 +160,13 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
         async with slot as waited:
             rt.waiting -= 1
             waiting = False
-            if rt.stopping:
-                return 0
-            if rt.cancels is not None and rt.cancels.is_cancelled(job.batch_id):
-                result = error_result(
-                    index, url, ErrorKind.CANCELLED, "batch was cancelled", tries, rt.worker_id
-                )
-                return int(
-                    await rt.recorder.record(
-                        job.batch_id, index, True, encode(result), incarnation=job.incarnation
-                    )
-                )
-            rt.in_flight += 1
-            try:
-                outcome = await rt.fetcher.fetch(
-                    req, keep_body=job.options.store_body, batch=batch_policy(job.options)
-                )
-            finally:
-                rt.in_flight -= 1
-                rt.fetches += 1
+            skipped = await _skip_in_slot(rt, job, index, url, tries)
+            if skipped is not None:
+                return skipped
+            outcome = await _counted_fetch(rt, job, req)
         kind = outcome.error.kind if outcome.error is not None else None
         if gate is not None and polite is not None:
-            event = polite.slow_down(gate, outcome.status, kind)
-            if event is not None:
-                await polite.report(gate, event, outcome.retry_after)
+            await _host_feedback(polite, gate, outcome, kind)
         method = "GET" if isinstance(req, str) else req.method
         if rt.retry.should_retry(attempts, outcome.status, kind, method) and await _retry_later(
             rt, job, index, req, attempts, rt.retry.delay(attempts, outcome.retry_after)
@@ -187,14 +175,7 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
             return 1  # handled: the next attempt waits in the queue, not in this worker
         outcome = final_outcome(outcome, rt.retry.statuses)
         wait_ms = round((gate.waited_ms if gate is not None else 0.0) + (waited or 0.0), 3)
-        doc = result_doc(index, outcome, attempts, rt.worker_id, wait_ms)
-        if rt.body_store is not None and outcome.exchange is not None and outcome.body is not None:
-            if outcome.error is None:
-                # Durable before it is recorded: a result never points at bytes a crash could lose.
-                ref = await rt.body_store.put(outcome.exchange, outcome.body, outcome.sha256)
-                doc["body_ref"] = ref.model_dump()
-        else:
-            body = stored_body(outcome)
+        doc, body = await _doc_and_body(rt, index, outcome, attempts, wait_ms)
         payload = encode_doc(doc)
     except asyncio.CancelledError:
         if waiting:
@@ -219,8 +200,59 @@ async def fetch_one(rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | 
     )
 
 
+async def _skip_in_slot(rt: Runtime, job: ChunkJob, index: int, url: str, tries: int) -> int | None:
+    """Not fetched after all: 0 when the worker is stopping (the URL goes back), the recorded
+    `cancelled` result when the batch was cancelled meanwhile; None to go ahead and fetch."""
+    if rt.stopping:
+        return 0
+    if rt.cancels is not None and rt.cancels.is_cancelled(job.batch_id):
+        result = error_result(index, url, ErrorKind.CANCELLED, "batch was cancelled", tries, rt.worker_id)
+        return int(
+            await rt.recorder.record(job.batch_id, index, True, encode(result), incarnation=job.incarnation)
+        )
+    return None
+
+
+async def _counted_fetch(
+    rt: Runtime, job: ChunkJob, req: FetchRequest | RejectedRequest | str
+) -> FetchOutcome:
+    """One fetch, counted in flight while it runs (claim sizing, metrics)."""
+    rt.in_flight += 1
+    try:
+        return await rt.fetcher.fetch(req, keep_body=job.options.store_body, batch=batch_policy(job.options))
+    finally:
+        rt.in_flight -= 1
+        rt.fetches += 1
+
+
+async def _host_feedback(polite: Politeness, gate: Gate, outcome: FetchOutcome, kind: str | None) -> None:
+    """Tell the fleet's politeness when the host said "slow down" (429/503, a run of failures)."""
+    event = polite.slow_down(gate, outcome.status, kind)
+    if event is not None:
+        await polite.report(gate, event, outcome.retry_after)
+
+
+async def _doc_and_body(
+    rt: Runtime, index: int, outcome: FetchOutcome, attempts: int, wait_ms: float
+) -> tuple[dict[str, Any], bytes | None]:
+    """The result document and the body to keep in Redis (None when there is none, or a store has it)."""
+    doc = result_doc(index, outcome, attempts, rt.worker_id, wait_ms)
+    if rt.body_store is not None and outcome.exchange is not None and outcome.body is not None:
+        if outcome.error is None:
+            # Durable before it is recorded: a result never points at bytes a crash could lose.
+            ref = await rt.body_store.put(outcome.exchange, outcome.body, outcome.sha256)
+            doc["body_ref"] = ref.model_dump()
+        return doc, None
+    return doc, stored_body(outcome)
+
+
 async def _refused(
-    rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | str, attempts: int, gate: Gate
+    rt: Runtime,
+    job: ChunkJob,
+    index: int,
+    req: FetchRequest | RejectedRequest | str,
+    attempts: int,
+    gate: Gate,
 ) -> int:
     """A URL robots.txt keeps us from: nothing is sent to its origin (RFC 9309 2.3.1.4).
 
@@ -255,7 +287,12 @@ async def _refused(
 
 
 async def _retry_later(
-    rt: Runtime, job: ChunkJob, index: int, req: FetchRequest | str, attempts: int, delay: float
+    rt: Runtime,
+    job: ChunkJob,
+    index: int,
+    req: FetchRequest | RejectedRequest | str,
+    attempts: int,
+    delay: float,
 ) -> bool:
     try:
         await rt.requeuer.add(job, index, req, attempts, delay)

@@ -14,7 +14,8 @@ def _as_text(value: object) -> str:
 
 
 def dump_job(data: dict[str, Any]) -> bytes:
-    return msgpack.packb(data, use_bin_type=True, default=_as_text)
+    packed: bytes = msgpack.packb(data, use_bin_type=True, default=_as_text)
+    return packed
 
 
 def load_job(raw: bytes) -> dict[str, Any]:

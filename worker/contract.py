@@ -338,7 +338,7 @@ class ChunkJob(BaseModel):
                 out.append(RejectedRequest.of(entry, _first_problem(exc)))
         return out
 
-    def entries(self) -> list[tuple[int, FetchRequest | str, int]]:
+    def entries(self) -> list[tuple[int, FetchRequest | RejectedRequest | str, int]]:
         """(index, request, attempts made so far) for every URL in the chunk."""
         idx = self.indexes or range(self.first_index, self.first_index + len(self.requests))
         tries = self.attempts or [0] * len(self.requests)

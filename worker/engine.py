@@ -19,9 +19,10 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.typing import WorkerCoroutine
 from arq.worker import Retry, func
 from pydantic import ValidationError
 
@@ -42,7 +43,8 @@ from worker.redisconn import check_eviction_policy, make_pool, redact
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
 from worker.results import encode, error_result
 from worker.settings import Settings, is_sentinel_url, parse_sentinel_url
-from worker.warcstore import BodyStore, WarcStore, store_directory
+from worker.storeuri import store_directory
+from worker.warcstore import BodyStore, WarcStore
 
 log = logging.getLogger("fetchfleet.worker")
 
@@ -115,20 +117,50 @@ async def fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
             rt.reserved.pop(job_id, None)
 
 
-async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
-    rt, settings = ctx["runtime"], ctx["settings"]
-    job_id, job_try = ctx.get("job_id", "?"), ctx.get("job_try", 1)
+def _readable_job(job_id: str, payload: dict[str, Any]) -> ChunkJob | None:
+    """The chunk job in `payload`, or None (logged) when it cannot be one of ours."""
     claimed = payload.get("batch_id") if isinstance(payload, dict) else None
     if not isinstance(claimed, str) or batch_id_problem(claimed):
         # Planted by a Redis writer (the producer checks ids): such an id could name keys of another
         # batch, so nothing of it is recorded anywhere. Shown by repr, cut short: it may hold anything.
         log.warning("job %s names no valid batch id (%.80r); dropped", job_id, claimed)
-        return 0
+        return None
     try:
-        job = ChunkJob.model_validate(payload)
+        return ChunkJob.model_validate(payload)
     except ValidationError as exc:
         # Not a chunk this version can read: nothing to record it under, and a re-run cannot help.
         log.error("job %s is not a chunk job (%d problems); dropped", job_id, exc.error_count())
+        return None
+
+
+async def _redis_failed(ctx: WorkerCtx, job: ChunkJob, exc: BaseException) -> int:
+    """A chunk that met a Redis error: waited out without a try when it is Redis's state, else failed."""
+    rt, settings = ctx["runtime"], ctx["settings"]
+    job_id, job_try = ctx.get("job_id", "?"), ctx.get("job_try", 1)
+    problem = classify(exc)
+    if problem in WAIT_OUT:
+        # Not the chunk's fault: it runs again once Redis is back, has room, is writable again (a
+        # failover in progress) or takes the password again, and this run does not count against
+        # its tries. (A full Redis: no deferral, which is a write.)
+        # Unreachable: the poll loop announces the outage once; a line per chunk would flood.
+        level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
+        log.log(level, "chunk %s will run again: %s", job_id, describe(exc))
+        await forget_try(ctx)
+        defer = {RedisProblem.FULL: 0, RedisProblem.UNREACHABLE: 1}.get(problem, 5)
+        raise Retry(defer=defer) from None
+    # WRONGTYPE, NOSCRIPT, ...: said as what it is; the chunk fails like any other error.
+    log.error("chunk %s failed on try %d: %s", job_id, job_try, describe(exc))
+    rt.metrics.chunk_done("failed")
+    if job_try >= settings.chunk_max_tries:
+        return await record_internal(rt, job, describe(exc))
+    raise Retry(defer=min(2 ** (job_try - 1), 30)) from None
+
+
+async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
+    rt, settings = ctx["runtime"], ctx["settings"]
+    job_id, job_try = ctx.get("job_id", "?"), ctx.get("job_try", 1)
+    job = _readable_job(job_id, payload)
+    if job is None:
         return 0
     bind_job(job.batch_id, job_id)  # every log line of this chunk carries its batch and chunk ids
     if job_try > settings.chunk_max_tries:
@@ -162,23 +194,7 @@ async def _fetch_chunk(ctx: WorkerCtx, payload: dict[str, Any]) -> int:
         log.warning("chunk %s ran out of time on try %d; the rest of it runs again", job_id, job_try)
         raise Retry(defer=0) from None
     except REDIS_ERRORS as exc:
-        problem = classify(exc)
-        if problem in WAIT_OUT:
-            # Not the chunk's fault: it runs again once Redis is back, has room, is writable again (a
-            # failover in progress) or takes the password again, and this run does not count against
-            # its tries. (A full Redis: no deferral, which is a write.)
-            # Unreachable: the poll loop announces the outage once; a line per chunk would flood.
-            level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
-            log.log(level, "chunk %s will run again: %s", job_id, describe(exc))
-            await forget_try(ctx)
-            defer = {RedisProblem.FULL: 0, RedisProblem.UNREACHABLE: 1}.get(problem, 5)
-            raise Retry(defer=defer) from None
-        # WRONGTYPE, NOSCRIPT, ...: said as what it is; the chunk fails like any other error.
-        log.error("chunk %s failed on try %d: %s", job_id, job_try, describe(exc))
-        rt.metrics.chunk_done("failed")
-        if job_try >= settings.chunk_max_tries:
-            return await record_internal(rt, job, describe(exc))
-        raise Retry(defer=min(2 ** (job_try - 1), 30)) from None
+        return await _redis_failed(ctx, job, exc)
     except Exception as exc:
         log.exception("chunk %s failed on try %d of %d", job_id, job_try, settings.chunk_max_tries)
         rt.metrics.chunk_done("failed")
@@ -261,7 +277,7 @@ def make_worker_id(settings: Settings) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-def build_worker_settings(settings: Settings) -> type:
+def build_worker_settings(settings: Settings) -> type:  # noqa: C901  # its nested start-up and shut-down hooks count here; they become components in one AsyncExitStack (issue 17, open)
     """The class `arq worker.WorkerSettings` reads: only its own attributes count, so all are set here."""
 
     async def on_startup(ctx: WorkerCtx) -> None:
@@ -343,7 +359,7 @@ def build_worker_settings(settings: Settings) -> type:
         # arq's try limit and timeout out of reach (ARQ_MAX_TRIES): fetch_chunk has the last word.
         "functions": [
             func(
-                fetch_chunk,
+                cast("WorkerCoroutine", fetch_chunk),
                 name=CHUNK_TASK,
                 keep_result=0,
                 max_tries=ARQ_MAX_TRIES,
@@ -437,6 +453,29 @@ class Stopper:
             self.worker.main_task.cancel()
 
 
+async def _until_redis_answers(
+    worker: FleetWorker, stopper: Stopper, where: str, said: RedisProblem | None, delay: float
+) -> tuple[RedisProblem | None, float]:
+    """Ping with a growing delay until Redis answers (or a stop is asked for): a line when the problem
+    changes, a reminder each minute it stays. Returns the problem last said and the next delay."""
+    last_said = time.monotonic()
+    while not stopper.requested:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopper.event.wait(), delay)
+        delay = min(delay * 2, RECONNECT_CAP_S)
+        try:
+            await worker.pool.ping()
+        except REDIS_ERRORS as exc:
+            problem = classify(exc)
+            if problem is not said or time.monotonic() - last_said > STILL_DOWN_EVERY_S:
+                still = "still: " if problem is said else ""
+                said, last_said = problem, time.monotonic()
+                log.warning("%s%s", still, describe(exc, where))
+            continue
+        break
+    return said, delay
+
+
 async def supervise(worker: FleetWorker, settings: Settings, stopper: Stopper) -> None:
     """Run arq's poll loop, starting it again whenever Redis comes back (arq #435, #498).
 
@@ -476,21 +515,7 @@ async def supervise(worker: FleetWorker, settings: Settings, stopper: Stopper) -
                 said, down, down_since = problem, True, time.monotonic()
                 log.warning("%s; retrying", describe(exc, where))
         await worker.repair_after_crash()
-        last_said = time.monotonic()
-        while not stopper.requested:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopper.event.wait(), delay)
-            delay = min(delay * 2, RECONNECT_CAP_S)
-            try:
-                await worker.pool.ping()
-            except REDIS_ERRORS as exc:
-                problem = classify(exc)
-                if problem is not said or time.monotonic() - last_said > STILL_DOWN_EVERY_S:
-                    still = "still: " if problem is said else ""
-                    said, last_said = problem, time.monotonic()
-                    log.warning("%s%s", still, describe(exc, where))
-                continue
-            break
+        said, delay = await _until_redis_answers(worker, stopper, where, said, delay)
         if down and said in (RedisProblem.UNREACHABLE, RedisProblem.AUTH):
             # A ping answers: that problem is over. (A WRONGTYPE or READONLY is not seen by a ping; it
             # stays announced, and the poll loop restarts with a growing delay, until the loop runs.)

@@ -40,6 +40,12 @@ def map_exception(exc: BaseException) -> errors.FetchError:
     if isinstance(exc, errors.FetchError):
         return exc
     message = str(exc) or exc.__class__.__name__
+    mapped = _while_connecting(exc, message)
+    return mapped if mapped is not None else _after_connecting(exc, message)
+
+
+def _while_connecting(exc: BaseException, message: str) -> errors.FetchError | None:
+    """Name resolution, TLS, the connection and timeouts; None for anything else."""
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return errors.DNSFailed(f"DNS lookup failed: {exc.os_error}")
     if isinstance(
@@ -58,6 +64,11 @@ def map_exception(exc: BaseException) -> errors.FetchError:
         return errors.FetchTimeout(f"connect timed out: {message}")
     if isinstance(exc, aiohttp.SocketTimeoutError | aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return errors.FetchTimeout(message if message != "TimeoutError" else "timed out")
+    return None
+
+
+def _after_connecting(exc: BaseException, message: str) -> errors.FetchError:
+    """Redirects, bad URLs, broken responses, and the rest (InternalFailed)."""
     if isinstance(exc, aiohttp.TooManyRedirects):
         return errors.TooManyRedirects(message)
     if isinstance(exc, UnicodeError):  # a host name IDNA cannot encode (xn--, empty labels)

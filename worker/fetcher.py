@@ -11,7 +11,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 from yarl import URL
@@ -155,7 +155,10 @@ class Fetcher:
         return narrow
 
     async def fetch(
-        self, request: FetchRequest | str, keep_body: bool = False, batch: BatchPolicy | None = None
+        self,
+        request: FetchRequest | RejectedRequest | str,
+        keep_body: bool = False,
+        batch: BatchPolicy | None = None,
     ) -> FetchOutcome:
         """Fetch once (no retries here). Never raises for a URL's own failure: the outcome carries it.
 
@@ -171,7 +174,7 @@ class Fetcher:
                 if req.body is not None and body_too_long(req.body, self.settings.max_request_body_bytes):
                     raise ValueError(f"body longer than {self.settings.max_request_body_bytes} bytes")
         except ValueError as exc:  # a job not written by our producer: fail the URL, not the chunk
-            err = errors.InvalidURL(str(exc).splitlines()[-1].strip())
+            err: errors.FetchError = errors.InvalidURL(str(exc).splitlines()[-1].strip())
             url = mask_password(request if isinstance(request, str) else request.url)
             return FetchOutcome(url, None, None, 0, None, None, 0, 0.0, error=err)
         state = d = _Hop(url=req.url, batch=batch)
@@ -274,7 +277,7 @@ class Fetcher:
                         request_headers=tuple(resp.request_info.headers.items()),
                         status=resp.status,
                         reason=resp.reason or "",
-                        version=f"{resp.version.major}.{resp.version.minor}",
+                        version=f"{resp.version.major}.{resp.version.minor}" if resp.version else "",
                         response_headers=tuple(resp.headers.items()),
                     )
                 return FetchOutcome(
@@ -362,7 +365,11 @@ def _origin(url: URL) -> tuple[str, str | None, int | None]:
     return url.scheme, url.host, url.port
 
 
-def _connect_timeout(batch: BatchPolicy | None, worker_value: float) -> dict[str, aiohttp.ClientTimeout]:
+class _TimeoutArg(TypedDict, total=False):
+    timeout: aiohttp.ClientTimeout
+
+
+def _connect_timeout(batch: BatchPolicy | None, worker_value: float) -> _TimeoutArg:
     """A per-request connect timeout only when the batch sets a shorter one (the session's otherwise)."""
     if batch is None or batch.connect_timeout is None or batch.connect_timeout >= worker_value:
         return {}

@@ -74,7 +74,7 @@ class FetchCounts(Collector):
         cumulative, buckets = 0, []
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.bucket_counts, strict=True):
             cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]  # unannotated upstream
         yield HistogramMetricFamily(
             "fetchfleet_fetch_duration_seconds",
             "time of one fetch attempt, redirects included",

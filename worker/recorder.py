@@ -48,11 +48,12 @@ async def done_flags(redis: Redis, batch_id: str, indexes: list[int]) -> list[bo
     for i in indexes:
         args += ["GET", "u1", i]
     _meta, _stream, done = batch_keys(batch_id)
-    values = await redis.execute_command("BITFIELD", done, *args)
+    # redis-py leaves execute_command unannotated.
+    values = await redis.execute_command("BITFIELD", done, *args)  # type: ignore[no-untyped-call]
     return [bool(v) for v in values]
 
 
-def script_args(ttl: int, group: list[Pending], incarnation: str = "") -> list[object]:
+def script_args(ttl: int, group: list[Pending], incarnation: str = "") -> list[int | str | bytes]:
     """record.lua's ARGV: the ttl, the numbers of every result in one string, their bytes in another,
     and the batch incarnation the results belong to."""
     numbers = " ".join([f"{p.index} {p.failed:d} {len(p.payload)} {len(p.body)}" for p in group])

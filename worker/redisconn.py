@@ -89,8 +89,9 @@ def sentinel_pool(settings: Settings, **extra: Any) -> ConnectionPool:
     if target.password is not None and "password" not in kwargs:
         kwargs["password"] = target.password
     # The sentinels themselves: the same timeouts (sentinel_kwargs above), no password.
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
-    return ClosingSentinelPool(target.service, sentinel, **kwargs)
+    # redis-py leaves both constructors unannotated (type: ignore below: no-untyped-call only).
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    return ClosingSentinelPool(target.service, sentinel, **kwargs)  # type: ignore[no-untyped-call]
 
 
 def make_redis(settings: Settings) -> Redis:

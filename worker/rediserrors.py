@@ -64,17 +64,22 @@ def classify(exc: BaseException) -> RedisProblem:
     if isinstance(exc, REDIS_DOWN):
         return RedisProblem.UNREACHABLE
     if isinstance(exc, ResponseError):
-        text = str(exc)
-        if text.startswith("OOM") or "OOM command not allowed" in text:
-            return RedisProblem.FULL
-        if text.startswith("WRONGTYPE") or "WRONGTYPE" in text:
-            return RedisProblem.WRONG_TYPE
-        if text.startswith("READONLY") or "READONLY" in text:
-            return RedisProblem.READONLY
-        if text.startswith(("NOAUTH", "WRONGPASS")):
-            return RedisProblem.AUTH
-        if text.startswith("NOSCRIPT"):
-            return RedisProblem.NO_SCRIPT
+        return _reply_problem(str(exc))
+    return RedisProblem.OTHER
+
+
+def _reply_problem(text: str) -> RedisProblem:
+    """The kind of an error reply redis-py has no class for, read from the server's words."""
+    if text.startswith("OOM") or "OOM command not allowed" in text:
+        return RedisProblem.FULL
+    if text.startswith("WRONGTYPE") or "WRONGTYPE" in text:
+        return RedisProblem.WRONG_TYPE
+    if text.startswith("READONLY") or "READONLY" in text:
+        return RedisProblem.READONLY
+    if text.startswith(("NOAUTH", "WRONGPASS")):
+        return RedisProblem.AUTH
+    if text.startswith("NOSCRIPT"):
+        return RedisProblem.NO_SCRIPT
     return RedisProblem.OTHER
 
 

@@ -24,6 +24,7 @@ from worker.contract import (
     BatchOptions,
     ChunkJob,
     FetchRequest,
+    RejectedRequest,
     retried_key,
     retry_job_id,
     wake_key,
@@ -56,7 +57,7 @@ class Waiting:
     batch_id: str
     options: BatchOptions
     index: int
-    request: FetchRequest | str
+    request: FetchRequest | RejectedRequest | str
     attempts: int  # made so far; the retry is attempt attempts + 1
     due_ms: int  # the chunk's score: the end of this retry's bucket
     future: asyncio.Future[None] = field(repr=False)
@@ -78,7 +79,12 @@ class Requeuer:
         self._closed = False
 
     async def add(
-        self, job: ChunkJob, index: int, request: FetchRequest | str, attempts: int, delay: float
+        self,
+        job: ChunkJob,
+        index: int,
+        request: FetchRequest | RejectedRequest | str,
+        attempts: int,
+        delay: float,
     ) -> None:
         """Queue attempt `attempts + 1` of one URL `delay` s from now; returns once it is in Redis.
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from worker.contract import ChunkJob, ErrorKind, FetchRequest, retry_job_id
+from worker.contract import ChunkJob, ErrorKind, FetchRequest, RejectedRequest, retry_job_id
 from worker.enqueue import enqueue_chunks
 from worker.settings import Settings
 
@@ -93,7 +93,7 @@ async def schedule_retry(
     settings: Settings,
     job: ChunkJob,
     index: int,
-    request: FetchRequest | str,
+    request: FetchRequest | RejectedRequest | str,
     attempts: int,
     delay: float,
 ) -> None:

@@ -60,7 +60,7 @@ class BodyStore(Protocol):
     async def close(self) -> None: ...
 
 
-class _Sha256Writer(WARCWriter):
+class _Sha256Writer(WARCWriter):  # type: ignore[misc]  # warcio ships no types: WARCWriter is Any
     """warcio's writer with SHA-256 digests: a record's payload digest is then the result's `sha256`."""
 
     def _create_digester(self) -> Digester:
