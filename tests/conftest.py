@@ -50,3 +50,15 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield spawn
     for w in started:
         w.stop()
+
+
+# A fast test gets pyproject's 60 s; a test that starts processes gets this unless it names its own
+# (`@pytest.mark.timeout(N)`): on a loaded 2-core CI machine, a worker start, a moto server or a SIGKILL
+# take-over can pass a minute without anything being stuck.
+SLOW_TEST_TIMEOUT = 180
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
