@@ -49,6 +49,7 @@ from worker.warcstore import BodyStore, WarcStore
 log = logging.getLogger("fetchfleet.worker")
 
 RECONNECT_CAP_S = 5.0
+CANCEL_AGAIN_S = 1.0  # a stopping poll loop that outlived its cancel is cancelled again this often
 STILL_DOWN_EVERY_S = 60.0
 # arq's own try limit and job timeout, set out of reach: when arq reaches either it deletes the job
 # with no result for its URLs (ARQ-NOTES). fetch_chunk counts the tries that matter itself (a run
@@ -436,19 +437,33 @@ class Stopper:
         self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        # Waits on the chunk tasks themselves; a claim that was under way when the signal came may
+        # still add one, so the set is read again until none runs or the grace period is over.
         deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline and any(not t.done() for t in self.worker.tasks.values()):
-            await asyncio.sleep(0.05)
-        left = sum(not t.done() for t in self.worker.tasks.values())
-        if left:
-            log.warning("grace period over: cancelling %d chunks; their unfinished URLs run elsewhere", left)
+        while (running := self._running()) and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(running, timeout=left)
+        if running := self._running():
+            log.warning(
+                "grace period over: cancelling %d chunks; their unfinished URLs run elsewhere", len(running)
+            )
         self._cancel_all()
+        # One cancel is not always enough: a CancelledError that lands while a library is handling a
+        # timeout of its own can be swallowed there, and arq's poll loop then runs on with nothing to
+        # claim (seen on a Ctrl-C just after start-up). Cancelled again until it ends.
+        main = self.worker.main_task
+        while main is not None and not main.done():
+            await asyncio.wait({main}, timeout=CANCEL_AGAIN_S)
+            if not main.done():
+                log.debug("arq's poll loop outlived its cancel: cancelling it again")
+                main.cancel()
+
+    def _running(self) -> set[asyncio.Task[Any]]:
+        return {t for t in self.worker.tasks.values() if not t.done()}
 
     def _cancel_all(self) -> None:
         # A cancelled chunk is re-queued by arq at once ("cancelled, will be run again").
-        for t in self.worker.tasks.values():
-            if not t.done():
-                t.cancel()
+        for t in self._running():
+            t.cancel()
         if self.worker.main_task is not None:
             self.worker.main_task.cancel()
 
