@@ -30,6 +30,7 @@ class PoliteTarget:
         self.app = web.Application()
         self.app.router.add_get("/robots.txt", self._robots)
         self.app.router.add_get("/hop/{n}", self._hop)
+        self.app.router.add_get("/redirect", self._redirect)
         self.app.router.add_get("/{tail:.*}", self._page)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -67,6 +68,11 @@ class PoliteTarget:
             raise web.HTTPFound(f"/hop/{n - 1}")
         self._note(request.path, self.robots_status)
         return web.Response(status=self.robots_status, text=self.robots_body)
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        """302 to `?to=URL`, anywhere (another origin's page, for robots.txt on redirects)."""
+        self._note(request.path, 302)
+        raise web.HTTPFound(request.query["to"])
 
     async def _page(self, request: web.Request) -> web.Response:
         status = 200

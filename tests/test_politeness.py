@@ -155,6 +155,31 @@ def test_robots_missing_allows_all(redis_url: str, spawn_worker, site: PoliteTar
     assert scripts < n / 10  # no host-limit script per URL
 
 
+def test_a_redirect_obeys_its_targets_robots_txt(
+    redis_url: str, spawn_worker, site: PoliteTarget, tmp_path: Path
+) -> None:
+    """A redirect to another origin is followed only where that origin's robots.txt allows it: the
+    disallowed page is never requested, the result says why; an allowed one is fetched as usual."""
+    other = PoliteTarget(robots_status=200, robots_body="User-agent: *\nDisallow: /private\n").start()
+    try:
+        spawn_worker(redis_url)
+        urls = [
+            site.url(f"/redirect?to={other.url('/private/1')}"),
+            site.url(f"/redirect?to={other.url('/public/1')}"),
+            other.url("/private/2"),
+        ]
+        results = sorted(_submit(redis_url, urls, tmp_path), key=lambda r: r["index"])
+        assert _kind(results[0]) == "robots", results[0]
+        assert "not followed: disallowed by its robots.txt" in results[0]["error"]["message"]
+        assert results[0]["final_url"] == other.url("/private/1") and results[0]["redirects"] == 1
+        assert results[1]["status"] == 200 and results[1]["final_url"] == other.url("/public/1")
+        assert _kind(results[2]) == "robots"
+        assert [p for _, p, _ in other.pages()] == ["/public/1"]  # nothing else reached it
+        assert other.hits["/robots.txt"] == 1 and site.hits["/redirect"] == 2
+    finally:
+        other.stop()
+
+
 def test_a_batch_may_ignore_robots_only_if_the_worker_allows(
     redis_url: str, spawn_worker, site: PoliteTarget, tmp_path: Path
 ) -> None:

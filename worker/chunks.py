@@ -219,7 +219,12 @@ async def _counted_fetch(
     """One fetch, counted in flight while it runs (claim sizing, metrics)."""
     rt.in_flight += 1
     try:
-        return await rt.fetcher.fetch(req, keep_body=job.options.store_body, batch=batch_policy(job.options))
+        return await rt.fetcher.fetch(
+            req,
+            keep_body=job.options.store_body,
+            batch=batch_policy(job.options),
+            hop_check=None if rt.polite is None else rt.polite.hop_check(job.options),
+        )
     finally:
         rt.in_flight -= 1
         rt.fetches += 1

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -30,6 +31,9 @@ log = logging.getLogger("fetchfleet.fetcher")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_CHUNK = 64 * 1024
 MAX_NARROW_SESSIONS = 64  # sessions for batches with their own network lists, per worker
+
+# Asked with a redirect's new URL before it is followed: None to follow, or why not (robots.txt).
+HopCheck = Callable[[str], Awaitable[str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +163,12 @@ class Fetcher:
         request: FetchRequest | RejectedRequest | str,
         keep_body: bool = False,
         batch: BatchPolicy | None = None,
+        hop_check: HopCheck | None = None,
     ) -> FetchOutcome:
         """Fetch once (no retries here). Never raises for a URL's own failure: the outcome carries it.
 
-        `batch`: the batch's own limits; the stricter of them and the worker's apply."""
+        `batch`: the batch's own limits; the stricter of them and the worker's apply. `hop_check`: asked
+        before each redirect is followed (robots.txt of the new URL's origin); a refusal ends the fetch."""
         started = time.perf_counter()
         try:
             if isinstance(request, str) and url_problem(request) is None:
@@ -183,7 +189,7 @@ class Fetcher:
             d.read_timeout = batch.timeout(d.read_timeout, batch.read_timeout)
             d.end = min(d.end, d.last + batch.timeout(self.limits.total_timeout, batch.total_timeout))
         try:
-            outcome = await self._follow(req, state, started, keep_body)
+            outcome = await self._follow(req, state, started, keep_body, hop_check)
             if d.fired is not None and d.task is not None:  # the cancel was swallowed on the way
                 d.task.uncancel()
             return outcome
@@ -222,7 +228,12 @@ class Fetcher:
             self.watchdog.end(d)
 
     async def _follow(
-        self, req: FetchRequest | _PlainGet, state: _Hop, started: float, keep_body: bool
+        self,
+        req: FetchRequest | _PlainGet,
+        state: _Hop,
+        started: float,
+        keep_body: bool,
+        hop_check: HopCheck | None,
     ) -> FetchOutcome:
         method, body = req.method, req.body
         headers = req.headers or None
@@ -264,6 +275,8 @@ class Fetcher:
                         )
                     state.redirects += 1
                     state.url = str(resp.url.join(URL(location)))
+                    if hop_check is not None and (refusal := await hop_check(state.url)) is not None:
+                        raise errors.RobotsDisallowed(refusal)
                     if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
                         method, body = ("HEAD" if method == "HEAD" else "GET"), None
                     continue

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
-from worker.contract import BatchOptions
+from worker.contract import BatchOptions, mask_password
 from worker.hostlimits import HostLimiter, HostLimits, host_of
 from worker.robots import DISALLOW, RobotsCache, RobotsRules, host_of_origin, origin_of
 from worker.settings import Settings
@@ -150,6 +150,24 @@ class Politeness:
         started = time.monotonic()
         rules = await self.robots.rules(origin)
         return self._decide(url, host, rules, round((time.monotonic() - started) * 1000, 3))
+
+    def hop_check(self, options: BatchOptions) -> Callable[[str], Awaitable[str | None]] | None:
+        """What the fetcher asks before following a redirect: the new URL's own robots.txt, as a
+        crawler that re-queued the redirect would have read it (Scrapy's RobotsTxtMiddleware sees
+        every redirect as a new request). None when robots.txt is not obeyed."""
+        if self.robots is None or (options.ignore_robots and self.settings.robots_allow_batch_ignore):
+            return None
+
+        async def check(url: str) -> str | None:
+            gate = self.gate(url, options) or await self.gate_async(url, options)
+            if gate.refused is None:
+                return None
+            shown = mask_password(url)
+            if gate.unreachable:
+                return f"redirect to {shown} not followed: {gate.refused.reason}"
+            return f"redirect to {shown} not followed: disallowed by its robots.txt"
+
+        return check
 
     def _decide(self, url: str, host: str, rules: RobotsRules, waited_ms: float) -> Gate:
         if not rules.allows(url):
