@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import pickle
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
+from producer.children import stop_process
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
 from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess, free_port
+from tests.redis_proc import RedisProcess, free_port, redis_binary
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -146,3 +148,50 @@ def test_tls_with_ca_file(
     w.stop()
     outputs.append(w.log_path.read_text())
     assert all(PASSWORD not in text for text in outputs)
+
+
+def test_sentinel_over_tls_with_passwords(
+    secure_redis: tuple[RedisProcess, int],
+    tls_files: dict[str, Path],
+    http_target: HttpTarget,
+    spawn_worker,
+    tmp_path: Path,
+) -> None:
+    """`rediss+sentinel://`: TLS to a sentinel that has a password of its own and to the primary it
+    names (password too); a batch runs through it and no password reaches a log."""
+    _server, tls_port = secure_redis
+    sentinel_password = "sentinel-" + secrets.token_hex(8)
+    port, d = free_port(), tmp_path / "sentinel"
+    d.mkdir()
+    conf = d / "sentinel.conf"
+    conf.write_text(
+        f"port 0\ntls-port {port}\nbind 127.0.0.1\ndaemonize no\ndir {d}\n"
+        f"tls-cert-file {tls_files['cert']}\ntls-key-file {tls_files['key']}\n"
+        f"tls-ca-cert-file {tls_files['ca']}\ntls-auth-clients no\ntls-replication yes\n"
+        f"requirepass {sentinel_password}\n"
+        f"sentinel monitor svc 127.0.0.1 {tls_port} 1\nsentinel auth-pass svc {PASSWORD}\n"
+    )
+    binary = redis_binary()
+    assert binary is not None
+    sentinel = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        url = f"rediss+sentinel://127.0.0.1:{port}/svc/0"
+        tls = {
+            "redis_password": PASSWORD,
+            "redis_sentinel_password": sentinel_password,
+            "redis_ca_file": str(tls_files["ca"]),
+        }
+        w = spawn_worker(url, worker_id="sentinel-tls", log_level="DEBUG", **tls)
+        wait_started(w)
+        outputs = [check_batch(fetchfleet_env(url, **tls), http_target, tmp_path)]
+        # The sentinel's password is checked: without it the primary's address is not given out.
+        no_pass = {k: v for k, v in tls.items() if k != "redis_sentinel_password"}
+        refused = run_cli(["status", "x"], fetchfleet_env(url, **no_pass))
+        assert refused.returncode == 1 and b"Traceback" not in refused.stderr, refused.stderr.decode()
+        assert b"a sentinel refused the credentials" in refused.stderr, refused.stderr.decode()
+        outputs.append(refused.stderr.decode())
+        w.stop()
+        outputs.append(w.log_path.read_text())
+        assert all(PASSWORD not in t and sentinel_password not in t for t in outputs)
+    finally:
+        stop_process(sentinel)

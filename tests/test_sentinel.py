@@ -34,6 +34,7 @@ def test_sentinel_url_forms() -> None:
     assert parse_sentinel_url("redis+sentinel://u:p@ss@a/svc") == SentinelTarget(
         (("a", 26379),), "svc", 0, "u", "p@ss"
     )
+    assert parse_sentinel_url("rediss+sentinel://a:1/svc") == SentinelTarget((("a", 1),), "svc", 0, tls=True)
     for bad in ("redis+sentinel://a:1", "redis+sentinel://a:x/svc", "redis+sentinel://:Pw-secret-1@a:1/"):
         with pytest.raises(SettingsError) as caught:
             load_settings(redis_url=bad)

@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedSSLConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -83,12 +83,19 @@ def sentinel_pool(settings: Settings, **extra: Any) -> ConnectionPool:
         k: v for k, v in kwargs.items() if k.startswith("socket_") or k in ("retry", "retry_on_error")
     }
     kwargs.update(extra)
+    if target.tls:  # both hops verified against the same CA file (or the system's)
+        kwargs["connection_class"] = SentinelManagedSSLConnection
+        sentinel_kwargs["ssl"] = True
+        if settings.redis_ca_file:
+            kwargs["ssl_ca_certs"] = sentinel_kwargs["ssl_ca_certs"] = settings.redis_ca_file
+    if settings.redis_sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
     kwargs["db"] = target.db
     if target.username:
         kwargs["username"] = target.username
     if target.password is not None and "password" not in kwargs:
         kwargs["password"] = target.password
-    # The sentinels themselves: the same timeouts (sentinel_kwargs above), no password.
+    # The sentinels themselves: the same timeouts (sentinel_kwargs above), their own password if any.
     # redis-py leaves both constructors unannotated (type: ignore below: no-untyped-call only).
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     return ClosingSentinelPool(target.service, sentinel, **kwargs)  # type: ignore[no-untyped-call]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -53,6 +54,8 @@ def classify(exc: BaseException) -> RedisProblem:
     """The kind of a Redis error, most specific first."""
     if isinstance(exc, AuthenticationError):
         return RedisProblem.AUTH
+    if isinstance(exc, MasterNotFoundError) and "AuthenticationError" in str(exc):
+        return RedisProblem.AUTH  # a sentinel refused our password (redis-py puts its errors in the text)
     if isinstance(exc, BusyLoadingError):
         return RedisProblem.UNREACHABLE
     if isinstance(exc, OutOfMemoryError):  # redis-py's own class for an OOM reply
@@ -102,14 +105,25 @@ WHAT = {
     "own (WRONGTYPE): something else wrote to fetchfleet's keys",
     RedisProblem.NO_SCRIPT: "Redis at {where} lost a script fetchfleet loaded (NOSCRIPT)",
     RedisProblem.AUTH: "Redis at {where} refused the credentials (NOAUTH/WRONGPASS): check the password "
-    "in FETCHFLEET_REDIS_URL or FETCHFLEET_REDIS_PASSWORD",
+    "in FETCHFLEET_REDIS_URL or FETCHFLEET_REDIS_PASSWORD (a sentinel's own: "
+    "FETCHFLEET_REDIS_SENTINEL_PASSWORD)",
     RedisProblem.OTHER: "Redis at {where} answered with an error",
 }
+
+
+_NO_MASTER = re.compile(r"No master found for '([^']*)'")
 
 
 def server_message(exc: BaseException) -> str:
     """What the server (or the socket) said, on one line, without any command arguments, secrets masked."""
     text = _PIPELINE_PREFIX.sub("", str(exc)) or type(exc).__name__
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py's text holds the repr of every sentinel client it asked; say what it means instead.
+        found = _NO_MASTER.search(text)
+        service = found.group(1) if found else "?"
+        refused = "AuthenticationError" in text
+        why = "a sentinel refused the credentials" if refused else "none answered with its address"
+        text = f"no sentinel named the primary of {service!r}: {why}"
     text = " ".join(redact(text).split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 

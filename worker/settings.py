@@ -22,7 +22,7 @@ from worker.storeuri import parse_s3, store_directory
 
 ENV_PREFIX = "FETCHFLEET_"
 URL_FIELDS = frozenset({"redis_url"})
-SECRET_FIELDS = frozenset({"redis_password"})
+SECRET_FIELDS = frozenset({"redis_password", "redis_sentinel_password"})
 
 
 class Settings(BaseSettings):
@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     redis_password: SecretStr | None = None
     redis_ca_file: str | None = None
+    # The sentinels' own password (their requirepass), when they have one; the data nodes' is above.
+    redis_sentinel_password: SecretStr | None = None
     # Every Redis command's reply must come within this (blocking reads wait at most half of it), so a
     # silently cut connection is noticed instead of waited on for ever.
     redis_socket_timeout: float = Field(default=5.0, ge=1, le=300, description="seconds per Redis reply")
@@ -146,7 +148,9 @@ class Settings(BaseSettings):
         if is_sentinel_url(value):
             parse_sentinel_url(value)  # a ValueError saying what is wrong, never echoing the URL
         elif not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://"
+            )
         return value
 
     @field_validator("allowed_networks", mode="before")
@@ -226,6 +230,7 @@ def nameserver_problem(server: str) -> str | None:
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_TLS_SCHEME = "rediss+sentinel://"  # TLS to the sentinels and to the data nodes
 SENTINEL_PORT = 26379
 
 
@@ -238,16 +243,18 @@ class SentinelTarget:
     db: int = 0
     username: str | None = None
     password: str | None = None
+    tls: bool = False
 
 
 def is_sentinel_url(url: str) -> bool:
-    return url.startswith(SENTINEL_SCHEME)
+    return url.startswith((SENTINEL_SCHEME, SENTINEL_TLS_SCHEME))
 
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """The sentinels, service name, db and credentials of a `redis+sentinel://` URL (ValueError if it
     is not one; the message never repeats the URL, which may hold a password)."""
-    rest = url[len(SENTINEL_SCHEME) :]
+    tls = url.startswith(SENTINEL_TLS_SCHEME)
+    rest = url[len(SENTINEL_TLS_SCHEME if tls else SENTINEL_SCHEME) :]
     userinfo, at, rest = rest.rpartition("@") if "@" in rest else ("", "", rest)
     hosts, _, path = rest.partition("/")
     username = password = None
@@ -272,14 +279,15 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         raise ValueError("names no service (redis+sentinel://h:26379,h2:26379/service/0)")
     if db and not db.isdigit():
         raise ValueError("database is not a number (redis+sentinel://h:26379/service/0)")
-    return SentinelTarget(tuple(sentinels), service, int(db or 0), username, password)
+    return SentinelTarget(tuple(sentinels), service, int(db or 0), username, password, tls)
 
 
 # Which process reads each setting; docs/settings.md's table shows it (tests/test_readme.py checks).
 PRODUCER_FIELDS = frozenset({"chunk_size", "max_queued_chunks", "result_retention"})
 SHARED_FIELDS = frozenset(
     {
-        "redis_url", "redis_password", "redis_ca_file", "queue_name", "result_ttl", "max_request_body_bytes",
+        "redis_url", "redis_password", "redis_ca_file", "redis_sentinel_password", "queue_name", "result_ttl",
+        "max_request_body_bytes",
         "s3_endpoint_url", "redis_socket_timeout", "allow_eviction",
     }
 )  # fmt: skip
@@ -353,8 +361,9 @@ def load_settings(**overrides: object) -> Settings:
             lines.append(f"{env_name(field)}: {err['msg']}{shown}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
     # From here on every log line and message masks the Redis password wherever it appears.
-    if settings.redis_password is not None:
-        register_secret(settings.redis_password.get_secret_value())
+    for secret in (settings.redis_password, settings.redis_sentinel_password):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
     register_url_secrets(settings.redis_url)
     return settings
 
