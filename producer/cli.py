@@ -23,6 +23,7 @@ import orjson
 from producer.client import Client, check_batch_id, new_batch_id
 from producer.inputs import entries
 from producer.local import run
+from producer.localruns import settings_for
 from producer.messages import say
 from producer.output import FORMATS, Output, open_output, printable
 from producer.progress import Progress
@@ -414,7 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else EXIT_USAGE
     try:
-        settings = load_settings()
+        settings, note = settings_for(args.command, load_settings(), os.environ)
+        if note is not None:
+            _err(note)
         handler = COMMANDS[args.command]
         outcome = handler(args, settings)
         if asyncio.iscoroutine(outcome):

@@ -24,6 +24,7 @@ from producer.children import Child, stop_all
 from producer.client import Client
 from producer.embedded import EmbeddedServer
 from producer.inputs import entries
+from producer.localruns import DIR_PREFIX, write_connection
 from producer.messages import say
 from producer.output import Output, open_output
 from producer.progress import Progress
@@ -51,7 +52,6 @@ WORKER_GRACE = 3.0  # seconds a worker gets to hand back its chunks before SIGKI
 WORKER_DRAIN = 0.3  # then the second SIGTERM: stop fetching now
 SERVER_GRACE = 1.0
 WATCH_INTERVAL = 0.25
-DIR_PREFIX = "fetchfleet-run-"
 
 
 def default_workers() -> int:
@@ -113,6 +113,8 @@ class LocalCluster:
     def start(self) -> None:
         if not self.external:
             self.server = EmbeddedServer(self.dir).start()
+            # for `fetchfleet stats` (status, results, cancel) in another terminal: producer/localruns.py
+            write_connection(self.dir, self.server.url, self.server.password)
             self.settings = self.base_settings.model_copy(
                 update={
                     "redis_url": self.server.url,

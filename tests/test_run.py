@@ -411,3 +411,41 @@ def test_unreachable_external_redis_exits_1_and_stops_the_workers(tmp_path: Path
     assert proc.returncode == 1, err
     assert "Redis" in err and "Traceback" not in err
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_stats_and_status_in_another_terminal_read_the_runs_server(
+    http_target: HttpTarget, blackhole: str, start_run, tmp_path: Path
+) -> None:
+    """A second terminal's `stats` (no FETCHFLEET_REDIS_URL) sees the run's private server, says so,
+    and never shows its password; with FETCHFLEET_REDIS_URL set, that Redis is read instead."""
+    private_tmp = tmp_path / "tmp"  # runs of other tests are not this user's terminal
+    private_tmp.mkdir()
+    env = local_env(allow_private_networks=True) | {"TMPDIR": str(private_tmp)}
+    urls = slow_input(tmp_path, http_target, blackhole)
+    run = start_run([str(urls), "-o", str(tmp_path / "out.jsonl"), "--workers", "2"], env)
+    run.wait_busy(hits=20, workers=2)
+    (run_dir,) = private_tmp.glob("fetchfleet-run-*")
+    connection = run_dir / "redis.json"
+    assert connection.stat().st_mode & 0o077 == 0  # the password is for this user only
+    password = json.loads(connection.read_text())["password"]
+
+    stats = run_cli(["stats", "--json"], env)
+    assert stats.returncode == 0, stats.stderr.decode()
+    doc = json.loads(stats.stdout)
+    assert len(doc["workers"]) == 2 and len(doc["batches"]) == 1, doc
+    note = stats.stderr.decode()
+    assert f"private server of `fetchfleet run` (pid {run.proc.pid})" in note, note
+    batch = doc["batches"][0]["batch_id"]
+    status = run_cli(["status", batch], env)
+    assert status.returncode == 0, status.stderr.decode()
+    assert all(password not in (p.stdout + p.stderr).decode() for p in (stats, status))
+
+    elsewhere = run_cli(["stats"], env | {"FETCHFLEET_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert elsewhere.returncode == 1 and b"cannot reach Redis" in elsewhere.stderr
+    assert b"private server" not in elsewhere.stderr
+    run.kill_group(signal.SIGINT)
+    assert run.proc.wait(10) == 130
+    gone = run_cli(["stats"], env)  # the run is over: back to the default address
+    assert b"private server" not in gone.stderr
