@@ -25,7 +25,6 @@ LAZY_ALLOWED = {
     ("worker", "worker.errors"): "same lazy WorkerSettings",
     ("worker.main", "worker.engine"): "the producer CLI imports worker.main for `serve`; only a worker "
     "process loads arq's worker, aiohttp and the fetcher",
-    ("worker.engine", "worker.s3store"): "loads obstore, needed only for an s3:// body store",
     ("worker.bodies", "worker.warcstore"): "loads warcio, only for batches that keep bodies",
     ("fetchfleet.result", "worker.warcstore"): "loads warcio, only where a store is used",
 }
