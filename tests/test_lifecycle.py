@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import socket
 import warnings
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.chaos import wait_started
+from tests.procs import WorkerProcess, fetchfleet_env
 from tests.redis_proc import free_port
 from worker.contract import WORKERS_KEY
 from worker.engine import arq_pool
@@ -131,3 +134,20 @@ async def test_an_evicting_redis_stops_the_start_before_anything_opens(
     finally:
         await pool.config_set("maxmemory-policy", "noeviction")
         await pool.aclose(close_connection_pool=True)
+
+
+@pytest.mark.slow
+def test_fetchfleet_worker_becomes_the_worker_process(redis_url: str, tmp_path: Path) -> None:
+    """`fetchfleet worker` hands its process to the worker's entry point (the producer CLI never
+    imports the worker runner): same pid, so a SIGTERM sent to it drains the worker and exits 0."""
+    env = fetchfleet_env(redis_url, worker_id="via-cli")
+    w = WorkerProcess(env, tmp_path / "w.log", ("-m", "producer", "worker"))
+    try:
+        wait_started(w)
+        cmdline = Path(f"/proc/{w.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[-3:-1] == [b"-m", b"worker"], cmdline
+        w.signal(signal.SIGTERM)
+        assert w.proc.wait(30) == 0, w.log()
+        assert "worker via-cli stopped" in w.log()
+    finally:
+        w.stop()
