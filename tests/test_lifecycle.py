@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import os
 import signal
 import socket
 import warnings
@@ -18,9 +20,9 @@ import pytest
 
 from tests.chaos import wait_started
 from tests.procs import WorkerProcess, fetchfleet_env
-from tests.redis_proc import free_port
+from tests.redis_proc import RedisProcess, free_port
 from worker.contract import WORKERS_KEY
-from worker.engine import arq_pool
+from worker.engine import arq_pool, run_worker
 from worker.errors import SettingsError, UnsafeRedis
 from worker.lifecycle import WorkerCtx, WorkerHooks
 from worker.settings import Settings, load_settings
@@ -151,3 +153,36 @@ def test_fetchfleet_worker_becomes_the_worker_process(redis_url: str, tmp_path: 
         assert "worker via-cli stopped" in w.log()
     finally:
         w.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_components_close_when_arqs_close_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis gone at the stop: arq's close() fails at its first Redis call and never reaches its
+    on_shutdown; run_worker's stack closes the components and the pool all the same, once."""
+    caplog.set_level(logging.INFO, logger="fetchfleet")
+    errors = record_loop_errors()
+    server = RedisProcess().start()
+    port = free_port()
+    try:
+        settings = settings_for(server.url, tmp_path, metrics_port=port)
+        before = component_tasks()
+        run = asyncio.create_task(run_worker(settings))
+        for _ in range(300):  # the ops port is the last component to open
+            if port_open(port) or run.done():
+                break
+            await asyncio.sleep(0.05)
+        assert port_open(port), run
+        server.kill()
+        await asyncio.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)  # to run_worker's own handler (Stopper)
+        assert await asyncio.wait_for(run, 60) == signal.SIGTERM
+    finally:
+        server.kill()
+    assert "while stopping" in caplog.text  # arq's close() did fail
+    assert "worker lifecycle-test stopped" in caplog.text  # and the components were closed anyway
+    assert not port_open(port)
+    assert component_tasks() - before == set()
+    assert unclosed_after_gc(errors) == []
