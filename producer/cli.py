@@ -48,7 +48,7 @@ from producer.submitting import (  # noqa: F401  (re-exported: tests and callers
 )
 from producer.summary import FAIL_ON
 from worker.errors import BatchError, QueueUnavailable, SettingsError, UnsafeRedis, UsageError
-from worker.main import install_event_loop, serve
+from worker.loop import install_event_loop
 from worker.redisconn import redact
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
 from worker.settings import Settings, load_settings
@@ -183,8 +183,12 @@ async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-
-    return serve(settings)
+    # The worker's own entry point (worker/main.py), which no producer module imports: this process
+    # becomes it, keeping its pid, so the stop signals of Docker or Kubernetes reach the worker. -P: a
+    # `worker` directory in the current one is not taken for the package.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-P", "-m", "worker"])
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -39,7 +39,7 @@ from producer.submitting import (
 )
 from producer.summary import Summary
 from worker.errors import LocalRunError, ServerUnavailable, UsageError
-from worker.main import install_event_loop
+from worker.loop import install_event_loop
 from worker.settings import Settings, env_name
 
 T = TypeVar("T")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from contextlib import AsyncExitStack
 
 import orjson
 from redis.asyncio import Redis
@@ -11,34 +12,22 @@ from redis.asyncio import Redis
 from tests.http_target import HttpTarget
 from worker.chunks import Runtime, run_chunk
 from worker.contract import ChunkJob, batch_key, results_key
-from worker.fetcher import Fetcher
-from worker.recorder import Recorder
+from worker.lifecycle import worker_runtime
 from worker.settings import load_settings
 
 
-async def _runtime(redis_url: str, worker_id: str) -> Runtime:
+async def _runtime(stack: AsyncExitStack, redis_url: str, worker_id: str) -> Runtime:
     settings = load_settings(redis_url=redis_url, allow_private_networks=True, concurrency=10)
     redis = Redis.from_url(redis_url)
-    fetcher = Fetcher(settings)
-    await fetcher.start()
-    recorder = Recorder(redis, settings.result_ttl)
-    recorder.start()
-    return Runtime(settings, redis, fetcher, recorder, worker_id)
-
-
-async def _close(rt: Runtime) -> None:
-    if rt.polite is not None:  # its robots.txt fetcher holds a session of its own
-        await rt.polite.close()
-    await rt.recorder.close()
-    await rt.fetcher.close()
-    await rt.redis.aclose()
+    stack.push_async_callback(redis.aclose)
+    return await stack.enter_async_context(worker_runtime(settings, redis, worker_id))
 
 
 async def test_same_chunk_twice(redis_url: str, http_target: HttpTarget) -> None:
     urls = [http_target.url(f"/ok/{100 + i}") for i in range(40)]
     job = ChunkJob(batch_id="twice", first_index=0, requests=urls)
-    a, b = await _runtime(redis_url, "A"), await _runtime(redis_url, "B")
-    try:
+    async with AsyncExitStack() as stack:
+        a, b = await _runtime(stack, redis_url, "A"), await _runtime(stack, redis_url, "B")
         await a.redis.hset(batch_key("twice"), mapping={"submitted": 80, "complete": 1})
         first = await run_chunk(a, job)
         second = await run_chunk(b, job)
@@ -55,6 +44,3 @@ async def test_same_chunk_twice(redis_url: str, http_target: HttpTarget) -> None
         assert sorted(indexes) == list(range(80)) and set(indexes.values()) == {1}
         meta = await a.redis.hgetall(batch_key("twice"))
         assert int(meta[b"done"]) == 80
-    finally:
-        await _close(a)
-        await _close(b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Self
 
 from redis.asyncio import Redis
 
@@ -69,6 +70,13 @@ class CancelWatch:
     async def close(self) -> None:
         await stop_loop(self._task)
         self._task = None
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def _run(self) -> None:
         while True:

@@ -16,9 +16,9 @@ from worker.cancel import CancelWatch
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, RejectedRequest, batch_key, done_key
 from worker.errors import BodyStoreError, HandBack, RobotsDisallowed
 from worker.fetcher import Fetcher, FetchOutcome
-from worker.hostlimits import HostLimiter, fetch_slot, make_limiter
+from worker.hostlimits import HostLimiter, fetch_slot
 from worker.metrics import WorkerMetrics
-from worker.politeness import Gate, HeldSlot, Politeness, make_politeness
+from worker.politeness import Gate, HeldSlot, Politeness
 from worker.recorder import Recorder
 from worker.requeue import Requeuer
 from worker.results import encode, encode_doc, error_result, final_outcome, result_doc, stored_body
@@ -31,20 +31,25 @@ log = logging.getLogger("fetchfleet.chunks")
 
 @dataclass
 class Runtime:
-    """What one worker process shares between all the chunks it runs."""
+    """What one worker process shares between all the chunks it runs (opened by worker/lifecycle.py)."""
 
     settings: Settings
     redis: Redis
     fetcher: Fetcher
     recorder: Recorder
     worker_id: str
+    cancels: CancelWatch
+    requeuer: Requeuer
+    # None when no per-host limit is set: then a fetch costs no Redis round trip for politeness.
+    host_limiter: HostLimiter | None
+    # robots.txt, Crawl-delay, limits and adaptive backoff together; None when none of them applies.
+    polite: Politeness | None
+    # FETCHFLEET_BODY_STORE: kept bodies go to WARC files, results carry a body_ref instead.
+    body_store: BodyStore | None
     slots: asyncio.Semaphore = field(init=False)
     in_flight: int = 0
     fetches: int = 0
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
-    cancels: CancelWatch | None = None
-    # FETCHFLEET_BODY_STORE: kept bodies go to WARC files, results carry a body_ref instead.
-    body_store: BodyStore | None = None
     # Set on SIGTERM: fetches not yet started are handed back to the queue instead (errors.HandBack).
     stopping: bool = False
 
@@ -54,19 +59,11 @@ class Runtime:
     reserved: dict[str, int] = field(default_factory=dict)
 
     retry: RetryPolicy = field(init=False)
-    requeuer: Requeuer = field(init=False)
-    # None when no per-host limit is set: then a fetch costs no Redis round trip for politeness.
-    host_limiter: HostLimiter | None = field(init=False)
-    # robots.txt, Crawl-delay, limits and adaptive backoff together; None when none of them applies.
-    polite: Politeness | None = field(init=False)
     held: HeldSlot = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.settings.concurrency)
         self.retry = RetryPolicy.from_settings(self.settings)
-        self.requeuer = Requeuer(self.redis, self.settings, self.recorder.pressure)
-        self.host_limiter = make_limiter(self.redis, self.settings)
-        self.polite = make_politeness(self.settings, self.redis, self.worker_id, self.host_limiter)
         self.held = HeldSlot(self.slots)
 
 
@@ -109,8 +106,7 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
     entries = job.entries()
     cancelled, flags = await chunk_state(rt.redis, job, [e[0] for e in entries])
     pending = [e for e, done in zip(entries, flags, strict=True) if not done]
-    if rt.cancels is not None:
-        rt.cancels.note(job.batch_id, cancelled)
+    rt.cancels.note(job.batch_id, cancelled)
     if cancelled:
         records = []
         for index, req, tries in pending:
@@ -205,7 +201,7 @@ async def _skip_in_slot(rt: Runtime, job: ChunkJob, index: int, url: str, tries:
     `cancelled` result when the batch was cancelled meanwhile; None to go ahead and fetch."""
     if rt.stopping:
         return 0
-    if rt.cancels is not None and rt.cancels.is_cancelled(job.batch_id):
+    if rt.cancels.is_cancelled(job.batch_id):
         result = error_result(index, url, ErrorKind.CANCELLED, "batch was cancelled", tries, rt.worker_id)
         return int(
             await rt.recorder.record(job.batch_id, index, True, encode(result), incarnation=job.incarnation)

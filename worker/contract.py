@@ -12,6 +12,7 @@ import socket
 from enum import Enum
 from typing import Annotated, Any, Literal
 
+import idna  # UTS 46 and IDNA 2008 checks of internationalised host names (host_problem)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_URL_BYTES = 8192
@@ -117,8 +118,6 @@ def host_problem(host: str) -> str | None:
             return None
         if "xn--" not in host.lower():
             return None
-    import idna  # only for internationalised names: the producer's plain path stays pydantic-only
-
     try:
         # UTS 46 mapping, as browsers and yarl apply it, then IDNA 2008's rules for each label.
         encoded = idna.encode(host.rstrip("."), uts46=True)

@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import math
-import os
-import secrets
 import signal
-import socket
 import time
-from collections.abc import Callable
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.typing import WorkerCoroutine
@@ -27,24 +22,18 @@ from arq.worker import Retry, func
 from pydantic import ValidationError
 
 from worker.arqseam import FleetWorker
-from worker.cancel import CancelWatch
 from worker.chunks import Runtime, run_chunk
 from worker.codec import dump_job, load_job
 from worker.contract import CHUNK_TASK, ChunkJob, ErrorKind, batch_id_problem
-from worker.enqueue import IN_PROGRESS_KEY_PREFIX, RETRY_KEY_PREFIX
+from worker.enqueue import RETRY_KEY_PREFIX
 from worker.errors import HandBack
-from worker.fetcher import Fetcher
-from worker.lease import Leases
+from worker.lifecycle import WorkerCtx, WorkerHooks
 from worker.logs import bind_job
-from worker.ops import Ops, start_ops
-from worker.pressure import RedisPressure
-from worker.recorder import Recorder, done_flags
-from worker.redisconn import check_eviction_policy, make_pool, redact
+from worker.recorder import done_flags
+from worker.redisconn import make_pool, redact
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
 from worker.results import encode, error_result
 from worker.settings import Settings, is_sentinel_url, parse_sentinel_url
-from worker.storeuri import store_directory
-from worker.warcstore import BodyStore, WarcStore
 
 log = logging.getLogger("fetchfleet.worker")
 
@@ -60,17 +49,6 @@ ARQ_MAX_TRIES = 1_000_000
 # Redis problems a chunk waits out instead of failing: none of them is the chunk's doing.
 WAIT_OUT = frozenset({RedisProblem.UNREACHABLE, RedisProblem.FULL, RedisProblem.READONLY, RedisProblem.AUTH})
 RUNNING_WELL_S = 10.0  # a poll loop that ran this long before failing meets a new problem
-
-
-class WorkerCtx(TypedDict, total=False):
-    redis: ArqRedis
-    runtime: Runtime
-    leases: Leases
-    ops: Ops
-    poll_due: Callable[[], float | None]
-    settings: Settings
-    job_id: str
-    job_try: int
 
 
 def arq_pool(settings: Settings) -> ArqRedis:
@@ -247,105 +225,9 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
     )
 
 
-async def open_body_store(settings: Settings, worker_id: str) -> BodyStore:
-    assert settings.body_store is not None
-    if settings.body_store.startswith("s3://"):
-        # Lazy on purpose: worker/s3store.py loads obstore, needed only for an s3:// body store.
-        from worker.s3store import S3WarcStore
-
-        s3 = S3WarcStore(
-            settings.body_store,
-            worker_id,
-            settings.warc_max_bytes,
-            settings.s3_flush_seconds,
-            settings.body_store_max_wait,
-            settings.s3_endpoint_url,
-        )
-        return await s3.__aenter__()
-    store = WarcStore(
-        store_directory(settings.body_store),
-        worker_id,
-        settings.warc_max_bytes,
-        settings.warc_max_seconds,
-        settings.body_store_max_wait,
-    )
-    return await store.__aenter__()
-
-
-def make_worker_id(settings: Settings) -> str:
-    if settings.worker_id:
-        return settings.worker_id
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-
-
-def build_worker_settings(settings: Settings) -> type:  # noqa: C901  # its nested start-up and shut-down hooks count here; they become components in one AsyncExitStack (issue 17, open)
+def build_worker_settings(settings: Settings, hooks: WorkerHooks | None = None) -> type:
     """The class `arq worker.WorkerSettings` reads: only its own attributes count, so all are set here."""
-
-    async def on_startup(ctx: WorkerCtx) -> None:
-        if "runtime" in ctx:  # the poll loop restarted after a Redis outage: keep what runs
-            return
-        # Before anything starts: on an evicting Redis queued work vanishes unnoticed (UnsafeRedis).
-        await check_eviction_policy(ctx["redis"], settings, log)
-        # arq logs each job's arguments (URLs, which may carry credentials) at INFO; under
-        # `arq worker.WorkerSettings` its own logging config has just turned that on again.
-        logging.getLogger("arq").setLevel(max(logging.getLogger("arq").level, logging.WARNING))
-        fetcher = Fetcher(settings)
-        await fetcher.start()
-        recorder = Recorder(ctx["redis"], settings.result_ttl, RedisPressure(ctx["redis"]))
-        recorder.start()
-        leases = Leases(ctx["redis"], IN_PROGRESS_KEY_PREFIX, settings.lease_seconds)
-        leases.start()
-        cancels = CancelWatch(ctx["redis"])
-        cancels.start()
-        ctx["settings"] = settings
-        ctx["leases"] = leases
-        rt = Runtime(settings, ctx["redis"], fetcher, recorder, make_worker_id(settings))
-        rt.cancels = cancels
-        if settings.body_store:
-            rt.body_store = await open_body_store(settings, rt.worker_id)
-        if rt.polite is not None:
-            rt.polite.start()  # the throttled-hosts refresh loop (worker/throttle.py)
-        ctx["runtime"] = rt
-        ctx["ops"] = await start_ops(rt, ctx.get("poll_due"))  # heartbeat, /metrics, /healthz
-        # What exists now lives as long as the process: frozen, the collector stops walking it, and a
-        # larger young generation makes passes rare (ops/bench: GC was ~15% of a busy worker's CPU).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(20_000, 20, 20)
-        log.info(
-            "worker %s started: Redis %s, concurrency %d, lease %.0fs",
-            rt.worker_id,
-            redact(settings.redis_url),
-            settings.concurrency,
-            settings.lease_seconds,
-        )
-
-    async def on_shutdown(ctx: WorkerCtx) -> None:
-        ops = ctx.pop("ops", None)
-        if ops is not None:
-            await ops.close()
-        leases = ctx.pop("leases", None)
-        if leases is not None:
-            await leases.close()
-        rt = ctx.pop("runtime", None)
-        if rt is not None:
-            if rt.cancels is not None:
-                await rt.cancels.close()
-            await rt.requeuer.close()
-            if rt.polite is not None:
-                await rt.polite.close()
-            await rt.recorder.close()
-            await rt.recorder.pressure.close()
-            await rt.fetcher.close()
-            if rt.body_store is not None:
-                await rt.body_store.close()
-            log.info("worker %s stopped after %d fetches", rt.worker_id, rt.fetches)
-
-    async def on_job_start(ctx: WorkerCtx) -> None:
-        await ctx["leases"].hold(ctx["job_id"])
-
-    async def on_job_end(ctx: WorkerCtx) -> None:
-        ctx["leases"].release(ctx["job_id"])
+    hooks = hooks or WorkerHooks(settings)
 
     # The most chunks held at once. How many are claimed at a poll is sized by free fetch slots
     # (worker/claimsize.py); this cap only bounds a worker's memory. It is four times what fills
@@ -371,10 +253,10 @@ def build_worker_settings(settings: Settings) -> type:  # noqa: C901  # its nest
         "redis_settings": redis_settings,
         "job_serializer": dump_job,
         "job_deserializer": load_job,
-        "on_startup": on_startup,
-        "on_shutdown": on_shutdown,
-        "on_job_start": on_job_start,
-        "on_job_end": on_job_end,
+        "on_startup": hooks.on_startup,
+        "on_shutdown": hooks.on_shutdown,
+        "on_job_start": hooks.on_job_start,
+        "on_job_end": hooks.on_job_end,
         "max_jobs": chunks_held,
         # Every running job stays in the queue zset; reading far past what the whole cluster can hold
         # at once is what lets a second worker find work (ARQ-NOTES: read limit vs. in-flight jobs).
@@ -541,25 +423,32 @@ async def supervise(worker: FleetWorker, settings: Settings, stopper: Stopper) -
 async def run_worker(settings: Settings) -> signal.Signals | None:
     """`fetchfleet worker`: build the arq Worker inside the running loop and run it until stopped;
     returns the signal that stopped it."""
-    cls = build_worker_settings(settings)
+    hooks = WorkerHooks(settings)
+    cls = build_worker_settings(settings, hooks)
     kwargs = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
     del kwargs["redis_settings"], kwargs["job_completion_wait"]
     # Our own pool: reconnect with backoff, password and CA file from the settings; never arq's
     # create_pool, whose retry messages print connection details.
-    kwargs["redis_pool"] = arq_pool(settings)
+    pool = kwargs["redis_pool"] = arq_pool(settings)
     kwargs["handle_signals"] = False
     # The claim itself is a lease from the first moment (on_job_start renews it too, for `arq`).
     worker = FleetWorker(lease_seconds=settings.lease_seconds, **kwargs)
     worker.ctx["poll_due"] = worker.poll_due  # read by /healthz
     stopper = Stopper(worker, settings.drain_grace)
     stopper.install()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        # Closed in reverse, each once, however the run ends: arq's close (it waits for its tasks,
+        # deletes its health key, runs on_shutdown and closes the pool); when Redis refused that
+        # half-way, the components (on_shutdown is a no-op once it ran) and the pool all the same.
+        stack.push_async_callback(pool.aclose, close_connection_pool=True)
+        stack.push_async_callback(hooks.on_shutdown, cast("WorkerCtx", worker.ctx))
+        stack.push_async_callback(_close_arq, worker, settings)
         await supervise(worker, settings, stopper)
-    finally:
-        try:
-            await worker.close()
-        except REDIS_ERRORS as exc:
-            log.warning("while stopping: %s", describe(exc, redact(settings.redis_url)))
-            if worker.on_shutdown is not None:
-                await worker.on_shutdown(worker.ctx)
     return stopper.signal
+
+
+async def _close_arq(worker: FleetWorker, settings: Settings) -> None:
+    try:
+        await worker.close()
+    except REDIS_ERRORS as exc:
+        log.warning("while stopping: %s", describe(exc, redact(settings.redis_url)))

@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, Self, TypedDict
 
 import aiohttp
 from yarl import URL
@@ -140,6 +140,13 @@ class Fetcher:
         for made in self._resolvers:
             await made.close()
         self._resolvers.clear()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:

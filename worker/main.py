@@ -1,4 +1,8 @@
-"""Starting a worker process: logging, the event loop, and a clean message for a bad setting."""
+"""Starting a worker process: logging, the event loop, and a clean message for a bad setting.
+
+The worker's entry point (`python -m worker`, and `fetchfleet worker`, which becomes this process): it
+loads arq's worker, aiohttp and the fetcher, so nothing on the producer side imports it.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,16 @@ import asyncio
 import signal
 import sys
 
+from worker.engine import run_worker
 from worker.errors import SettingsError, UnsafeRedis
 from worker.logs import setup_logging
+from worker.loop import install_event_loop
 from worker.settings import Settings, load_settings
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Text or JSON lines on stderr (FETCHFLEET_LOG_FORMAT), credentials masked (worker.logs)."""
     setup_logging(level, fmt)
-
-
-def install_event_loop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional where it cannot build
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def serve(settings: Settings | None = None) -> int:
@@ -33,10 +31,6 @@ def serve(settings: Settings | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     install_event_loop()
-    # Lazy on purpose: `fetchfleet` (the producer CLI) imports this module for `serve`, and only a worker
-    # process may load arq's worker, aiohttp and the fetcher.
-    from worker.engine import run_worker
-
     try:
         stopped_by = asyncio.run(run_worker(settings))
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Self
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -101,6 +102,13 @@ class Monitor:
             self._ping_task.cancel()
             await asyncio.gather(self._ping_task, return_exceptions=True)
         await self.redis.aclose(close_connection_pool=True)
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def _run(self) -> None:
         interval = self.settings.heartbeat_interval

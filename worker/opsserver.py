@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Self
 
 import orjson
 
@@ -84,6 +85,13 @@ class OpsServer:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def _make_room(self) -> bool:
         """At the cap: drop the connection waiting longest for its head, if it has waited a while.

@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Self
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -85,6 +86,13 @@ class Politeness:
             await self.throttle.close()
         if self.robots is not None:
             await self.robots.close()
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def _origin(self, url: str) -> tuple[str, str] | None:
         """(origin, host) of a URL, remembered by the URL's text up to its path: the hot path parses once

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Self
 
 from redis.asyncio import Redis
 
@@ -95,6 +96,12 @@ class RedisPressure:
     async def close(self) -> None:
         await stop_loop(self._task)
         self._task = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def _watch(self) -> None:
         """While full: read INFO memory each second, report once a minute, lower the flag on room."""

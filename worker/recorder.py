@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
+from typing import Self
 
 from redis.asyncio import Redis
 
@@ -130,6 +131,13 @@ class Recorder:
         self._wake.set()
         if self._task is not None:
             await self._task
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def _run(self) -> None:
         while True:

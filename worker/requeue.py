@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
+from typing import Self
 
 from redis.asyncio import Redis
 
@@ -113,6 +114,12 @@ class Requeuer:
             except TimeoutError:
                 await stop_loop(self._task)
             self._task = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
         for w in self._waiting:
             if not w.future.done():
                 w.future.set_exception(RuntimeError("requeuer closed"))
