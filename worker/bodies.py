@@ -65,16 +65,18 @@ def body_fields(body: bytes, content_type: object) -> tuple[str, str]:
     return base64.b64encode(body).decode("ascii"), "base64"
 
 
-def inline_ref(document: bytes) -> bytes:
+def inline_ref(document: bytes, drop_ref: bool = False) -> bytes:
     """The result document with the body its `body_ref` points at (FETCHFLEET_BODY_STORE) added as
-    `body` and `body_encoding`; unchanged if it has none. An unreadable body becomes `body_error`."""
+    `body` and `body_encoding`; unchanged if it has none. An unreadable body becomes `body_error`.
+    `drop_ref`: leave the reference out, for a store that will not outlive the output (`run`'s own)."""
     if b'"body_ref":{' not in document:  # most documents: no parse
         return document
     from worker.warcstore import read_body  # loads warcio, only for batches that use a store
 
     doc = orjson.loads(document)
+    ref = doc.pop("body_ref") if drop_ref else doc["body_ref"]
     try:
-        body = read_body(doc["body_ref"], doc.get("sha256"))
+        body = read_body(ref, doc.get("sha256"))
     except BodyUnavailable as exc:
         doc["body"], doc["body_encoding"], doc["body_error"] = None, None, str(exc)
         return orjson.dumps(doc)
