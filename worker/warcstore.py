@@ -56,6 +56,7 @@ def _fsync(fd: int, dir_fd: int | None) -> None:
 @dataclass(eq=False, slots=True)
 class _File:
     path: Path
+    uri: str
     fd: int
     opened: float
     size: int = 0
@@ -119,7 +120,7 @@ class WarcStore:
         f.waiters.append((f.size, done))
         self._wake.set()
         await done  # the flusher answers within max_wait, one way or the other
-        return BodyRef(uri=file_uri(f.path), offset=offset, length=len(response))
+        return BodyRef(uri=f.uri, offset=offset, length=len(response))
 
     def _file(self) -> _File:
         f = self._current
@@ -136,7 +137,7 @@ class WarcStore:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
             except OSError as exc:
                 raise BodyStoreError(f"cannot create {path}: {exc.strerror}") from exc
-            f = _File(path, fd, now)
+            f = _File(path, file_uri(path), fd, now)
             info = warcinfo(path.name)
             os.write(fd, info)
             f.size = len(info)
