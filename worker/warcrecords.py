@@ -16,6 +16,7 @@ import hashlib
 import io
 import random
 import threading
+import time
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -123,6 +124,19 @@ def _record_id() -> str:
     return f"<urn:uuid:{uuid.UUID(int=random.getrandbits(128), version=4)}>"
 
 
+_stamp: tuple[int, str] = (0, "")
+
+
+def _warc_date() -> str:
+    """Now as a WARC-Date with microseconds; the part down to the second is formatted once a second."""
+    global _stamp
+    now = time.time()
+    second = int(now)
+    if _stamp[0] != second:
+        _stamp = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_stamp[1]}.{int((now - second) * 1_000_000):06d}Z"
+
+
 def _warc_headers(rec_type: str, record_id: str, url: str, when: str, payload_sha256: str) -> Any:
     return StatusAndHeaders(
         "",
@@ -141,7 +155,7 @@ def build_records(exchange: Exchange, body: bytes, sha256_hex: str | None = None
     """(gzipped response record, gzipped request record) for one exchange; `sha256_hex`: the body's,
     when the caller has it already (the fetcher hashes every body it reads)."""
     writer = _writer()
-    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    when = _warc_date()
     response_id = _record_id()
     if sha256_hex is None:
         sha256_hex = hashlib.sha256(body).hexdigest()
