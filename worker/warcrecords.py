@@ -79,9 +79,10 @@ class _Writer(WARCWriter):  # type: ignore[misc]  # warcio ships no types: WARCW
 def gzip_member(data: bytes) -> bytes:
     """`data` as one gzip member, with a deflate window just large enough for it.
 
-    Setting up zlib's default state (32 KiB window, memLevel 8: about 256 KiB) costs some 50 us, ten
-    times the deflating of a 1 KiB page, and most records are that small; a window at least as large
-    as the data compresses it about as well (ops/bench/bodies.py measured this step).
+    zlib's default state (32 KiB window, memLevel 8: about 256 KiB) took up to 60 us a record to set
+    up where the allocator maps it afresh each time, against about 10 us to deflate a 1 KiB page, and
+    most records are that small; a window twice the data compresses it as well (py-spy on
+    ops/bench/bodies.py's worker showed this step).
     """
     wbits = min(max(len(data).bit_length() + 1, 9), 15)  # zlib uses up to 262 bytes less than 2**wbits
     c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + wbits, max(wbits - 7, 1))  # 16+: gzip framing
