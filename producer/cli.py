@@ -20,6 +20,9 @@ from typing import Any
 
 import orjson
 
+from producer.bodycmd import EXAMPLE as BODY_EXAMPLE
+from producer.bodycmd import add_parser as add_body_parser
+from producer.bodycmd import cmd_body
 from producer.client import Client, check_batch_id, new_batch_id
 from producer.inputs import entries
 from producer.local import run
@@ -213,6 +216,7 @@ EXAMPLES = {
     "cancel": "example:\n  fetchfleet cancel 3f2a9c1d0b7e4a55",
     "stats": "example:\n  fetchfleet stats --json",
     "worker": "example:\n  FETCHFLEET_CONCURRENCY=200 fetchfleet worker",
+    "body": BODY_EXAMPLE,
     "run": (
         "example:\n  fetchfleet run urls.txt -o results.jsonl\n"
         "  cat urls.txt | fetchfleet run - --workers 4 --format csv > results.csv\n\n"
@@ -371,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("stats", "show the queue depth, the live workers and the batches in progress")
     p.add_argument("--json", action="store_true", help="one JSON object")
 
+    add_body_parser(add("body", "write one result's body (from its result line) to stdout or a file"))
+
     add("worker", "run a worker process (the same as `arq worker.WorkerSettings`)")
     return parser
 
@@ -396,6 +402,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "stats": cmd_stats,
     "worker": cmd_worker,
     "run": cmd_run,
+    "body": cmd_body,
 }
 
 

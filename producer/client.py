@@ -329,19 +329,21 @@ class Client:
         cursor: str = "0-0",
         block_ms: int = 1000,
         inline_bodies: bool = False,
+        drop_refs: bool = False,
     ) -> AsyncIterator[tuple[str, bytes]]:
         """Yield (cursor, result JSON) pairs; resume later from the last cursor seen.
 
         With `follow`, keep waiting until every submitted URL has a result. Reconnects if Redis goes away;
         raises BatchLost if Redis comes back without the batch (or with another batch of that id).
         Bodies kept in Redis are always in the documents; with `inline_bodies`, so are those in the body
-        store (read from it), else those documents carry only their `body_ref`.
+        store (read from it), else those documents carry only their `body_ref`. `drop_refs`: inlined
+        documents leave their `body_ref` out (a store that ends with this collection, `run`'s own).
         """
         async for entry_cursor, document, stored in self.entries(
             batch_id, follow=follow, cursor=cursor, block_ms=block_ms
         ):
             merged = merge_body(document, stored)
-            yield entry_cursor, inline_ref(merged) if inline_bodies else merged
+            yield entry_cursor, inline_ref(merged, drop_refs) if inline_bodies else merged
 
     async def entries(
         self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000

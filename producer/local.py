@@ -242,9 +242,19 @@ async def guarded(work: Awaitable[T], cluster: LocalCluster) -> T:
 
 
 async def submit_and_collect(
-    settings: Settings, path: Path, total: int, digest: str, args: argparse.Namespace, output: Output
+    settings: Settings,
+    path: Path,
+    total: int,
+    digest: str,
+    args: argparse.Namespace,
+    output: Output,
+    own_store: bool = False,
 ) -> Summary:
-    """The same Client calls as `submit --wait`; returns the summary of the results written."""
+    """The same Client calls as `submit --wait`; returns the summary of the results written.
+
+    `own_store`: the bodies are in this run's temporary directory, which goes when the run ends (done
+    or interrupted): each result then has its body inline and no `body_ref` that would point at
+    nothing."""
     async with Client(settings) as client:
         await client.ping()
         options = batch_options(args)
@@ -253,8 +263,9 @@ async def submit_and_collect(
         )
         progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
         return await collect(
-            client, batch_id, output, args.format, True, progress, ordered=args.ordered, body=args.body
-        )
+            client, batch_id, output, args.format, True, progress,
+            ordered=args.ordered, body=args.body, drop_refs=own_store,
+        )  # fmt: skip
 
 
 def _say(message: str) -> None:
@@ -292,7 +303,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if not args.quiet:
                 _say(f"{total} URLs, {cluster.describe()}")
             install_event_loop()
-            work = submit_and_collect(cluster.settings, path, total, digest, args, output)
+            work = submit_and_collect(
+                cluster.settings, path, total, digest, args, output, own_store=cluster.body_dir
+            )
             output = None  # the collector owns it now
             summary = asyncio.run(guarded(work, cluster))
         report(summary, started, "", args.quiet)

@@ -121,10 +121,12 @@ async def collect(
     watch_workers: bool = False,
     summary: Summary | None = None,
     body: bool = False,
+    drop_refs: bool = False,
 ) -> Summary:
     """Write a batch's results; returns their summary (progress counts come from what was written).
 
     `body`: the batch keeps bodies (CSV gets their columns; a store's bodies are read back inline).
+    `drop_refs`: the inlined results leave out their `body_ref` (a store that does not outlive this).
     """
     if isinstance(output, str):
         output = open_output(output, fmt)
@@ -139,7 +141,9 @@ async def collect(
     cursor, written, completed = "0-0", 0, False
     await _say_what_was_collected(client, batch_id, output)
     try:
-        async for cursor, document in client.results(batch_id, follow=follow, inline_bodies=body):
+        async for cursor, document in client.results(
+            batch_id, follow=follow, inline_bodies=body, drop_refs=drop_refs
+        ):
             doc = orjson.loads(document)
             index = int(doc["index"])
             if output.resumed and output.has(index):

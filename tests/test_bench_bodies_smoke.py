@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ROWS = (
     "throughput, --body to a file store",
     "Redis peak used_memory, 5,000 URLs, collector attached",
+    "CPU ms per 1,000 URLs: worker(s), --body to the store",
+    "CPU ms per 1,000 URLs: worker(s), no body kept",
     "Redis bytes per result after collection",
     "memory run throughput",
 )

@@ -16,8 +16,9 @@ import pytest
 from tests.chaos import assert_each_index_once, write_urls
 from tests.procs import fetchfleet_env, run_cli
 from tests.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget
-from worker.bodies import body_fields, merge_body, pack
+from worker.bodies import body_fields, merge_body, pack, result_body
 from worker.charsets import CHARSETS
+from worker.errors import BodyUnavailable
 
 REFUSED = (
     "punycode", "undefined", "idna", "utf-7", "rot13", "rot_13", "zlib", "zlib_codec", "base64",
@@ -139,3 +140,14 @@ def test_hostile_bodies_through_a_worker_and_the_cli(
     print(f"\n{len(paths)} hostile responses: submit --wait {took:.1f}s, results {took_results:.1f}s")
     # Three 300 KB punycode bodies alone took about a minute to collect before the allow-list.
     assert took < 30 and took_results < 10
+
+
+def test_result_body_of_inline_bodies_and_results_without_one() -> None:
+    assert result_body({"body": "déjà", "body_encoding": "text"}) == "déjà".encode()
+    assert result_body({"body": "AP8=", "body_encoding": "base64"}) == b"\x00\xff"
+    with pytest.raises(BodyUnavailable, match="not valid base64"):
+        result_body({"body": "*", "body_encoding": "base64"})
+    with pytest.raises(BodyUnavailable, match=r"fetch failed \(timeout: slow\)"):
+        result_body({"error": {"kind": "timeout", "message": "slow"}})
+    with pytest.raises(BodyUnavailable, match="fetch with --body"):
+        result_body({"status": 200})

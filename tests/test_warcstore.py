@@ -66,6 +66,26 @@ async def test_put_returns_durable_references_and_rotates_by_size(tmp_path: Path
     check_files(tmp_path)
 
 
+@pytest.mark.slow  # runs warcio's own `check`
+async def test_header_bytes_that_are_not_utf8_still_give_a_valid_record(tmp_path: Path) -> None:
+    """aiohttp hands such header bytes over surrogate-escaped; warcio %-encodes them (RFC 8187)."""
+    odd = Exchange(
+        url="http://a.test/odd",
+        method="GET",
+        request_headers=(("Host", "a.test"),),
+        status=200,
+        reason="OK",
+        version="1.1",
+        response_headers=(("X-Latin", "caf\udce9"), ("X-Utf8", "café"), ("Content-Type", "text/plain")),
+    )
+    async with WarcStore(tmp_path, "w", max_bytes=1 << 30, max_seconds=3600, max_wait=5) as store:
+        ref = await store.put(odd, b"body")
+    assert read_record(ref.model_dump())[0] == b"body"
+    text = gzip.decompress(next(tmp_path.glob("*.warc.gz")).read_bytes())
+    assert b"X-Latin: caf%C3%A9\r\n" in text and b"X-Utf8: caf%C3%A9\r\n" in text
+    check_files(tmp_path)
+
+
 async def test_rotation_by_age(tmp_path: Path) -> None:
     async with WarcStore(tmp_path, "w", max_bytes=1 << 30, max_seconds=0.2, max_wait=5) as store:
         first = await store.put(exchange(0), b"a")
@@ -127,6 +147,8 @@ def test_file_store_through_real_workers(
     for r in results:
         assert "body" not in r, "a body went through Redis"
         assert read_body(r["body_ref"], r["sha256"]) == (b"x" * (50 + r["index"]) if r["ok"] else b"status")
+        _payload, digest = read_record(r["body_ref"])  # the record's own header, as warcio reads it
+        assert digest == f"sha256:{r['sha256']}", r
     files = check_files(store)
     print(f"{len(results)} results in {len(files)} WARC files, {sum(f.stat().st_size for f in files)} bytes")
     inlined = run_cli(["results", batch, "--body", "-q"], env)

@@ -6,7 +6,9 @@ Standard library only, so the producer can import it without the fetcher.
 from __future__ import annotations
 
 import base64
+import binascii
 import zlib
+from typing import Any
 
 import orjson
 
@@ -63,22 +65,50 @@ def body_fields(body: bytes, content_type: object) -> tuple[str, str]:
     return base64.b64encode(body).decode("ascii"), "base64"
 
 
-def inline_ref(document: bytes) -> bytes:
+def inline_ref(document: bytes, drop_ref: bool = False) -> bytes:
     """The result document with the body its `body_ref` points at (FETCHFLEET_BODY_STORE) added as
-    `body` and `body_encoding`; unchanged if it has none. An unreadable body becomes `body_error`."""
+    `body` and `body_encoding`; unchanged if it has none. An unreadable body becomes `body_error`.
+    `drop_ref`: leave the reference out, for a store that will not outlive the output (`run`'s own)."""
     if b'"body_ref":{' not in document:  # most documents: no parse
         return document
     from worker.warcstore import read_body  # loads warcio, only for batches that use a store
 
     doc = orjson.loads(document)
+    ref = doc.pop("body_ref") if drop_ref else doc["body_ref"]
     try:
-        body = read_body(doc["body_ref"], doc.get("sha256"))
+        body = read_body(ref, doc.get("sha256"))
     except BodyUnavailable as exc:
         doc["body"], doc["body_encoding"], doc["body_error"] = None, None, str(exc)
         return orjson.dumps(doc)
     doc["body"], doc["body_encoding"] = body_fields(body, doc.get("content_type"))
     doc["body_truncated"] = False
     return orjson.dumps(doc)
+
+
+def result_body(doc: dict[str, Any]) -> bytes:
+    """The body bytes of one result document (or of a bare `body_ref` object): read from the store and
+    checked against the result's `sha256`, or decoded from an inline `body` (a text body as UTF-8).
+    Raises BodyUnavailable, with a one-line reason, when there is none or it cannot be read."""
+    ref = doc.get("body_ref") if "body_ref" in doc else (doc if "uri" in doc else None)
+    if isinstance(ref, dict):
+        from worker.warcstore import read_body  # loads warcio, only for batches that use a store
+
+        sha256 = doc.get("sha256") if ref is not doc else None
+        return read_body(ref, sha256 if isinstance(sha256, str) else None)
+    body, encoding = doc.get("body"), doc.get("body_encoding")
+    if isinstance(body, str) and encoding == "base64":
+        try:
+            return base64.b64decode(body, validate=True)
+        except binascii.Error as exc:
+            raise BodyUnavailable(f"inline body is not valid base64: {exc}") from None
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    error = doc.get("error")
+    if doc.get("body_error"):
+        raise BodyUnavailable(str(doc["body_error"]))
+    if isinstance(error, dict):
+        raise BodyUnavailable(f"no body: the fetch failed ({error.get('kind')}: {error.get('message')})")
+    raise BodyUnavailable("the result has no body (fetch with --body)")
 
 
 def merge_body(document: bytes, stored: bytes | None) -> bytes:

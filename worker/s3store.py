@@ -21,7 +21,7 @@ from worker.contract import BodyRef
 from worker.errors import BodyStoreError
 from worker.s3read import make_store, read_s3_range  # noqa: F401  (read_s3_range: re-exported)
 from worker.storeuri import parse_s3
-from worker.warcstore import Exchange, _warcinfo, build_records
+from worker.warcrecords import Exchange, build_records, warcinfo
 
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024  # held in memory until uploaded
 
@@ -91,7 +91,7 @@ class S3WarcStore:
             name = f"fetchfleet-{stamp}-{self._serial:05d}-{self.name}.warc.gz"
             key = f"{self.prefix}/{name}" if self.prefix else name
             seg = _Segment(key, time.monotonic())
-            info = _warcinfo(name)
+            info = warcinfo(name)
             seg.parts.append(info)
             seg.size = len(info)
             self._current = seg

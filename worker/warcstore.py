@@ -1,9 +1,10 @@
 """The body store: each kept body as a WARC/1.1 `response` record (and its `request`) in files on disk.
 
-A worker appends gzip members, one per record, to its own file and rotates it by size and age. `put`
-returns a `BodyRef` (file URI, offset, length of the response record) only once the bytes it points at
-are fsynced: a result recorded in Redis never points at bytes a crash could lose. Imports only warcio,
-the contract and the standard library, so the producer reads bodies back with the same module.
+A worker appends gzip members, one per record (worker/warcrecords.py builds them with warcio's
+writer), to its own file and rotates it by size and age. `put` returns a `BodyRef` (file URI, offset,
+length of the response record) only once the bytes it points at are fsynced: a result recorded in
+Redis never points at bytes a crash could lose. Imports only warcio, the contract and the standard
+library, so the producer reads bodies back with the same module.
 """
 
 from __future__ import annotations
@@ -15,42 +16,28 @@ import io
 import os
 import re
 import time
-import uuid
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
-from warcio.utils import Digester
-from warcio.warcwriter import WARCWriter
 
 from worker.contract import BodyRef
 from worker.errors import BodyStoreError, BodyUnavailable
 from worker.s3read import read_s3_range
 from worker.storeuri import file_uri, store_directory
+from worker.warcrecords import Exchange, build_records, warcinfo
 
-# Headers describing the bytes on the wire: the record holds the body as decoded (gzip, br inflated,
-# chunks joined), so these would make a replay tool decode it a second time.
-WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length"})
-GZIP_LEVEL = 1  # CPU is what limits a worker: level 1 deflates text in about half the time of 6 for
-# files about 5 % larger (warcio's own wrapper uses 9)
-SOFTWARE = "fetchfleet/0.1"
-
-
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    """What a WARC needs of one HTTP exchange besides the body."""
-
-    url: str
-    method: str
-    request_headers: tuple[tuple[str, str], ...]
-    status: int
-    reason: str
-    version: str  # "1.1"
-    response_headers: tuple[tuple[str, str], ...]
+__all__ = [  # Exchange and build_records: re-exported for the fetcher and the S3 store
+    "BodyStore",
+    "Exchange",
+    "WarcStore",
+    "build_records",
+    "read_body",
+    "read_record",
+    "sha256_digest_header",
+]
 
 
 class BodyStore(Protocol):
@@ -58,91 +45,6 @@ class BodyStore(Protocol):
 
     async def put(self, exchange: Exchange, body: bytes, sha256_hex: str | None = None) -> BodyRef: ...
     async def close(self) -> None: ...
-
-
-class _Sha256Writer(WARCWriter):  # type: ignore[misc]  # warcio ships no types: WARCWriter is Any
-    """warcio's writer with SHA-256 digests: a record's payload digest is then the result's `sha256`."""
-
-    def _create_digester(self) -> Digester:
-        return Digester("sha256")
-
-
-def _gzip(data: bytes) -> bytes:
-    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: one gzip member per record
-    return c.compress(data) + c.flush()
-
-
-def _record(writer: _Sha256Writer, record: Any) -> bytes:
-    out = io.BytesIO()
-    writer.out = out
-    writer.write_record(record)
-    return _gzip(out.getvalue())
-
-
-def _http_block(first_line: str, headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> bytes:
-    """An HTTP message head as it went over the wire (aiohttp decodes header bytes with surrogateescape)."""
-    lines = [first_line, *(f"{k}: {v}" for k, v in headers), "", ""]
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
-
-
-def _warc_record(
-    rec_type: str, record_id: str, url: str, when: str, block: bytes, payload_sha256: str, extra: str = ""
-) -> bytes:
-    """One gzipped WARC/1.1 record whose block is an HTTP message (head + payload).
-
-    Written here rather than through warcio's record builder, which cost ~200 us of CPU an exchange
-    (hashing and base32 twice per record, header bookkeeping) against ~40 us here: at 1 KiB pages that
-    was most of a worker's CPU (ops/bench/bodies.py). Digests are SHA-256 in base16, which the WARC
-    standard allows (any RFC 4648 encoding) and `warcio check` verifies; the payload digest is then the
-    result's own `sha256`. warcio reads and checks every file the tests write.
-    """
-    head = (
-        f"WARC/1.1\r\nWARC-Type: {rec_type}\r\nWARC-Record-ID: {record_id}\r\nWARC-Date: {when}\r\n"
-        f"WARC-Target-URI: {url}\r\n{extra}WARC-Payload-Digest: sha256:{payload_sha256}\r\n"
-        f"WARC-Block-Digest: sha256:{hashlib.sha256(block).hexdigest()}\r\n"
-        f"Content-Type: application/http; msgtype={rec_type}\r\nContent-Length: {len(block)}\r\n\r\n"
-    ).encode()
-    return _gzip(head + block + b"\r\n\r\n")
-
-
-_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-def build_records(exchange: Exchange, body: bytes, sha256_hex: str | None = None) -> tuple[bytes, bytes]:
-    """(gzipped response record, gzipped request record) for one exchange; `sha256_hex`: the body's,
-    when the caller has it already (the fetcher hashes every body it reads)."""
-    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    response_id = f"<urn:uuid:{uuid.uuid4()}>"
-    headers = [(k, v) for k, v in exchange.response_headers if k.lower() not in WIRE_HEADERS]
-    headers.append(("Content-Length", str(len(body))))
-    status_line = f"HTTP/{exchange.version} {exchange.status} {exchange.reason}".rstrip()
-    response = _warc_record(
-        "response",
-        response_id,
-        exchange.url,
-        when,
-        _http_block(status_line, headers) + body,
-        sha256_hex or hashlib.sha256(body).hexdigest(),
-    )
-    target = urlsplit(exchange.url)
-    path = (target.path or "/") + (f"?{target.query}" if target.query else "")
-    request_line = f"{exchange.method} {path} HTTP/{exchange.version}"
-    request = _warc_record(
-        "request",
-        f"<urn:uuid:{uuid.uuid4()}>",
-        exchange.url,
-        when,
-        _http_block(request_line, exchange.request_headers),
-        _EMPTY_SHA256,
-        f"WARC-Concurrent-To: {response_id}\r\n",
-    )
-    return response, request
-
-
-def _warcinfo(filename: str) -> bytes:
-    writer = _Sha256Writer(io.BytesIO(), gzip=False, warc_version="1.1")
-    info = writer.create_warcinfo_record(filename, {"software": SOFTWARE, "format": "WARC File Format 1.1"})
-    return _record(writer, info)
 
 
 def _fsync(fd: int, dir_fd: int | None) -> None:
@@ -154,6 +56,7 @@ def _fsync(fd: int, dir_fd: int | None) -> None:
 @dataclass(eq=False, slots=True)
 class _File:
     path: Path
+    uri: str
     fd: int
     opened: float
     size: int = 0
@@ -217,7 +120,7 @@ class WarcStore:
         f.waiters.append((f.size, done))
         self._wake.set()
         await done  # the flusher answers within max_wait, one way or the other
-        return BodyRef(uri=file_uri(f.path), offset=offset, length=len(response))
+        return BodyRef(uri=f.uri, offset=offset, length=len(response))
 
     def _file(self) -> _File:
         f = self._current
@@ -234,8 +137,8 @@ class WarcStore:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
             except OSError as exc:
                 raise BodyStoreError(f"cannot create {path}: {exc.strerror}") from exc
-            f = _File(path, fd, now)
-            info = _warcinfo(path.name)
+            f = _File(path, file_uri(path), fd, now)
+            info = warcinfo(path.name)
             os.write(fd, info)
             f.size = len(info)
             self._current = f

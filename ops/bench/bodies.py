@@ -7,6 +7,9 @@ Same set-up as bench.py (private redis-server, local 1 KiB target, workers as pr
 - throughput with `--body` to a directory store (workers write and fsync WARC files, a collector writes
   every result line) against gather_baseline.py `--write`, which keeps every page's text in one file;
   best of --rounds, the sides interleaved;
+- CPU per 1,000 URLs (least of the rounds), which a busy machine bends less than URLs/s: the worker
+  with bodies to the store, the worker with no body kept (the store's share is the difference), Redis
+  plus the collector, against the gather script's own;
 - Redis `used_memory` at its peak (sampled every 0.1 s) while `--wait`'s collector follows the big
   batch, and the Redis bytes per result left once it is collected (FETCHFLEET_RESULT_RETENTION
   default: collected results leave the stream; the bitmap and counters stay).
@@ -22,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -61,6 +64,7 @@ class Setup:
     concurrency: int
     chunk_size: int
     loop: str
+    workers: list[procs.WorkerProc] = field(default_factory=list)
 
     def settings(self) -> Settings:
         return load_settings(
@@ -83,37 +87,67 @@ class Setup:
         workers = [procs.WorkerProc(env, self.work / f"worker-{i}.log", self.loop) for i in range(n)]
         for w in workers:
             w.wait_ready()
+        self.workers = workers
         return workers
 
 
-def check(out: Path, n: int) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Cpu:
+    """CPU seconds a throughput run cost, by process: less sensitive than URLs/s to a busy machine."""
+
+    worker: float = 0.0
+    redis: float = 0.0
+    collector: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.worker + self.redis + self.collector
+
+
+def check(out: Path, n: int, body: bool = True) -> None:
     """Every index once, each a 200 whose body is in the store (a reference, no body through Redis)."""
     seen = bytearray(n)
     for line in out.read_bytes().splitlines():
         doc = orjson.loads(line)
-        if seen[doc["index"]] or doc["status"] != 200 or not doc.get("body_ref") or "body" in doc:
+        if seen[doc["index"]] or doc["status"] != 200 or bool(doc.get("body_ref")) != body or "body" in doc:
             raise RuntimeError(f"bad or duplicate result: {doc}")
         seen[doc["index"]] = 1
     if not all(seen):
         raise RuntimeError(f"{n - sum(seen)} results missing of {n}")
 
 
-async def store_run(s: Setup, n: int, first: int) -> float:
-    """URLs/s from submit to the last result line written, bodies to the store."""
+async def store_run(s: Setup, n: int, first: int, cpu: Cpu | None = None, body: bool = True) -> float:
+    """URLs/s from submit to the last result line written, bodies to the store (without `body`: not
+    kept, to tell the store's share); `cpu` gets what the workers, Redis and this collector spent."""
     out = s.work / f"store-{first}.jsonl"
+    pids = [w.pid for w in s.workers]
+    before = (sum(map(cpu_seconds, pids)), cpu_seconds(s.redis.pid), time.process_time())
     async with Client(s.settings()) as client:
         started = time.perf_counter()
         batch = await client.submit(
-            (f"{s.base}/ok/{i}" for i in range(first, first + n)), store_body=True, total=n
+            (f"{s.base}/ok/{i}" for i in range(first, first + n)), store_body=body, total=n
         )
         await collect(client, batch, str(out), "jsonl", True, None)
         elapsed = time.perf_counter() - started
-    check(out, n)
+    if cpu is not None:
+        cpu.worker = sum(map(cpu_seconds, pids)) - before[0]
+        cpu.redis = cpu_seconds(s.redis.pid) - before[1]
+        cpu.collector = time.process_time() - before[2]
+    check(out, n, body)
     out.unlink()
     return n / elapsed
 
 
-def gather_run(s: Setup, n: int, first: int) -> float:
+def gather_run(s: Setup, n: int, first: int, cpu: list[float] | None = None) -> float:
     page_file = s.work / f"gather-{first}.txt"
     g = procs.GatherProc(s.base, first, n, s.concurrency, s.loop, write=page_file)
     g.wait_ready()
@@ -122,6 +156,8 @@ def gather_run(s: Setup, n: int, first: int) -> float:
     if figures["ok"] != n or page_file.stat().st_size < n * target.BODY_SIZE:
         raise RuntimeError(f"gather baseline lost pages: {figures}")
     page_file.unlink()
+    if cpu is not None:
+        cpu.append(float(figures["cpu"]))
     return float(figures["rate"])
 
 
@@ -201,12 +237,15 @@ def main() -> int:
         )
         workers = s.spawn(args.workers)
         asyncio.run(store_run(s, min(p.urls, 2000), 0))  # warm up both sides' connections and code
-        ours, theirs = [], []
+        ours, theirs, cpus, gather_cpus, bare = [], [], [], [], []
         first = 10_000_000
         for _ in range(p.rounds):
-            theirs.append(gather_run(s, p.urls, first))
-            ours.append(asyncio.run(store_run(s, p.urls, first + p.urls)))
-            first += 2 * p.urls
+            theirs.append(gather_run(s, p.urls, first, gather_cpus))
+            cpus.append(Cpu())
+            ours.append(asyncio.run(store_run(s, p.urls, first + p.urls, cpus[-1])))
+            bare.append(Cpu())
+            asyncio.run(store_run(s, p.urls, first + 2 * p.urls, bare[-1], body=False))
+            first += 3 * p.urls
         print(
             f"store: {[round(r) for r in ours]} URLs/s; gather --write: {[round(r) for r in theirs]}",
             file=sys.stderr,
@@ -214,6 +253,9 @@ def main() -> int:
         rate, peak, before, per_result, doc_bytes = asyncio.run(big_run(s, big))
         warc = sum(f.stat().st_size for f in s.store.glob("*.warc.gz"))
         mb = 1024 * 1024
+        k = 1000 * 1000 / p.urls  # CPU seconds of a run -> ms per 1,000 URLs
+        least, least_bare = min(cpus, key=lambda c: c.worker), min(bare, key=lambda c: c.worker)
+        gather_cpu = min(gather_cpus) * k
         print(
             f"\nfetchfleet bodies benchmark: {os.cpu_count()} CPUs (load {os.getloadavg()[0]:.2f}); "
             f"target {http.kind}; {args.workers} worker(s), concurrency {args.concurrency}; "
@@ -224,6 +266,12 @@ def main() -> int:
              max(theirs), f"{max(ours) / max(theirs):.2f}x", ">= 0.85x"),
             (f"Redis peak used_memory, {big:,} URLs, collector attached (MB)", peak / mb,
              "used_memory before", before / mb, "", "< 100 MB"),
+            ("CPU ms per 1,000 URLs: worker(s), --body to the store", least.worker * k,
+             "gather, writing every page", gather_cpu, f"{gather_cpu / (least.worker * k):.2f}x", ""),
+            ("CPU ms per 1,000 URLs: worker(s), no body kept", least_bare.worker * k,
+             "gather", gather_cpu, f"{gather_cpu / (least_bare.worker * k):.2f}x", ""),
+            ("CPU ms per 1,000 URLs: Redis + collector, --body", (least.redis + least.collector) * k,
+             "-", None, "", ""),
             ("Redis bytes per result after collection", per_result, "result JSON bytes", doc_bytes, "", ""),
             ("memory run throughput (URLs/s), WARC written (MB)", rate, "-", warc / mb, "", ""),
         ]  # fmt: skip

@@ -1,0 +1,197 @@
+"""WARC/1.1 records of one HTTP exchange, written by warcio's WARCWriter, each record its own gzip member.
+
+warcio builds and serializes every record (WARC and HTTP headers, block digest, Content-Length); this
+module only chooses what goes in and how it is compressed:
+- SHA-256 digests in base16 (`sha256:<hex>`, an RFC 4648 encoding the standard allows, which
+  `warcio check` verifies): the payload digest is then exactly the result's `sha256`, and the
+  fetcher's hash of the body is passed in rather than computed again;
+- gzip level 1 per record rather than warcio's 9: a worker is CPU-bound, and level 1 deflates text in
+  a fraction of the time for files a few per cent larger; and a deflate window sized to the record
+  (`gzip_member`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.utils import Digester
+from warcio.warcwriter import WARCWriter
+
+# Headers describing the bytes on the wire: the record holds the body as decoded (gzip, br inflated,
+# chunks joined), so these would make a replay tool decode it a second time.
+WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length"})
+GZIP_LEVEL = 1
+SOFTWARE = "fetchfleet/0.1"
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What a WARC needs of one HTTP exchange besides the body."""
+
+    url: str
+    method: str
+    request_headers: tuple[tuple[str, str], ...]
+    status: int
+    reason: str
+    version: str  # "1.1"
+    response_headers: tuple[tuple[str, str], ...]
+
+
+class _HexSha256(Digester):  # type: ignore[misc]  # warcio ships no types: Digester is Any
+    """SHA-256 in base16, the encoding of the result's `sha256` (warcio's own Digester gives base32)."""
+
+    def __init__(self) -> None:
+        super().__init__("sha256")
+
+    def __str__(self) -> str:
+        hexdigest: str = self.digester.hexdigest()
+        return "sha256:" + hexdigest
+
+
+class _Writer(WARCWriter):  # type: ignore[misc]  # warcio ships no types: WARCWriter is Any
+    """warcio's writer with base16 SHA-256 digests, uncompressed: `_gzip` compresses each record."""
+
+    def __init__(self) -> None:
+        super().__init__(None, gzip=False, warc_version="1.1")
+
+    def _create_digester(self) -> Digester:
+        return _HexSha256()
+
+    def serialize(self, record: Any) -> bytes:
+        """One record as gzip member."""
+        self.out = io.BytesIO()
+        self.write_record(record)
+        return gzip_member(self.out.getvalue())
+
+
+def gzip_member(data: bytes) -> bytes:
+    """`data` as one gzip member, with a deflate window just large enough for it.
+
+    zlib's default state (32 KiB window, memLevel 8: about 256 KiB) took up to 60 us a record to set
+    up where the allocator maps it afresh each time, against about 10 us to deflate a 1 KiB page, and
+    most records are that small; a window twice the data compresses it as well (py-spy on
+    ops/bench/bodies.py's worker showed this step).
+    """
+    wbits = min(max(len(data).bit_length() + 1, 9), 15)  # zlib uses up to 262 bytes less than 2**wbits
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + wbits, max(wbits - 7, 1))  # 16+: gzip framing
+    return c.compress(data) + c.flush()
+
+
+# A writer keeps its output stream in an attribute: one per thread (building it looks the host name up).
+_local = threading.local()
+
+
+def _writer() -> _Writer:
+    w: _Writer | None = getattr(_local, "writer", None)
+    if w is None:
+        w = _local.writer = _Writer()
+    return w
+
+
+def _wire(value: str) -> str:
+    """A header value as warcio can write it: aiohttp decodes header bytes that are not UTF-8 with
+    surrogateescape, which no encoder accepts; as Latin-1 they reach warcio's RFC 8187 %-encoding."""
+    if value.isascii():  # nearly every header: nothing to do
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
+
+
+def _headers(pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if all(k.isascii() and v.isascii() for k, v in pairs):  # nearly always
+        return list(pairs)
+    return [(_wire(k), _wire(v)) for k, v in pairs]
+
+
+def _record_id() -> str:
+    """A fresh WARC-Record-ID. Random bits from the process's generator, not os.urandom: an id needs
+    uniqueness, not secrecy, and a system call per record showed in the profile. (`random` reseeds in
+    a forked child, and each worker is a process of its own.)"""
+    return f"<urn:uuid:{uuid.UUID(int=random.getrandbits(128), version=4)}>"
+
+
+_stamp: tuple[int, str] = (0, "")
+
+
+def _warc_date() -> str:
+    """Now as a WARC-Date with microseconds; the part down to the second is formatted once a second."""
+    global _stamp
+    now = time.time()
+    second = int(now)
+    if _stamp[0] != second:
+        _stamp = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_stamp[1]}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def _warc_headers(rec_type: str, record_id: str, url: str, when: str, payload_sha256: str) -> Any:
+    return StatusAndHeaders(
+        "",
+        [
+            ("WARC-Type", rec_type),
+            ("WARC-Record-ID", record_id),
+            ("WARC-Date", when),
+            ("WARC-Target-URI", url),
+            ("WARC-Payload-Digest", f"sha256:{payload_sha256}"),  # given: warcio does not hash again
+        ],
+        protocol="WARC/1.1",
+    )
+
+
+def build_records(exchange: Exchange, body: bytes, sha256_hex: str | None = None) -> tuple[bytes, bytes]:
+    """(gzipped response record, gzipped request record) for one exchange; `sha256_hex`: the body's,
+    when the caller has it already (the fetcher hashes every body it reads)."""
+    writer = _writer()
+    when = _warc_date()
+    response_id = _record_id()
+    if sha256_hex is None:
+        sha256_hex = hashlib.sha256(body).hexdigest()
+    headers = [(k, v) for k, v in exchange.response_headers if k.lower() not in WIRE_HEADERS]
+    headers.append(("Content-Length", str(len(body))))
+    version = f"HTTP/{exchange.version}"
+    response = writer.create_warc_record(
+        exchange.url,
+        "response",
+        payload=io.BytesIO(body),
+        length=len(body),
+        warc_headers=_warc_headers("response", response_id, exchange.url, when, sha256_hex),
+        http_headers=StatusAndHeaders(
+            f"{exchange.status} {exchange.reason}".rstrip(), _headers(headers), protocol=version
+        ),
+    )
+    target = urlsplit(exchange.url)
+    path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+    request_headers = _warc_headers("request", _record_id(), exchange.url, when, EMPTY_SHA256)
+    request_headers.add_header("WARC-Concurrent-To", response_id)
+    request = writer.create_warc_record(
+        exchange.url,
+        "request",
+        payload=io.BytesIO(b""),
+        length=0,
+        warc_headers=request_headers,
+        http_headers=StatusAndHeaders(  # is_http_request: the method goes first, the version last
+            f"{exchange.method} {path} {version}", _headers(exchange.request_headers), is_http_request=True
+        ),
+    )
+    return writer.serialize(response), writer.serialize(request)
+
+
+def warcinfo(filename: str) -> bytes:
+    """The gzipped `warcinfo` record that begins every file."""
+    writer = _writer()
+    info = writer.create_warcinfo_record(filename, {"software": SOFTWARE, "format": "WARC File Format 1.1"})
+    return writer.serialize(info)
