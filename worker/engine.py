@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from worker.arqseam import FleetWorker
 from worker.cancel import CancelWatch
 from worker.chunks import Runtime, run_chunk
+from worker.claimsize import chunks_held
 from worker.codec import dump_job, load_job
 from worker.contract import CHUNK_TASK, ChunkJob, ErrorKind, batch_id_problem
 from worker.enqueue import IN_PROGRESS_KEY_PREFIX, RETRY_KEY_PREFIX
@@ -347,10 +348,9 @@ def build_worker_settings(settings: Settings) -> type:  # noqa: C901  # its nest
     async def on_job_end(ctx: WorkerCtx) -> None:
         ctx["leases"].release(ctx["job_id"])
 
-    # The most chunks held at once. How many are claimed at a poll is sized by free fetch slots
-    # (worker/claimsize.py); this cap only bounds a worker's memory. It is four times what fills
-    # the slots, since retry chunks can be far smaller than FETCHFLEET_CHUNK_SIZE.
-    chunks_held = max(8, 4 * math.ceil(settings.concurrency / settings.chunk_size) + 2)
+    # The most chunks held at once, a memory bound; how many are claimed at a poll is sized by free
+    # fetch slots (worker/claimsize.py).
+    held = chunks_held(settings.concurrency, settings.chunk_size)
     redis_settings = arq_redis_settings(settings)
     if settings.redis_password is not None:
         redis_settings.password = settings.redis_password.get_secret_value()
@@ -375,7 +375,7 @@ def build_worker_settings(settings: Settings) -> type:  # noqa: C901  # its nest
         "on_shutdown": on_shutdown,
         "on_job_start": on_job_start,
         "on_job_end": on_job_end,
-        "max_jobs": chunks_held,
+        "max_jobs": held,
         # Every running job stays in the queue zset; reading far past what the whole cluster can hold
         # at once is what lets a second worker find work (ARQ-NOTES: read limit vs. in-flight jobs).
         "queue_read_limit": 1000,
