@@ -27,7 +27,14 @@ log = logging.getLogger("fetchfleet.worker")
 
 # Results waiting this long without the recorder making progress: claim nothing more for now.
 STALLED_NO_CLAIM_S = 1.0
-WAKE_CAP_S = 1.0  # an idle worker's longest wait on the wake list (see FleetWorker.wait_for_work)
+# An idle worker's longest wait on the wake list (FleetWorker.wait_for_work): how late, at most, an idle
+# worker takes over a chunk whose claim lapsed after its lease (its worker died; nobody announces
+# that). Each wait costs two commands (a read of the queue's first entry and the BLPOP): 0.5/s at the
+# default 4 s, of the <= 1 a second an idle worker may cost (issue 16). Busy workers poll every
+# poll_delay anyway. The wait stays WAKE_MARGIN_S inside the connection's FETCHFLEET_REDIS_SOCKET_TIMEOUT
+# (5 s by default), whose timer would otherwise cut the BLPOP as a lost connection.
+WAKE_CAP_S = 4.0
+WAKE_MARGIN_S = 1.0
 WAKE_MIN_S = 0.01  # a shorter wait is not worth a round trip: poll again
 
 CLAIM_LUA = files("worker").joinpath("claim.lua").read_text()
@@ -53,6 +60,11 @@ class FleetWorker(Worker):
         self.claim_script: AsyncScript | None = None
         self.sizer: ClaimSizer | None = None
 
+    def wake_cap_s(self) -> float:
+        """The longest wait on the wake list: WAKE_CAP_S, inside the connection's socket timeout."""
+        timeout = self.pool.connection_pool.connection_kwargs.get("socket_timeout")
+        return WAKE_CAP_S if not timeout else min(WAKE_CAP_S, float(timeout) - WAKE_MARGIN_S)
+
     def poll_due(self) -> float | None:
         """When arq's poll loop is due to renew its health stamp (renewed from inside the loop)."""
         stamp = self._last_health_check  # 0 until the first poll
@@ -71,24 +83,37 @@ class FleetWorker(Worker):
         # Nothing running and nothing claimed: wait for work on Redis, then claim at once (not
         # poll_delay later, which would be most of a one-URL batch's latency).
         while self.allow_pick_jobs and self.job_counter == 0 and not self.burst:
-            await self.wait_for_work()
-            await super()._poll_iteration()
+            if await self.wait_for_work():
+                await super()._poll_iteration()
+            else:
+                await self.heart_beat()  # arq's health record (once a minute), as its poll does
 
-    async def wait_for_work(self) -> None:
-        """Block until a wake token arrives, the next deferred chunk falls due, or WAKE_CAP_S passes.
+    async def wait_for_work(self) -> bool:
+        """Block until a wake token arrives, the next deferred chunk falls due, or wake_cap_s passes;
+        returns whether a poll may find a chunk to claim.
 
-        The cap bounds how late an idle worker notices a chunk whose claim lapsed (its worker died),
-        which no one announces."""
+        One read before blocking, the queue's first entry: an empty queue with no token within the cap
+        has nothing to claim, so an idle worker costs that read and the BLPOP per cap. A chunk due
+        already (running on another worker, or its claim lapsed because that worker died) is tried
+        again after the cap; then a second read finds when the next deferred chunk falls due.
+        """
         now = timestamp_ms()
-        due = await self.pool.zrangebyscore(
-            self.queue_name, f"({now}", "+inf", start=0, num=1, withscores=True
-        )
-        wait = WAKE_CAP_S
-        if due:
-            wait = min(wait, (float(due[0][1]) - now) / 1000)
-        if wait >= WAKE_MIN_S:
-            # BLPOP takes fractional seconds; redis-py's stub says int
-            await awaited(self.pool.blpop([wake_key(self.queue_name)], timeout=wait))  # type: ignore[arg-type]
+        first = await self.pool.zrange(self.queue_name, 0, 0, withscores=True)
+        if first and float(first[0][1]) <= now:
+            first = await self.pool.zrangebyscore(
+                self.queue_name, f"({now}", "+inf", start=0, num=1, withscores=True
+            )
+            queued = True
+        else:
+            queued = bool(first)
+        wait = self.wake_cap_s()
+        if first:
+            wait = min(wait, (float(first[0][1]) - now) / 1000)
+        if wait < WAKE_MIN_S:
+            return True
+        # BLPOP takes fractional seconds; redis-py's stub says int
+        token = await awaited(self.pool.blpop([wake_key(self.queue_name)], timeout=wait))  # type: ignore[arg-type]
+        return token is not None or queued
 
     async def run_job(self, job_id: str, score: int) -> None:
         ran = self.jobs_complete + self.jobs_failed + self.jobs_retried

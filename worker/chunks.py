@@ -68,6 +68,13 @@ class Runtime:
         self.host_limiter = make_limiter(self.redis, self.settings)
         self.polite = make_politeness(self.settings, self.redis, self.worker_id, self.host_limiter)
         self.held = HeldSlot(self.slots)
+        if self.polite is not None and self.polite.throttle is not None:
+            self.polite.throttle.busy = self.busy
+
+    def busy(self) -> bool:
+        """URLs claimed, waiting for a slot or in flight here: background reads that only matter for
+        work (the throttled hosts) pause while this is false."""
+        return bool(self.in_flight or self.waiting or self.reserved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +116,6 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
     entries = job.entries()
     cancelled, flags = await chunk_state(rt.redis, job, [e[0] for e in entries])
     pending = [e for e, done in zip(entries, flags, strict=True) if not done]
-    if rt.cancels is not None:
-        rt.cancels.note(job.batch_id, cancelled)
     if cancelled:
         records = []
         for index, req, tries in pending:
@@ -121,8 +126,19 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
             )
         await asyncio.gather(*records)  # one flush for the whole chunk, not a round trip per URL
         return ChunkSummary(fetched=0, skipped=len(entries), recorded=len(pending))
+    if rt.polite is not None and rt.polite.throttle is not None:
+        await rt.polite.throttle.fresh()  # read again if the worker was idle (no Redis call otherwise)
+    cancels = rt.cancels
+    if cancels is not None:
+        cancels.note(job.batch_id, cancelled)  # watched while this chunk runs
     rt.waiting += len(pending)  # counted until each holds a slot (claim sizing)
-    outcomes = await asyncio.gather(*(fetch_one(rt, job, index, req, tries) for index, req, tries in pending))
+    try:
+        outcomes = await asyncio.gather(
+            *(fetch_one(rt, job, index, req, tries) for index, req, tries in pending)
+        )
+    finally:
+        if cancels is not None:
+            cancels.done(job.batch_id)
     if rt.stopping and sum(outcomes) < len(pending):
         # Every fetch this chunk started has finished and is recorded; the rest go back to the queue.
         raise HandBack(job.batch_id, len(pending) - sum(outcomes))
