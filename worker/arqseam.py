@@ -224,9 +224,12 @@ class FleetWorker(Worker):
             if free <= 0:
                 return
         running = self.tasks
-        own = [j for j, t in running.items() if not t.done()]
         lease_ms = int(self.in_progress_timeout_s * 1000)
-        args: list[int | str] = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
+        # The ids this worker runs are not passed to the script (claim.lua could skip them): a worker
+        # holds up to chunks_held of them, and packing them at every claim cost a slow worker more
+        # than its claims. Only a claim that lapsed while it ran (Redis away longer than a lease) can
+        # come back here; it is skipped below, its key set anew, which the lease renewal would do too.
+        args: list[int | str] = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX]
         try:
             if self.claim_script is None:
                 self.claim_script = self.pool.register_script(CLAIM_LUA)
@@ -238,6 +241,8 @@ class FleetWorker(Worker):
             return
         for i in range(0, len(claimed), 2):
             job_id, score = claimed[i].decode(), int(float(claimed[i + 1]))
+            if job_id in running and not running[job_id].done():
+                continue  # runs here already: a second run would share its entry in arq's task table
             if rt is not None:
                 rt.reserved[job_id] = rt.settings.chunk_size
             # arq's own accounting, as its start_jobs keeps it: one semaphore slot and one count per task
