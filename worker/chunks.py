@@ -114,6 +114,8 @@ async def chunk_state(redis: Redis, job: ChunkJob, indexes: list[int]) -> tuple[
 
 async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
     entries = job.entries()
+    if rt.polite is not None and rt.polite.throttle is not None:
+        rt.polite.throttle.catch_up()  # the throttled hosts, read again if the worker was idle
     cancelled, flags = await chunk_state(rt.redis, job, [e[0] for e in entries])
     pending = [e for e, done in zip(entries, flags, strict=True) if not done]
     if cancelled:
@@ -126,8 +128,6 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
             )
         await asyncio.gather(*records)  # one flush for the whole chunk, not a round trip per URL
         return ChunkSummary(fetched=0, skipped=len(entries), recorded=len(pending))
-    if rt.polite is not None and rt.polite.throttle is not None:
-        await rt.polite.throttle.fresh()  # read again if the worker was idle (no Redis call otherwise)
     cancels = rt.cancels
     if cancels is not None:
         cancels.note(job.batch_id, cancelled)  # watched while this chunk runs

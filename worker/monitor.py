@@ -24,12 +24,19 @@ log = logging.getLogger("fetchfleet.monitor")
 
 PING_TIMEOUT = 2.0
 PING_REUSE_S = 1.0  # a burst of /healthz requests costs Redis one PING a second at most
-# An idle worker (no fetch in flight or finished since its last beat) beats this seldom, with a TTL to
-# match: 4 commands every 15 s instead of 5 every FETCHFLEET_HEARTBEAT_INTERVAL (issue 16: an idle
-# worker costs Redis <= 1 command a second). The first beat after work stops, and every beat while
-# it runs, come at the configured interval, so `fetchfleet stats` shows the final figures at once.
-IDLE_BEAT_S = 15.0
-PRUNE_EVERY_S = 60.0  # ids of workers gone for an hour are pruned from the set this often
+# An idle worker (no fetch in flight or finished since its last beat) beats less often, with a TTL to
+# match: 3 commands every 10 s at the default interval instead of 5 every 2 s (issue 16: an idle worker
+# costs Redis <= 1 command a second). At most IDLE_BEAT_FACTOR intervals, so a short interval set for
+# quick detection stays quick. The first beat after work stops, and every beat while it runs, come at
+# the configured interval, so `fetchfleet stats` shows the final figures at once.
+IDLE_BEAT_S = 10.0
+IDLE_BEAT_FACTOR = 5
+PRUNE_EVERY_S = 60.0  # the workers set: this worker's score renewed, and ids gone for an hour pruned
+
+
+def idle_beat_interval(interval: float) -> float:
+    """Seconds between an idle worker's heartbeats, for FETCHFLEET_HEARTBEAT_INTERVAL `interval`."""
+    return max(interval, min(IDLE_BEAT_S, IDLE_BEAT_FACTOR * interval))
 
 
 def heartbeat_ttl(interval: float) -> int:
@@ -123,7 +130,7 @@ class Monitor:
         if not self.idle() or not self._idle_beat:
             return True
         interval = self.settings.heartbeat_interval
-        return time.monotonic() - self.last_beat >= max(interval, IDLE_BEAT_S) - interval / 2
+        return time.monotonic() - self.last_beat >= idle_beat_interval(interval) - interval / 2
 
     def idle(self) -> bool:
         """No fetch in flight and none finished since the last beat."""
@@ -135,7 +142,7 @@ class Monitor:
         idle = self.idle()
         interval = self.settings.heartbeat_interval
         if idle:
-            interval = max(interval, IDLE_BEAT_S)
+            interval = idle_beat_interval(interval)
         fetches = self.probes.fetches()
         elapsed = max(now - self.last_beat, 1e-6)
         self.fetch_rate = (fetches - self._last_fetches) / elapsed
@@ -159,9 +166,10 @@ class Monitor:
                     pipe.zcard(self.settings.queue_name)
                     pipe.hset(key, mapping=doc)
                     pipe.expire(key, heartbeat_ttl(interval))
-                    pipe.zadd(WORKERS_KEY, {self.worker_id: now_ms})
                     if now - self._pruned >= PRUNE_EVERY_S:
-                        # Ids of workers gone for an hour, so the set stays small even if nobody runs stats.
+                        # The set's scores only serve the pruning, so once a minute is enough for both:
+                        # ids of workers gone for an hour go, so it stays small even if nobody runs stats.
+                        pipe.zadd(WORKERS_KEY, {self.worker_id: now_ms})
                         pipe.zremrangebyscore(WORKERS_KEY, 0, now_ms - 3_600_000)
                         self._pruned = now
                     depth, *_ = await pipe.execute()

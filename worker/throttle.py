@@ -82,6 +82,7 @@ class Throttle:
     # refreshed, so idle it asks Redis nothing (issue 16); `fresh` catches it up when work comes.
     busy: Callable[[], bool] = lambda: True
     _refreshed: float = field(default=0.0, init=False, repr=False)  # monotonic
+    _catch_up: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._script = self.redis.register_script(THROTTLE_LUA)
@@ -91,12 +92,20 @@ class Throttle:
 
     async def close(self) -> None:
         await stop_loop(self._task)
+        await stop_loop(self._catch_up)
 
     async def _refresh_loop(self) -> None:
         while True:
             if self.busy():
                 await self.fresh()
             await asyncio.sleep(REFRESH_SECONDS)
+
+    def catch_up(self) -> None:
+        """A chunk starts: refresh a list left stale while idle, beside the chunk's own first round trip
+        (not before it: a one-URL batch's pickup would pay a round trip more)."""
+        stale = time.monotonic() - self._refreshed >= REFRESH_SECONDS
+        if stale and (self._catch_up is None or self._catch_up.done()):
+            self._catch_up = asyncio.create_task(self.fresh(), name="fetchfleet-throttle-catch-up")
 
     async def fresh(self) -> None:
         """Refresh the list unless it was read within REFRESH_SECONDS (a chunk starting after idle)."""
