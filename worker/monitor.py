@@ -83,7 +83,7 @@ class Monitor:
     _last_fetches: int = field(default=0, init=False, repr=False)
     last_tick: float = 0.0  # the monitor loop's last turn, beat or not (health)
     _idle_beat: bool = field(default=False, init=False, repr=False)  # the last beat was an idle one
-    _pruned: float = field(default=0.0, init=False, repr=False)
+    _pruned: float = field(default=float("-inf"), init=False, repr=False)
     _ping_task: asyncio.Future[bool] | None = field(default=None, init=False, repr=False)
     _ping_started: float = field(default=0.0, init=False, repr=False)
 
