@@ -134,8 +134,14 @@ class Bench:
         for _ in range(n):
             log = self.workdir / f"worker-{len(list(self.workdir.glob('worker-*.log')))}.log"
             workers.append(procs.WorkerProc(env, log, self.loop))
-        for w in workers:
-            w.wait_ready()
+        try:
+            for w in workers:
+                w.wait_ready()
+        except BaseException:
+            for w in workers:  # one failed to start: none of them outlives the benchmark
+                w.proc.kill()
+                w.proc.wait()
+            raise
         return workers
 
 
