@@ -25,9 +25,11 @@ RATE_MIN_S = 0.02
 # times the slow hosts' latency in URLs. A fixed small count of chunks (4 x the slots' worth) left
 # slots empty while chunks waited for their slow URLs (0.55x the gather script). How many chunks are
 # claimed is still set by free slots (ClaimSizer), so URLs not yet in a slot stay about one
-# concurrency's worth; what this bounds is the finished URLs of chunks still waiting for a slow one
-# (a few hundred bytes each: about 10 MB per 1,000 slots).
-HELD_URLS_PER_SLOT = 32
+# concurrency's worth; what this bounds is the finished URLs of chunks still waiting for a slow one,
+# about 0.9 KB each (a chunk job's URL and its finished task): at most ~15 KB a slot, 30 MB at
+# concurrency 2,000. 16 a slot lets a worker at 50 ms a response keep its slots full while a slow
+# host answers in up to ~0.8 s; past that the slots still fill, only more slowly.
+HELD_URLS_PER_SLOT = 16
 
 
 def chunks_held(concurrency: int, chunk_size: int) -> int:
