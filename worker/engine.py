@@ -348,9 +348,10 @@ def build_worker_settings(settings: Settings) -> type:  # noqa: C901  # its nest
     async def on_job_end(ctx: WorkerCtx) -> None:
         ctx["leases"].release(ctx["job_id"])
 
-    # The most chunks held at once, a memory bound; how many are claimed at a poll is sized by free
-    # fetch slots (worker/claimsize.py).
-    held = chunks_held(settings.concurrency, settings.chunk_size)
+    # The most chunks held at once under `arq worker.WorkerSettings`, whose own claims take that many
+    # at once: four slots' worth. `fetchfleet worker` sizes its claims by free fetch slots
+    # (worker/claimsize.py) and may hold more (run_worker).
+    held = max(8, 4 * math.ceil(settings.concurrency / settings.chunk_size) + 2)
     redis_settings = arq_redis_settings(settings)
     if settings.redis_password is not None:
         redis_settings.password = settings.redis_password.get_secret_value()
@@ -548,6 +549,8 @@ async def run_worker(settings: Settings) -> signal.Signals | None:
     # create_pool, whose retry messages print connection details.
     kwargs["redis_pool"] = arq_pool(settings)
     kwargs["handle_signals"] = False
+    # Claims sized by free slots: the count of chunks held is only a memory bound (claimsize.py).
+    kwargs["max_jobs"] = chunks_held(settings.concurrency, settings.chunk_size)
     # The claim itself is a lease from the first moment (on_job_start renews it too, for `arq`).
     worker = FleetWorker(lease_seconds=settings.lease_seconds, **kwargs)
     worker.ctx["poll_due"] = worker.poll_due  # read by /healthz
