@@ -79,6 +79,11 @@ class FleetWorker(Worker):
         self._release_sem_dec_counter_on_complete()
 
     async def _poll_iteration(self) -> None:
+        if self.job_counter and self.allow_pick_jobs and self.claim_room() <= 0:
+            # Slots full for the claim's horizon: no claim would be made, so arq's queue read is
+            # skipped too (with many chunks held, a busy worker read it every poll_delay for nothing).
+            await self.tidy()
+            return
         await super()._poll_iteration()
         # Nothing running and nothing claimed: wait for work on Redis, then claim at once (not
         # poll_delay later, which would be most of a one-URL batch's latency).
@@ -87,6 +92,35 @@ class FleetWorker(Worker):
                 await super()._poll_iteration()
             else:
                 await self.heart_beat()  # arq's health record (once a minute), as its poll does
+
+    async def tidy(self) -> None:
+        """What arq's poll does besides claiming: forget finished tasks (raising what one raised, as
+        arq does) and renew its health record."""
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                t.result()
+        await self.heart_beat()
+
+    def claim_room(self) -> int:
+        """Chunks a claim may take now: free places under max_jobs, sized by free fetch slots; none
+        while results wait for Redis (a new chunk would only add to them)."""
+        free = self.max_jobs - self.job_counter
+        rt: Runtime | None = self.ctx.get("runtime")
+        if rt is None or free <= 0:
+            return free
+        if rt.recorder.pressure.full or rt.recorder.stalled_for() > STALLED_NO_CLAIM_S:
+            return 0
+        if self.sizer is None:
+            self.sizer = ClaimSizer(rt.settings.concurrency, rt.settings.chunk_size)
+        sized = self.sizer.chunks(
+            now=time.monotonic(),
+            fetches=rt.fetches,
+            in_flight=rt.in_flight,
+            waiting=rt.waiting,
+            reserved=sum(rt.reserved.values()),
+        )
+        return min(free, sized)
 
     async def wait_for_work(self) -> bool:
         """Block until a wake token arrives, the next deferred chunk falls due, or wake_cap_s passes;
@@ -201,28 +235,10 @@ class FleetWorker(Worker):
         lease), a second run in the same process would share one entry in arq's task table (a KeyError at
         the end).
         """
-        free = self.max_jobs - self.job_counter
+        free = self.claim_room()
         if free <= 0 or not job_ids:
             return
         rt: Runtime | None = self.ctx.get("runtime")
-        if rt is not None:
-            if rt.recorder.pressure.full or rt.recorder.stalled_for() > STALLED_NO_CLAIM_S:
-                # Results are waiting for Redis: a new chunk would only add to them (memory).
-                return
-            if self.sizer is None:
-                self.sizer = ClaimSizer(rt.settings.concurrency, rt.settings.chunk_size)
-            free = min(
-                free,
-                self.sizer.chunks(
-                    now=time.monotonic(),
-                    fetches=rt.fetches,
-                    in_flight=rt.in_flight,
-                    waiting=rt.waiting,
-                    reserved=sum(rt.reserved.values()),
-                ),
-            )
-            if free <= 0:
-                return
         running = self.tasks
         lease_ms = int(self.in_progress_timeout_s * 1000)
         # The ids this worker runs are not passed to the script (claim.lua could skip them): a worker
