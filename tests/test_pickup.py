@@ -4,6 +4,7 @@ and costs Redis a few commands a second instead of a poll every FETCHFLEET_POLL_
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 
@@ -13,6 +14,9 @@ import redis.asyncio as aredis
 from producer.client import Client
 from tests.chaos import wait_started
 from tests.http_target import HttpTarget
+from worker.arqseam import WAKE_CAP_S
+from worker.contract import chunk_job_id
+from worker.enqueue import IN_PROGRESS_KEY_PREFIX
 from worker.settings import load_settings
 
 
@@ -30,15 +34,17 @@ async def commands_per_second(url: str, seconds: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)  # measured 10 s
+@pytest.mark.timeout(120)  # measured 22 s
 async def test_an_idle_worker_sends_a_few_commands_a_second(redis_url: str, spawn_worker) -> None:
     w = spawn_worker(redis_url)  # FETCHFLEET_POLL_DELAY 0.01: polling would send ~100 a second
     wait_started(w)
     await asyncio.sleep(1.5)  # start-up traffic over
-    rate = await commands_per_second(redis_url, 4.0)
-    print(f"idle worker: {rate:.1f} Redis commands/s")
-    # The wait (a due-time check, BLPOP, arq's poll) once a second, heartbeats every 2 s: ~5.5/s.
-    assert rate <= 10, rate
+    rate = await commands_per_second(redis_url, 16.0)
+    print(f"idle worker: {rate:.2f} Redis commands/s")
+    # The wait (a read of the queue's first entry and a BLPOP) every 4 s and a heartbeat of 3
+    # commands every 10 s: ~0.8/s (issue 16: <= 1). 16 s hold up to 5 waits, 2 beats and the
+    # once-a-minute extras (the workers set, arq's health record): 1.1/s at worst.
+    assert rate <= 1.2, rate
 
 
 @pytest.mark.slow
@@ -65,3 +71,33 @@ async def test_a_chunk_is_claimed_as_soon_as_it_is_queued(
             await asyncio.sleep(2.5)
     print(f"one URL, submit to result: p50 {statistics.median(took):.1f} ms, max {max(took):.1f} ms")
     assert statistics.median(took) < 200, took
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)  # measured 15 s
+async def test_an_idle_worker_takes_over_a_lapsed_claim(
+    redis_url: str, spawn_worker, http_target: HttpTarget
+) -> None:
+    """A chunk whose worker died holds a claim that lapses unannounced: an idle worker, blocked on the
+    wake list, takes it over within the wake cap of the lapse (not at the next submit)."""
+    w = spawn_worker(redis_url)
+    wait_started(w)
+    lapse_s = 3.0
+    async with Client(load_settings(redis_url=redis_url)) as client:
+        # The claim a worker that died at once would leave: set before the chunk is queued, so the
+        # idle worker's wake-up finds the chunk taken.
+        await client.redis.set(
+            IN_PROGRESS_KEY_PREFIX + chunk_job_id("lapsed", 0), b"1", px=int(lapse_s * 1000)
+        )
+        claimed = time.monotonic()
+        batch_id = await client.submit([http_target.url("/ok/1")], batch_id="lapsed")
+        gen = client.results(batch_id, follow=True)
+        docs = []
+        async for _cursor, doc in gen:
+            docs.append(doc)
+            break
+        await gen.aclose()
+        took = time.monotonic() - claimed
+    print(f"lapsed claim taken over {took - lapse_s:.1f}s after it lapsed (wake cap {WAKE_CAP_S:g}s)")
+    assert [json.loads(d)["status"] for d in docs] == [200]
+    assert lapse_s <= took <= lapse_s + WAKE_CAP_S + 2.0, took

@@ -12,7 +12,7 @@ import pytest
 
 from tests.http_target import HttpTarget
 from tests.procs import fetchfleet_env, run_cli
-from worker.monitor import heartbeat_ttl
+from worker.monitor import heartbeat_ttl, idle_beat_interval
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -71,8 +71,10 @@ def test_stats_shows_live_workers_queue_and_batches(
 
     w2.signal(signal.SIGKILL)  # no goodbye: the heartbeat has to expire
     t0 = time.monotonic()
-    none = wait_stats(env, lambda s: not s["workers"], timeout=heartbeat_ttl(0.5) + 5)
+    # Idle by now: its last beat was an idle one, whose TTL covers the longer idle interval.
+    ttl = heartbeat_ttl(idle_beat_interval(0.5))
+    none = wait_stats(env, lambda s: not s["workers"], timeout=ttl + 5)
     waited = time.monotonic() - t0
-    print(f"killed worker gone after {waited:.1f}s (heartbeat ttl {heartbeat_ttl(0.5)}s)")
+    print(f"killed worker gone after {waited:.1f}s (idle heartbeat ttl {ttl}s)")
     assert none["workers"] == []
-    assert waited <= heartbeat_ttl(0.5) + 5
+    assert waited <= ttl + 5

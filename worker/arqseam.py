@@ -27,7 +27,14 @@ log = logging.getLogger("fetchfleet.worker")
 
 # Results waiting this long without the recorder making progress: claim nothing more for now.
 STALLED_NO_CLAIM_S = 1.0
-WAKE_CAP_S = 1.0  # an idle worker's longest wait on the wake list (see FleetWorker.wait_for_work)
+# An idle worker's longest wait on the wake list (FleetWorker.wait_for_work): how late, at most, an idle
+# worker takes over a chunk whose claim lapsed after its lease (its worker died; nobody announces
+# that). Each wait costs two commands (a read of the queue's first entry and the BLPOP): 0.5/s at the
+# default 4 s, of the <= 1 a second an idle worker may cost (issue 16). Busy workers poll every
+# poll_delay anyway. The wait stays WAKE_MARGIN_S inside the connection's FETCHFLEET_REDIS_SOCKET_TIMEOUT
+# (5 s by default), whose timer would otherwise cut the BLPOP as a lost connection.
+WAKE_CAP_S = 4.0
+WAKE_MARGIN_S = 1.0
 WAKE_MIN_S = 0.01  # a shorter wait is not worth a round trip: poll again
 
 CLAIM_LUA = files("worker").joinpath("claim.lua").read_text()
@@ -53,6 +60,11 @@ class FleetWorker(Worker):
         self.claim_script: AsyncScript | None = None
         self.sizer: ClaimSizer | None = None
 
+    def wake_cap_s(self) -> float:
+        """The longest wait on the wake list: WAKE_CAP_S, inside the connection's socket timeout."""
+        timeout = self.pool.connection_pool.connection_kwargs.get("socket_timeout")
+        return WAKE_CAP_S if not timeout else min(WAKE_CAP_S, float(timeout) - WAKE_MARGIN_S)
+
     def poll_due(self) -> float | None:
         """When arq's poll loop is due to renew its health stamp (renewed from inside the loop)."""
         stamp = self._last_health_check  # 0 until the first poll
@@ -67,28 +79,75 @@ class FleetWorker(Worker):
         self._release_sem_dec_counter_on_complete()
 
     async def _poll_iteration(self) -> None:
+        if self.job_counter and self.allow_pick_jobs and self.claim_room() <= 0:
+            # Slots full for the claim's horizon: no claim would be made, so arq's queue read is
+            # skipped too (with many chunks held, a busy worker read it every poll_delay for nothing).
+            await self.tidy()
+            return
         await super()._poll_iteration()
         # Nothing running and nothing claimed: wait for work on Redis, then claim at once (not
         # poll_delay later, which would be most of a one-URL batch's latency).
         while self.allow_pick_jobs and self.job_counter == 0 and not self.burst:
-            await self.wait_for_work()
-            await super()._poll_iteration()
+            if await self.wait_for_work():
+                await super()._poll_iteration()
+            else:
+                await self.heart_beat()  # arq's health record (once a minute), as its poll does
 
-    async def wait_for_work(self) -> None:
-        """Block until a wake token arrives, the next deferred chunk falls due, or WAKE_CAP_S passes.
+    async def tidy(self) -> None:
+        """What arq's poll does besides claiming: forget finished tasks (raising what one raised, as
+        arq does) and renew its health record."""
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                t.result()
+        await self.heart_beat()
 
-        The cap bounds how late an idle worker notices a chunk whose claim lapsed (its worker died),
-        which no one announces."""
-        now = timestamp_ms()
-        due = await self.pool.zrangebyscore(
-            self.queue_name, f"({now}", "+inf", start=0, num=1, withscores=True
+    def claim_room(self) -> int:
+        """Chunks a claim may take now: free places under max_jobs, sized by free fetch slots; none
+        while results wait for Redis (a new chunk would only add to them)."""
+        free = self.max_jobs - self.job_counter
+        rt: Runtime | None = self.ctx.get("runtime")
+        if rt is None or free <= 0:
+            return free
+        if rt.recorder.pressure.full or rt.recorder.stalled_for() > STALLED_NO_CLAIM_S:
+            return 0
+        if self.sizer is None:
+            self.sizer = ClaimSizer(rt.settings.concurrency, rt.settings.chunk_size)
+        sized = self.sizer.chunks(
+            now=time.monotonic(),
+            fetches=rt.fetches,
+            in_flight=rt.in_flight,
+            waiting=rt.waiting,
+            reserved=sum(rt.reserved.values()),
         )
-        wait = WAKE_CAP_S
-        if due:
-            wait = min(wait, (float(due[0][1]) - now) / 1000)
-        if wait >= WAKE_MIN_S:
-            # BLPOP takes fractional seconds; redis-py's stub says int
-            await awaited(self.pool.blpop([wake_key(self.queue_name)], timeout=wait))  # type: ignore[arg-type]
+        return min(free, sized)
+
+    async def wait_for_work(self) -> bool:
+        """Block until a wake token arrives, the next deferred chunk falls due, or wake_cap_s passes;
+        returns whether a poll may find a chunk to claim.
+
+        One read before blocking, the queue's first entry: an empty queue with no token within the cap
+        has nothing to claim, so an idle worker costs that read and the BLPOP per cap. A chunk due
+        already (running on another worker, or its claim lapsed because that worker died) is tried
+        again after the cap; then a second read finds when the next deferred chunk falls due.
+        """
+        now = timestamp_ms()
+        first = await self.pool.zrange(self.queue_name, 0, 0, withscores=True)
+        if first and float(first[0][1]) <= now:
+            first = await self.pool.zrangebyscore(
+                self.queue_name, f"({now}", "+inf", start=0, num=1, withscores=True
+            )
+            queued = True
+        else:
+            queued = bool(first)
+        wait = self.wake_cap_s()
+        if first:
+            wait = min(wait, (float(first[0][1]) - now) / 1000)
+        if wait < WAKE_MIN_S:
+            return True
+        # BLPOP takes fractional seconds; redis-py's stub says int
+        token = await awaited(self.pool.blpop([wake_key(self.queue_name)], timeout=wait))  # type: ignore[arg-type]
+        return token is not None or queued
 
     async def run_job(self, job_id: str, score: int) -> None:
         ran = self.jobs_complete + self.jobs_failed + self.jobs_retried
@@ -176,32 +235,17 @@ class FleetWorker(Worker):
         lease), a second run in the same process would share one entry in arq's task table (a KeyError at
         the end).
         """
-        free = self.max_jobs - self.job_counter
+        free = self.claim_room()
         if free <= 0 or not job_ids:
             return
         rt: Runtime | None = self.ctx.get("runtime")
-        if rt is not None:
-            if rt.recorder.pressure.full or rt.recorder.stalled_for() > STALLED_NO_CLAIM_S:
-                # Results are waiting for Redis: a new chunk would only add to them (memory).
-                return
-            if self.sizer is None:
-                self.sizer = ClaimSizer(rt.settings.concurrency, rt.settings.chunk_size)
-            free = min(
-                free,
-                self.sizer.chunks(
-                    now=time.monotonic(),
-                    fetches=rt.fetches,
-                    in_flight=rt.in_flight,
-                    waiting=rt.waiting,
-                    reserved=sum(rt.reserved.values()),
-                ),
-            )
-            if free <= 0:
-                return
         running = self.tasks
-        own = [j for j, t in running.items() if not t.done()]
         lease_ms = int(self.in_progress_timeout_s * 1000)
-        args: list[int | str] = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX, *own]
+        # The ids this worker runs are not passed to the script (claim.lua could skip them): a worker
+        # holds up to chunks_held of them, and packing them at every claim cost a slow worker more
+        # than its claims. Only a claim that lapsed while it ran (Redis away longer than a lease) can
+        # come back here; it is skipped below, its key set anew, which the lease renewal would do too.
+        args: list[int | str] = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX]
         try:
             if self.claim_script is None:
                 self.claim_script = self.pool.register_script(CLAIM_LUA)
@@ -213,6 +257,8 @@ class FleetWorker(Worker):
             return
         for i in range(0, len(claimed), 2):
             job_id, score = claimed[i].decode(), int(float(claimed[i + 1]))
+            if job_id in running and not running[job_id].done():
+                continue  # runs here already: a second run would share its entry in arq's task table
             if rt is not None:
                 rt.reserved[job_id] = rt.settings.chunk_size
             # arq's own accounting, as its start_jobs keeps it: one semaphore slot and one count per task

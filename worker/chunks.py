@@ -65,6 +65,13 @@ class Runtime:
         self.slots = asyncio.Semaphore(self.settings.concurrency)
         self.retry = RetryPolicy.from_settings(self.settings)
         self.held = HeldSlot(self.slots)
+        if self.polite is not None and self.polite.throttle is not None:
+            self.polite.throttle.busy = self.busy
+
+    def busy(self) -> bool:
+        """URLs claimed, waiting for a slot or in flight here: background reads that only matter for
+        work (the throttled hosts) pause while this is false."""
+        return bool(self.in_flight or self.waiting or self.reserved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +111,10 @@ async def chunk_state(redis: Redis, job: ChunkJob, indexes: list[int]) -> tuple[
 
 async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
     entries = job.entries()
+    if rt.polite is not None and rt.polite.throttle is not None:
+        rt.polite.throttle.catch_up()  # the throttled hosts, read again if the worker was idle
     cancelled, flags = await chunk_state(rt.redis, job, [e[0] for e in entries])
     pending = [e for e, done in zip(entries, flags, strict=True) if not done]
-    rt.cancels.note(job.batch_id, cancelled)
     if cancelled:
         records = []
         for index, req, tries in pending:
@@ -117,8 +125,14 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
             )
         await asyncio.gather(*records)  # one flush for the whole chunk, not a round trip per URL
         return ChunkSummary(fetched=0, skipped=len(entries), recorded=len(pending))
+    rt.cancels.note(job.batch_id, cancelled)  # watched while this chunk runs
     rt.waiting += len(pending)  # counted until each holds a slot (claim sizing)
-    outcomes = await asyncio.gather(*(fetch_one(rt, job, index, req, tries) for index, req, tries in pending))
+    try:
+        outcomes = await asyncio.gather(
+            *(fetch_one(rt, job, index, req, tries) for index, req, tries in pending)
+        )
+    finally:
+        rt.cancels.done(job.batch_id)
     if rt.stopping and sum(outcomes) < len(pending):
         # Every fetch this chunk started has finished and is recorded; the rest go back to the queue.
         raise HandBack(job.batch_id, len(pending) - sum(outcomes))

@@ -19,6 +19,22 @@ HORIZON_S = 0.1
 # spans at least RATE_MIN_S: a worker that just got busy shows its rate within a few polls.
 RATE_WINDOW_S = 0.5
 RATE_MIN_S = 0.02
+# The most URLs a worker holds in claimed chunks, per fetch slot: a memory bound, not a throughput one.
+# A chunk stays held until its slowest URL is done; with a few slow hosts (ops/bench --profile web:
+# 2 % of hosts at 1 s, the rest 50 ms) nearly every chunk has one, so a worker holds about its rate
+# times the slow hosts' latency in URLs. A fixed small count of chunks (4 x the slots' worth) left
+# slots empty while chunks waited for their slow URLs (0.55x the gather script). How many chunks are
+# claimed is still set by free slots (ClaimSizer), so URLs not yet in a slot stay about one
+# concurrency's worth; what this bounds is the finished URLs of chunks still waiting for a slow one,
+# about 0.9 KB each (a chunk job's URL and its finished task): at most ~15 KB a slot, 30 MB at
+# concurrency 2,000. 16 a slot lets a worker at 50 ms a response keep its slots full while a slow
+# host answers in up to ~0.8 s; past that the slots still fill, only more slowly.
+HELD_URLS_PER_SLOT = 16
+
+
+def chunks_held(concurrency: int, chunk_size: int) -> int:
+    """The most chunks a worker holds at once (arq's max_jobs): HELD_URLS_PER_SLOT URLs per slot."""
+    return max(8, math.ceil(HELD_URLS_PER_SLOT * concurrency / chunk_size))
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from worker.arqseam import FleetWorker
 from worker.chunks import Runtime, run_chunk
+from worker.claimsize import chunks_held
 from worker.codec import dump_job, load_job
 from worker.contract import CHUNK_TASK, ChunkJob, ErrorKind, batch_id_problem
 from worker.enqueue import RETRY_KEY_PREFIX
@@ -229,10 +230,10 @@ def build_worker_settings(settings: Settings, hooks: WorkerHooks | None = None) 
     """The class `arq worker.WorkerSettings` reads: only its own attributes count, so all are set here."""
     hooks = hooks or WorkerHooks(settings)
 
-    # The most chunks held at once. How many are claimed at a poll is sized by free fetch slots
-    # (worker/claimsize.py); this cap only bounds a worker's memory. It is four times what fills
-    # the slots, since retry chunks can be far smaller than FETCHFLEET_CHUNK_SIZE.
-    chunks_held = max(8, 4 * math.ceil(settings.concurrency / settings.chunk_size) + 2)
+    # The most chunks held at once under `arq worker.WorkerSettings`, whose own claims take that many
+    # at once: four slots' worth. `fetchfleet worker` sizes its claims by free fetch slots
+    # (worker/claimsize.py) and may hold more (run_worker).
+    held = max(8, 4 * math.ceil(settings.concurrency / settings.chunk_size) + 2)
     redis_settings = arq_redis_settings(settings)
     if settings.redis_password is not None:
         redis_settings.password = settings.redis_password.get_secret_value()
@@ -257,7 +258,7 @@ def build_worker_settings(settings: Settings, hooks: WorkerHooks | None = None) 
         "on_shutdown": hooks.on_shutdown,
         "on_job_start": hooks.on_job_start,
         "on_job_end": hooks.on_job_end,
-        "max_jobs": chunks_held,
+        "max_jobs": held,
         # Every running job stays in the queue zset; reading far past what the whole cluster can hold
         # at once is what lets a second worker find work (ARQ-NOTES: read limit vs. in-flight jobs).
         "queue_read_limit": 1000,
@@ -431,6 +432,8 @@ async def run_worker(settings: Settings) -> signal.Signals | None:
     # create_pool, whose retry messages print connection details.
     pool = kwargs["redis_pool"] = arq_pool(settings)
     kwargs["handle_signals"] = False
+    # Claims sized by free slots: the count of chunks held is only a memory bound (claimsize.py).
+    kwargs["max_jobs"] = chunks_held(settings.concurrency, settings.chunk_size)
     # The claim itself is a lease from the first moment (on_job_start renews it too, for `arq`).
     worker = FleetWorker(lease_seconds=settings.lease_seconds, **kwargs)
     worker.ctx["poll_due"] = worker.poll_due  # read by /healthz

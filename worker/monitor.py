@@ -25,6 +25,19 @@ log = logging.getLogger("fetchfleet.monitor")
 
 PING_TIMEOUT = 2.0
 PING_REUSE_S = 1.0  # a burst of /healthz requests costs Redis one PING a second at most
+# An idle worker (no fetch in flight or finished since its last beat) beats less often, with a TTL to
+# match: 3 commands every 10 s at the default interval instead of 5 every 2 s (issue 16: an idle worker
+# costs Redis <= 1 command a second). At most IDLE_BEAT_FACTOR intervals, so a short interval set for
+# quick detection stays quick. The first beat after work stops, and every beat while it runs, come at
+# the configured interval, so `fetchfleet stats` shows the final figures at once.
+IDLE_BEAT_S = 10.0
+IDLE_BEAT_FACTOR = 5
+PRUNE_EVERY_S = 60.0  # the workers set: this worker's score renewed, and ids gone for an hour pruned
+
+
+def idle_beat_interval(interval: float) -> float:
+    """Seconds between an idle worker's heartbeats, for FETCHFLEET_HEARTBEAT_INTERVAL `interval`."""
+    return max(interval, min(IDLE_BEAT_S, IDLE_BEAT_FACTOR * interval))
 
 
 def heartbeat_ttl(interval: float) -> int:
@@ -69,6 +82,9 @@ class Monitor:
     fetch_rate: float = 0.0
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _last_fetches: int = field(default=0, init=False, repr=False)
+    last_tick: float = 0.0  # the monitor loop's last turn, beat or not (health)
+    _idle_beat: bool = field(default=False, init=False, repr=False)  # the last beat was an idle one
+    _pruned: float = field(default=float("-inf"), init=False, repr=False)
     _ping_task: asyncio.Future[bool] | None = field(default=None, init=False, repr=False)
     _ping_started: float = field(default=0.0, init=False, repr=False)
 
@@ -86,7 +102,7 @@ class Monitor:
 
     def start(self) -> None:
         self._last_fetches = self.probes.fetches()
-        self.last_beat = time.monotonic()
+        self.last_beat = self.last_tick = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="fetchfleet-monitor")
 
     async def close(self) -> None:
@@ -111,14 +127,30 @@ class Monitor:
         await self.close()
 
     async def _run(self) -> None:
-        interval = self.settings.heartbeat_interval
         while True:
-            await self.beat()
-            await asyncio.sleep(interval)
+            if self.beat_due():
+                await self.beat()
+            self.last_tick = time.monotonic()
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    def beat_due(self) -> bool:
+        """Every turn while there is work and on the first idle one; then every IDLE_BEAT_S."""
+        if not self.idle() or not self._idle_beat:
+            return True
+        interval = self.settings.heartbeat_interval
+        return time.monotonic() - self.last_beat >= idle_beat_interval(interval) - interval / 2
+
+    def idle(self) -> bool:
+        """No fetch in flight and none finished since the last beat."""
+        return self.probes.in_flight() == 0 and self.probes.fetches() == self._last_fetches
 
     async def beat(self) -> None:
         """One heartbeat and queue-depth sample, in one round trip."""
         now = time.monotonic()
+        idle = self.idle()
+        interval = self.settings.heartbeat_interval
+        if idle:
+            interval = idle_beat_interval(interval)
         fetches = self.probes.fetches()
         elapsed = max(now - self.last_beat, 1e-6)
         self.fetch_rate = (fetches - self._last_fetches) / elapsed
@@ -141,10 +173,13 @@ class Monitor:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.zcard(self.settings.queue_name)
                     pipe.hset(key, mapping=doc)
-                    pipe.expire(key, heartbeat_ttl(self.settings.heartbeat_interval))
-                    pipe.zadd(WORKERS_KEY, {self.worker_id: now_ms})
-                    # Ids of workers gone for an hour, so the set stays small even if nobody runs stats.
-                    pipe.zremrangebyscore(WORKERS_KEY, 0, now_ms - 3_600_000)
+                    pipe.expire(key, heartbeat_ttl(interval))
+                    if now - self._pruned >= PRUNE_EVERY_S:
+                        # The set's scores only serve the pruning, so once a minute is enough for both:
+                        # ids of workers gone for an hour go, so it stays small even if nobody runs stats.
+                        pipe.zadd(WORKERS_KEY, {self.worker_id: now_ms})
+                        pipe.zremrangebyscore(WORKERS_KEY, 0, now_ms - 3_600_000)
+                        self._pruned = now
                     depth, *_ = await pipe.execute()
         except Exception as exc:  # Redis away: report it, keep beating
             if self.redis_ok:
@@ -154,6 +189,7 @@ class Monitor:
             self.redis_ok = False
             self.metrics.redis_up.set(0)
             return
+        self._idle_beat = idle
         self.redis_ok = True
         self.metrics.redis_up.set(1)
         self.metrics.queue_depth.set(int(depth))
@@ -190,7 +226,7 @@ class Monitor:
         due = self.probes.poll_due()
         if due is not None and time.time() - due > stall:
             problems.append(f"queue poll loop is {time.time() - due:.0f}s overdue")
-        beat_age = time.monotonic() - self.last_beat
-        if self._task is not None and beat_age > self.settings.heartbeat_interval + stall:
-            problems.append(f"monitor loop made no progress for {beat_age:.0f}s")
+        tick_age = time.monotonic() - self.last_tick
+        if self._task is not None and tick_age > self.settings.heartbeat_interval + stall:
+            problems.append(f"monitor loop made no progress for {tick_age:.0f}s")
         return Health(ok=not problems, problems=tuple(problems))

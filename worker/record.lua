@@ -34,7 +34,7 @@ if stream_type ~= 'none' and stream_type ~= 'stream' then return wrongtype(KEYS[
 local nums = {}
 for n in string.gmatch(ARGV[2], '%-?%d+') do nums[#nums + 1] = tonumber(n) end
 local blob, total = ARGV[3], 0
-if #nums % 4 ~= 0 then return redis.error_reply('ERR fetchfleet record arguments are malformed') end
+if #nums % 4 ~= 0 or #nums == 0 then return redis.error_reply('ERR fetchfleet record arguments are malformed') end
 for i = 1, #nums, 4 do
   -- SETBIT takes offsets below 2^32; a planted negative or huge index must fail here, not mid-way.
   if nums[i] < 0 or nums[i] >= 4294967296 or nums[i + 2] < 0 or nums[i + 3] < 0 then
@@ -44,6 +44,35 @@ for i = 1, #nums, 4 do
 end
 if total ~= #blob then return redis.error_reply('ERR fetchfleet record arguments are malformed') end
 
+-- The done bits. A flush's indexes are nearly always a few runs of consecutive ones (chunks' results),
+-- so the bytes holding them are read with one GETRANGE, changed here and written back with one
+-- SETRANGE: two commands a flush instead of a SETBIT per result (issue 16: one Redis command a URL
+-- less, and less Redis CPU than a BITFIELD with an operation per result). Indexes far apart (retries)
+-- take a SETBIT each. An index twice in one flush counts once, as with SETBIT.
+local lo, hi = nums[1], nums[1]
+for i = 1, #nums, 4 do
+  if nums[i] < lo then lo = nums[i] end
+  if nums[i] > hi then hi = nums[i] end
+end
+local base = math.floor(lo / 8)
+local span = math.floor(hi / 8) - base + 1
+local bytes = nil
+if span <= 64 + #nums / 4 then
+  local cur = redis.call('GETRANGE', KEYS[1], base, base + span - 1)
+  bytes = {}
+  for b = 1, span do bytes[b] = string.byte(cur, b) or 0 end
+end
+local changed = false
+local function first_time(index)
+  -- Sets the index's bit (high-order bit first in its byte, as SETBIT); true if it was clear.
+  if bytes == nil then return redis.call('SETBIT', KEYS[1], index, 1) == 0 end
+  local b = math.floor(index / 8) - base + 1
+  local mask = 2 ^ (7 - index % 8)  -- arithmetic, not the bit library: not every Lua has one
+  if math.floor(bytes[b] / mask) % 2 == 1 then return false end
+  bytes[b] = bytes[b] + mask
+  changed = true
+  return true
+end
 local added, failed = 0, 0
 local fresh = {}
 local pos = 1
@@ -52,7 +81,7 @@ for i = 1, #nums, 4 do
   local payload = string.sub(blob, pos, pos + plen - 1)
   local body = string.sub(blob, pos + plen, pos + plen + blen - 1)
   pos = pos + plen + blen
-  if redis.call('SETBIT', KEYS[1], nums[i], 1) == 0 then
+  if first_time(nums[i]) then
     if blen == 0 then
       redis.call('XADD', KEYS[2], '*', 'r', payload)
     else
@@ -65,6 +94,7 @@ for i = 1, #nums, 4 do
     fresh[#fresh + 1] = 0
   end
 end
+if changed then redis.call('SETRANGE', KEYS[1], base, string.char(unpack(bytes))) end
 if added > 0 then
   local ttl = tonumber(ARGV[1])
   -- The stream and bitmap are born here, so they take the batch's lifetime here.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 
@@ -77,6 +78,11 @@ class Throttle:
     _last_report: dict[str, tuple[float, bool]] = field(default_factory=dict, init=False, repr=False)
     _script: object = field(init=False, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    # Whether the worker has work (URLs claimed, waiting or in flight): an idle worker's list is not
+    # refreshed, so idle it asks Redis nothing (issue 16); `fresh` catches it up when work comes.
+    busy: Callable[[], bool] = lambda: True
+    _refreshed: float = field(default=0.0, init=False, repr=False)  # monotonic
+    _catch_up: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._script = self.redis.register_script(THROTTLE_LUA)
@@ -86,14 +92,29 @@ class Throttle:
 
     async def close(self) -> None:
         await stop_loop(self._task)
+        await stop_loop(self._catch_up)
 
     async def _refresh_loop(self) -> None:
         while True:
-            try:
-                await self.refresh()
-            except RedisError as exc:
-                log.debug("throttled hosts not refreshed: %s", exc)
+            if self.busy():
+                await self.fresh()
             await asyncio.sleep(REFRESH_SECONDS)
+
+    def catch_up(self) -> None:
+        """A chunk starts: refresh a list left stale while idle, beside the chunk's own first round trip
+        (not before it: a one-URL batch's pickup would pay a round trip more)."""
+        stale = time.monotonic() - self._refreshed >= REFRESH_SECONDS
+        if stale and (self._catch_up is None or self._catch_up.done()):
+            self._catch_up = asyncio.create_task(self.fresh(), name="fetchfleet-throttle-catch-up")
+
+    async def fresh(self) -> None:
+        """Refresh the list unless it was read within REFRESH_SECONDS (a chunk starting after idle)."""
+        if time.monotonic() - self._refreshed < REFRESH_SECONDS:
+            return
+        try:
+            await self.refresh()
+        except RedisError as exc:
+            log.debug("throttled hosts not refreshed: %s", exc)
 
     async def refresh(self) -> None:
         now_ms = int(time.time() * 1000)
@@ -101,6 +122,7 @@ class Throttle:
             THROTTLED_KEY, now_ms, "+inf", start=0, num=KNOWN_HOSTS_MAX, withscores=True
         )
         self.hosts = {member.decode(): int(score) for member, score in rows}
+        self._refreshed = time.monotonic()
 
     def needs_report(self, host: str, status: int | None, kind: str | None) -> str | None:
         """After a fetch: the event to report for `host`, if any ("slow_down" or "failures").

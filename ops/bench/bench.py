@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -133,8 +134,14 @@ class Bench:
         for _ in range(n):
             log = self.workdir / f"worker-{len(list(self.workdir.glob('worker-*.log')))}.log"
             workers.append(procs.WorkerProc(env, log, self.loop))
-        for w in workers:
-            w.wait_ready()
+        try:
+            for w in workers:
+                w.wait_ready()
+        except BaseException:
+            for w in workers:  # one failed to start: none of them outlives the benchmark
+                w.proc.kill()
+                w.proc.wait()
+            raise
         return workers
 
 
@@ -152,23 +159,33 @@ class GatherRun:
     target_cpu: float  # CPU seconds per URL of the HTTP target
 
 
-def gather_run(b: Bench, nprocs: int, total: int, first: int) -> GatherRun:
-    """`nprocs` copies of the gather script started at the same moment, `total` URLs between them."""
+def children_cpu() -> float:
+    """CPU seconds of this process's children reaped so far (user + system)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def gather_whole(b: Bench, nprocs: int, total: int, first: int) -> GatherRun:
+    """`nprocs` copies of the gather script, each a whole process timed from outside: from their
+    launch (interpreter start-up, imports, connections) to the exit of the last (issue 16)."""
     per = total // nprocs
-    copies = [procs.GatherProc(b.base, first + i * per, per, b.concurrency, b.loop) for i in range(nprocs)]
-    for c in copies:
-        c.wait_ready()
-    tcpu = target_cpu(b)
-    for c in copies:
-        c.go()
-    figs = [c.figures() for c in copies]
-    tcpu = target_cpu(b) - tcpu
-    for f in figs:
-        if f["ok"] != f["count"]:
+    tcpu, ccpu = target_cpu(b), children_cpu()
+    started = time.perf_counter()
+    args = [sys.executable, str(HERE / "gather_baseline.py"), b.base, "--count", str(per)]
+    args += ["--concurrency", str(b.concurrency), "--loop", b.loop]
+    copies = [
+        subprocess.Popen([*args, "--first", str(first + i * per)], stdout=subprocess.PIPE, cwd=procs.ROOT)
+        for i in range(nprocs)
+    ]
+    outs = [c.communicate(timeout=600)[0] for c in copies]
+    elapsed = time.perf_counter() - started
+    ccpu, tcpu = children_cpu() - ccpu, target_cpu(b) - tcpu
+    for c, out in zip(copies, outs, strict=True):
+        f = json.loads(out.decode().strip().splitlines()[-1])
+        if c.returncode != 0 or f["ok"] != f["count"]:
             raise RuntimeError(f"gather baseline lost fetches: {f}")
-    span = max(f["end"] for f in figs) - min(f["start"] for f in figs)
     n = per * nprocs
-    return GatherRun(n / span, sum(f["cpu"] for f in figs) / n, tcpu / n)
+    return GatherRun(n / elapsed, ccpu / n, tcpu / n)
 
 
 # ---- fetchfleet ----------------------------------------------------------------------------------
@@ -240,6 +257,44 @@ async def fetchfleet_run(
         tcpu = target_cpu(b) - tcpu0
         cmds1, rcpu1 = await redis_info(client.redis)
     check_exactly_once(out, n)
+    return E2E(n / elapsed, batch_id, out, cmds1 - cmds0, wcpu, rcpu1 - rcpu0, pcpu, tcpu)
+
+
+def cli_run(b: Bench, workers: list[procs.WorkerProc], n: int, first: int) -> E2E:
+    """`fetchfleet submit FILE --wait -o OUT` as a user runs it, timed from outside: CLI start-up, the
+    submit, following the results and writing every one to the file (issue 16)."""
+    path, out = b.workdir / f"urls-{first}.txt", b.workdir / f"e2e-{first}.jsonl"
+    path.write_text("".join(f"{b.base}/ok/{i}\n" for i in range(first, first + n)))
+    s = b.settings()
+    env = procs.fetchfleet_env(
+        s.redis_url,
+        queue_name=s.queue_name,
+        chunk_size=s.chunk_size,
+        max_queued_chunks=1_000_000,
+        result_retention="ttl",  # kept after collection: the collection and bytes rows read them again
+    )
+    with b.redis.client() as r:
+        stats, cpu = r.info("stats"), r.info("cpu")
+        cmds0, rcpu0 = int(stats["total_commands_processed"]), cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+        wcpu0 = sum(procs.cpu_seconds(w.pid) for w in workers)
+        tcpu0, pcpu0 = target_cpu(b), children_cpu()
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "producer", "submit", str(path), "--wait", "-q", "-o", str(out)],
+            env=env,
+            cwd=procs.ROOT,
+            capture_output=True,
+            check=False,
+        )
+        elapsed = time.perf_counter() - started
+        pcpu, tcpu = children_cpu() - pcpu0, target_cpu(b) - tcpu0
+        wcpu = sum(procs.cpu_seconds(w.pid) for w in workers) - wcpu0
+        stats, cpu = r.info("stats"), r.info("cpu")
+        cmds1, rcpu1 = int(stats["total_commands_processed"]), cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+    if proc.returncode != 0:
+        raise RuntimeError(f"fetchfleet submit --wait failed: {proc.stderr.decode()[-2000:]}")
+    check_exactly_once(out, n)
+    batch_id = proc.stdout.decode().split()[-1]
     return E2E(n / elapsed, batch_id, out, cmds1 - cmds0, wcpu, rcpu1 - rcpu0, pcpu, tcpu)
 
 
@@ -466,8 +521,9 @@ def throughput(b: Bench, nworkers: int, workers: list[procs.WorkerProc], first: 
     first += n
     gathers, ours = [], []
     for _ in range(b.profile.rounds):
-        gathers.append(gather_run(b, nworkers, n, first))
-        ours.append(asyncio.run(fetchfleet_run(b, workers, n, first + n)))
+        # Both sides as whole processes timed from outside: the CLI and the gather script (issue 16).
+        gathers.append(gather_whole(b, nworkers, n, first))
+        ours.append(cli_run(b, workers, n, first + n))
         first += 2 * n
     print(
         f"{nworkers} worker(s): {[round(e.rate) for e in ours]} URLs/s; "
