@@ -12,8 +12,8 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from tests.http_target import HttpTarget
-from tests.procs import WorkerProcess, fetchfleet_env
+from testkit.http_target import HttpTarget
+from testkit.procs import WorkerProcess, fetchfleet_env
 from worker.contract import batch_key, results_key
 
 
@@ -77,13 +77,6 @@ def assert_each_index_once(results: list[dict[str, Any]], n: int) -> None:
 def write_urls(path: Path, urls: list[str]) -> Path:
     path.write_text("\n".join(urls) + "\n")
     return path
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 class Workers:

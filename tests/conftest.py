@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.http_target import HttpTarget
-from tests.procs import WorkerProcess, fetchfleet_env
-from tests.redis_proc import RedisProcess
+from testkit.http_target import HttpTarget
+from testkit.procs import WorkerProcess, fetchfleet_env
+from testkit.redisserver import RedisProcess
 
 pytest_plugins = ["tests.tiers"]  # an unmarked test that starts a process fails (the fast tier's guard)
 

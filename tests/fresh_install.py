@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.http_target import HttpTarget  # noqa: E402
+from testkit.http_target import HttpTarget  # noqa: E402
 
 IGNORED = shutil.ignore_patterns(
     ".git", ".venv", "venv", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "build", "dist"

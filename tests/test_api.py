@@ -12,9 +12,9 @@ import pytest
 
 import fetchfleet
 from fetchfleet import BodyUnavailable, ErrorKind, Result
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import free_port
+from testkit.http_target import HttpTarget
+from testkit.procs import ROOT, fetchfleet_env
+from testkit.redisserver import free_port
 from worker.bodies import pack
 
 DOC = {

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.procs import ROOT, fetchfleet_env, run_cli
+from testkit.redisserver import RedisProcess
 from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes

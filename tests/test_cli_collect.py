@@ -16,9 +16,9 @@ import redis
 
 from producer.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from producer.output import open_output
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.redis_proc import free_port
+from testkit.http_target import HttpTarget
+from testkit.procs import ROOT, fetchfleet_env, run_cli
+from testkit.redisserver import free_port
 from worker.contract import results_key
 
 

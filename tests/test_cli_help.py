@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from producer.cli import EXAMPLES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
-from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli, run_cli_in_process
-from tests.redis_proc import free_port
+from testkit.procs import ROOT, fetchfleet_env, restore_sigint, run_cli, run_cli_in_process
+from testkit.redisserver import free_port
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:

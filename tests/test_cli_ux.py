@@ -21,9 +21,9 @@ import pytest
 
 from producer.cli import EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from producer.summary import Summary
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
-from tests.redis_proc import free_port
+from testkit.http_target import HttpTarget
+from testkit.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
+from testkit.redisserver import free_port
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 PROGRESS = re.compile(r"(\d+)/(\d+)\b.*?\b(\d+) failed")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fetch_target import FetchTarget
+from testkit.fetch_target import FetchTarget
 from worker.fetcher import Fetcher
 from worker.settings import load_settings
 

@@ -25,12 +25,12 @@ import pytest
 import redis
 from arq.jobs import serialize_job
 
+from testkit.fetch_target import FetchTarget
+from testkit.http_target import HttpTarget
+from testkit.procs import ROOT, fetchfleet_env, run_cli
+from testkit.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget, flood
+from testkit.redisserver import free_port
 from tests.chaos import assert_each_index_once, wait_started, write_urls
-from tests.fetch_target import FetchTarget
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget, flood
-from tests.redis_proc import free_port
 from worker.codec import dump_job
 from worker.contract import BATCHES_KEY, CHUNK_TASK, batch_key
 

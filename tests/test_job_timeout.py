@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fetch_target import FetchTarget
-from tests.procs import fetchfleet_env, run_cli
+from testkit.fetch_target import FetchTarget
+from testkit.procs import fetchfleet_env, run_cli
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from producer.client import Client
+from testkit.procs import ROOT, fetchfleet_env
+from testkit.redisserver import RedisProcess
 from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import RedisProcess
 from worker.contract import batch_key, batch_keys
 from worker.errors import BatchLost
 from worker.settings import load_settings

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from testkit.http_target import HttpTarget
+from testkit.procs import ROOT, fetchfleet_env
+from testkit.raw_target import flood
+from testkit.redisserver import free_port
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.raw_target import flood
-from tests.redis_proc import free_port
 from worker.opsserver import MAX_CONNECTIONS, MIN_AGE_TO_DROP
 
 FLOOD = 500

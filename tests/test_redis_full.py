@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from producer.embedded import free_port
-from tests.chaos import Workers, done_count, rss_kib, wait_started, wait_until, write_urls
-from tests.fetch_target import FetchTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import RedisProcess
+from testkit.fetch_target import FetchTarget
+from testkit.procs import ROOT, fetchfleet_env, rss_kib
+from testkit.redisserver import RedisProcess
+from tests.chaos import Workers, done_count, wait_started, wait_until, write_urls
 from worker.contract import batch_key
 
 N = 50_000

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from tests.fetch_target import FetchTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from testkit.fetch_target import FetchTarget
+from testkit.procs import ROOT, fetchfleet_env, run_cli
 from worker.contract import retry_job_id
 from worker.retry import RetryPolicy, parse_retry_after
 

@@ -20,9 +20,9 @@ import pytest
 import redis
 
 from producer.embedded import embedded_binary
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
-from tests.redis_proc import SERVER_ENV, RedisProcess, free_port, redis_binary
+from testkit.http_target import HttpTarget
+from testkit.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
+from testkit.redisserver import SERVER_ENV, RedisProcess, free_port, redis_binary
 from worker.contract import BATCHES_KEY, batch_key
 
 FAST = {"concurrency": 50, "chunk_size": 50}

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from testkit.http_target import HttpTarget
+from testkit.procs import ROOT, fetchfleet_env
+from testkit.redisserver import free_port
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import free_port
 from tests.test_warcstore import WARCIO, exchange
 from worker.settings import get_settings
 

