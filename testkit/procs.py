@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,6 +133,13 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def start_cli(args: list[str], env: dict[str, str], **popen: Any) -> subprocess.Popen[bytes]:
+    """`fetchfleet ARGS` as a process the test goes on beside (stdout and stderr piped unless given)."""
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "producer", *args], env=env, cwd=ROOT, **popen)
 
 
 def run_cli_in_process(

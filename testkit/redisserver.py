@@ -54,6 +54,7 @@ class RedisProcess:
         self.extra = list(extra_args)
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False  # once up, a restart keeps its port (clients reconnect to it)
 
     @property
     def url(self) -> str:
@@ -77,10 +78,19 @@ class RedisProcess:
             args += ["--requirepass", self.password]
         return args + self.extra
 
-    def start(self, timeout: float = 10.0) -> RedisProcess:
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_ready(timeout)
-        return self
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> RedisProcess:
+        """Start (or restart on the same port). A first start retries on a fresh port: tests run in
+        parallel, and another process may bind the probed free port before the server does."""
+        for attempt in range(attempts):
+            self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                self.wait_ready(timeout)
+                return self
+            except RuntimeError:
+                if self.started or attempt == attempts - 1 or self.proc.poll() is None:
+                    raise
+                self.port = free_port()
+        raise RuntimeError("redis-server did not start")  # attempts < 1
 
     @property
     def pid(self) -> int:
@@ -99,6 +109,7 @@ class RedisProcess:
             try:
                 with self.client() as c:
                     if c.ping():
+                        self.started = True
                         return
             except redis.RedisError:
                 time.sleep(0.05)

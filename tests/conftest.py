@@ -1,4 +1,4 @@
-"""Shared fixtures: a private redis-server, a local HTTP target, and worker processes."""
+"""Shared fixtures: a private redis-server, local HTTP targets, and worker processes (all from testkit)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.fetch_target import FetchTarget
 from testkit.http_target import HttpTarget
 from testkit.procs import WorkerProcess, fetchfleet_env
 from testkit.redisserver import RedisProcess
@@ -34,6 +35,15 @@ def http_target() -> Iterator[HttpTarget]:
     target = HttpTarget().start()
     yield target
     target.stop()
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[FetchTarget]:
+    """The misbehaving-server target of the fetcher tests, one per module: its counters (hits,
+    connections, arrivals) then speak of that module's tests only."""
+    t = FetchTarget().start()
+    yield t
+    t.stop()
 
 
 @pytest.fixture

@@ -26,13 +26,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[FetchTarget]:
-    t = FetchTarget().start()
-    yield t
-    t.stop()
-
-
-@pytest.fixture(scope="module")
 def tls_target() -> Iterator[FetchTarget]:
     ca = trustme.CA()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

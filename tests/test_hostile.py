@@ -14,7 +14,6 @@ import base64
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from arq.jobs import serialize_job
 
 from testkit.fetch_target import FetchTarget
 from testkit.http_target import HttpTarget
-from testkit.procs import ROOT, fetchfleet_env, run_cli
+from testkit.procs import fetchfleet_env, run_cli, start_cli
 from testkit.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget, flood
 from testkit.redisserver import free_port
 from tests.chaos import assert_each_index_once, wait_started, write_urls
@@ -143,16 +142,6 @@ def batch_id_cases(normal_batch: str) -> list[tuple[list[str], int]]:
     return [*cases, (["results", f"{normal_batch}:done"], 2), (["results", "", "--follow"], 2)]
 
 
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "producer", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
 def finish(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out.decode(), err.decode()
@@ -197,10 +186,10 @@ def test_hostile_batch_beside_a_normal_one(
         normal_out, hostile_out = tmp_path / "normal.jsonl", tmp_path / "hostile.out.jsonl"
 
         started = time.monotonic()
-        normal = start(
+        normal = start_cli(
             ["submit", str(normal_file), "--batch-id", "normal", "--wait", "-q", "-o", str(normal_out)], env
         )
-        hostile = start(
+        hostile = start_cli(
             [
                 "submit",
                 str(hostile_file),

@@ -20,13 +20,6 @@ from worker.hostlimits import FULL, HOSTLIMIT_LUA, HostLimiter, HostLimits, host
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[FetchTarget]:
-    t = FetchTarget().start()
-    yield t
-    t.stop()
-
-
-@pytest.fixture(scope="module")
 def other_target() -> Iterator[FetchTarget]:
     t = FetchTarget(host="127.0.0.3").start()
     yield t

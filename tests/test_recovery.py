@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from testkit.http_target import HttpTarget
-from testkit.procs import ROOT, fetchfleet_env
+from testkit.procs import fetchfleet_env, start_cli
 from testkit.redisserver import RedisProcess
 from tests.chaos import stream_results, wait_started, write_urls
 
@@ -40,10 +39,9 @@ def test_sigkill_two_seconds_in_20000_urls(
     out = tmp_path / "out.jsonl"
     env = fetchfleet_env(redis_url, result_retention="ttl", **settings)  # the stream is read again below
     started = time.monotonic()
-    submit = subprocess.Popen(
-        [sys.executable, "-m", "producer", "submit", str(urls), "--wait", "-q", "-o", str(out)],
-        env=env,
-        cwd=ROOT,
+    submit = start_cli(
+        ["submit", str(urls), "--wait", "-q", "-o", str(out)],
+        env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +14,7 @@ import pytest
 
 from producer.embedded import free_port
 from testkit.fetch_target import FetchTarget
-from testkit.procs import ROOT, fetchfleet_env, rss_kib
+from testkit.procs import fetchfleet_env, rss_kib, start_cli
 from testkit.redisserver import RedisProcess
 from tests.chaos import Workers, done_count, wait_started, wait_until, write_urls
 from worker.contract import batch_key
@@ -63,10 +62,9 @@ def test_a_full_redis_loses_nothing_and_burns_no_tries(tmp_path: Path) -> None:
         # Results stay in Redis after collection (retention ttl), so that they are what fills it up.
         env = fetchfleet_env(server.url, result_retention="ttl", **settings)
         command = ["submit", str(urls), "--wait", "-q", "--batch-id", "full", "-o", str(out)]
-        submit = subprocess.Popen(
-            [sys.executable, "-m", "producer", *command],
-            env=env,
-            cwd=ROOT,
+        submit = start_cli(
+            [*command],
+            env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from testkit.http_target import HttpTarget
-from testkit.procs import ROOT, fetchfleet_env
+from testkit.procs import fetchfleet_env, start_cli
 from testkit.redisserver import free_port
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
 from tests.test_warcstore import WARCIO, exchange
@@ -136,10 +136,9 @@ def test_worker_sigkilled_mid_batch_every_reference_resolves(
     urls = write_urls(tmp_path / "urls.txt", pages)
     out = tmp_path / "out.jsonl"
     env = fetchfleet_env(redis_url, **settings)
-    submit = subprocess.Popen(
-        [sys.executable, "-m", "producer", "submit", str(urls), "--body", "--wait", "-q", "-o", str(out)],
-        env=env,
-        cwd=ROOT,
+    submit = start_cli(
+        ["submit", str(urls), "--body", "--wait", "-q", "-o", str(out)],
+        env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

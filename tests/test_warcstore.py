@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from testkit.http_target import HttpTarget
-from testkit.procs import ROOT, fetchfleet_env, run_cli
+from testkit.procs import fetchfleet_env, run_cli, start_cli
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
 from worker.bodies import inline_ref
 from worker.errors import BodyStoreError
@@ -150,10 +150,9 @@ def test_worker_sigkilled_mid_batch_loses_no_body(
     path = write_urls(tmp_path / "urls.txt", urls)
     out = tmp_path / "out.jsonl"
     env = fetchfleet_env(redis_url, **settings)
-    submit = subprocess.Popen(
-        [sys.executable, "-m", "producer", "submit", str(path), "--body", "--wait", "-q", "-o", str(out)],
-        env=env,
-        cwd=ROOT,
+    submit = start_cli(
+        ["submit", str(path), "--body", "--wait", "-q", "-o", str(out)],
+        env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
