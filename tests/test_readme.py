@@ -123,7 +123,8 @@ def test_api_example_runs(redis_url: str, http_target: HttpTarget, spawn_worker)
 def test_readme_commands_work_on_a_fresh_copy_in_a_new_virtualenv(tmp_path: Path) -> None:
     """`pip install .` then `fetchfleet run urls.txt -o results.jsonl`, as written (about 25 s here)."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fresh_install.py")],
+        [sys.executable, "-m", "tests.fresh_install"],
+        cwd=ROOT,
         capture_output=True,
         timeout=600,
         check=False,
