@@ -108,7 +108,7 @@ class WorkerProcess:
             if b" started" in self.log_path.read_bytes():
                 return
             time.sleep(0.05)
-        raise RuntimeError("worker did not start")
+        raise RuntimeError(f"worker did not start within {timeout} s:\n{self.log()[-3000:]}")
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:

@@ -103,5 +103,4 @@ class Workers:
 
 
 def wait_started(w: WorkerProcess, timeout: float = 20) -> None:
-    wait_until(lambda: "started" in w.log() or w.proc.poll() is not None, timeout, "worker start")
-    assert w.proc.poll() is None, w.log()
+    w.wait_ready(timeout)
