@@ -12,8 +12,8 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from testkit.http_target import HttpTarget
-from testkit.procs import WorkerProcess, fetchfleet_env
+from tests.support.http_target import HttpTarget
+from tests.support.procs import WorkerProcess, fetchfleet_env
 from worker.contract import batch_key, results_key
 
 

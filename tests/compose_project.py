@@ -139,9 +139,9 @@ def override(prometheus_config: str) -> dict[str, Any]:
             "worker": {"environment": {"FETCHFLEET_ALLOW_PRIVATE_NETWORKS": "true"}},
             "target": {
                 "image": "fetchfleet:local",
-                "entrypoint": ["python", "-m", "testkit.http_target", "8080"],
+                "entrypoint": ["python", "-m", "tests.support.http_target", "8080"],
                 "working_dir": "/target",
-                "volumes": ["./testkit:/target/testkit:ro"],
+                "volumes": ["./tests:/target/tests:ro"],
             },
             "prometheus": {
                 "ports": [],  # replaced by !reset below: no host port, the test reads it on its own address

@@ -1,4 +1,4 @@
-"""Shared fixtures: a private redis-server, local HTTP targets, and worker processes (all from testkit)."""
+"""Shared fixtures: a private redis-server, local HTTP targets, worker processes (from tests/support)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from testkit.fetch_target import FetchTarget
-from testkit.http_target import HttpTarget
-from testkit.procs import WorkerProcess, fetchfleet_env
-from testkit.redisserver import RedisProcess
+from tests.support.fetch_target import FetchTarget
+from tests.support.http_target import HttpTarget
+from tests.support.procs import WorkerProcess, fetchfleet_env
+from tests.support.redisserver import RedisProcess
 
 pytest_plugins = ["tests.tiers"]  # an unmarked test that starts a process fails (the fast tier's guard)
 

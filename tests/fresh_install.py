@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from testkit.http_target import HttpTarget
+from tests.support.http_target import HttpTarget
 
 ROOT = Path(__file__).resolve().parent.parent
 

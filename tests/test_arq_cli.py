@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.http_target import HttpTarget
-from testkit.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from testkit.procs import fetchfleet_env, run_cli, start_cli
-from testkit.redisserver import RedisProcess
 from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from producer.client import Client
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, run_cli
-from testkit.redisserver import RedisProcess
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import ChunkJob, batch_key, batch_keys, done_key, results_key
 from worker.enqueue import enqueue_chunks
 from worker.errors import InvalidBatchId

@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from testkit.procs import fetchfleet_env, run_cli
-from testkit.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget
 from tests.chaos import assert_each_index_once, write_urls
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget
 from worker.bodies import body_fields, merge_body, pack
 from worker.charsets import CHARSETS
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from testkit.procs import fetchfleet_env, run_cli
-from testkit.redisserver import RedisProcess
 from tests.chaos import (
     SlowTarget,
     assert_each_index_once,
@@ -19,6 +17,8 @@ from tests.chaos import (
     wait_until,
     write_urls,
 )
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes

@@ -8,7 +8,7 @@ from collections import Counter
 import orjson
 from redis.asyncio import Redis
 
-from testkit.http_target import HttpTarget
+from tests.support.http_target import HttpTarget
 from worker.chunks import Runtime, run_chunk
 from worker.contract import ChunkJob, batch_key, results_key
 from worker.fetcher import Fetcher

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, run_cli
 from tests.chaos import wait_started, write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
 from worker.claimsize import ClaimSizer
 
 

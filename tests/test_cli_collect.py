@@ -16,10 +16,10 @@ import redis
 
 from producer.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from producer.output import open_output
-from testkit.http_target import HttpTarget
-from testkit.procs import ROOT, fetchfleet_env, run_cli, start_cli
-from testkit.redisserver import free_port
 from tests.chaos import write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, run_cli, start_cli
+from tests.support.redisserver import free_port
 from worker.contract import results_key
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from producer.cli import EXAMPLES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
-from testkit.procs import fetchfleet_env, restore_sigint, run_cli, run_cli_in_process, start_cli
-from testkit.redisserver import free_port
+from tests.support.procs import fetchfleet_env, restore_sigint, run_cli, run_cli_in_process, start_cli
+from tests.support.redisserver import free_port
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:

@@ -20,10 +20,10 @@ import pytest
 
 from producer.cli import EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from producer.summary import Summary
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, restore_sigint, run_cli, start_cli
-from testkit.redisserver import free_port
 from tests.chaos import write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, restore_sigint, run_cli, start_cli
+from tests.support.redisserver import free_port
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 PROGRESS = re.compile(r"(\d+)/(\d+)\b.*?\b(\d+) failed")

@@ -21,8 +21,6 @@ import jsonschema
 import pytest
 import yaml
 
-from testkit.http_target import HttpTarget
-from testkit.redisserver import RedisProcess, free_port
 from tests.compose_local import (
     COMPOSE_FILE,
     ROOT,
@@ -35,6 +33,8 @@ from tests.compose_local import (
     rewrite_redis,
     service_env,
 )
+from tests.support.http_target import HttpTarget
+from tests.support.redisserver import RedisProcess, free_port
 from worker.settings import ENV_PREFIX, Settings, unknown_variables
 
 # The Compose spec sits beside the repository (shared/ next to the clone, in CI too).

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from testkit.fetch_target import FetchTarget
+from tests.support.fetch_target import FetchTarget
 from worker.fetcher import Fetcher
 from worker.settings import load_settings
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from testkit.http_target import HttpTarget
-from testkit.procs import ROOT, fetchfleet_env, run_cli
-from testkit.redisserver import RedisProcess
 from tests.chaos import assert_each_index_once, wait_started, write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.errors import UnsafeRedis
 from worker.redisconn import check_eviction_policy, maxmemory_policy
 from worker.settings import load_settings

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from testkit.fetch_target import BINARY, TEXT, FetchTarget, sha256
-from testkit.procs import fetchfleet_env, peak_rss_kib, run_cli
+from tests.support.fetch_target import BINARY, TEXT, FetchTarget, sha256
+from tests.support.procs import fetchfleet_env, peak_rss_kib, run_cli
 from worker.bodies import merge_body
 from worker.contract import FetchRequest
 from worker.fetcher import Fetcher, FetchOutcome

@@ -24,12 +24,12 @@ import pytest
 import redis
 from arq.jobs import serialize_job
 
-from testkit.fetch_target import FetchTarget
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, run_cli, start_cli
-from testkit.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget, flood
-from testkit.redisserver import free_port
 from tests.chaos import assert_each_index_once, wait_started, write_urls
+from tests.support.fetch_target import FetchTarget
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
+from tests.support.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget, flood
+from tests.support.redisserver import free_port
 from worker.codec import dump_job
 from worker.contract import BATCHES_KEY, CHUNK_TASK, batch_key
 

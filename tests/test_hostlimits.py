@@ -14,8 +14,8 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from testkit.fetch_target import FetchTarget
-from testkit.procs import fetchfleet_env, run_cli
+from tests.support.fetch_target import FetchTarget
+from tests.support.procs import fetchfleet_env, run_cli
 from worker.hostlimits import FULL, HOSTLIMIT_LUA, HostLimiter, HostLimits, host_of
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.procs import fetchfleet_env, run_cli
+from tests.support.procs import fetchfleet_env, run_cli
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from producer.client import Client
-from testkit.procs import fetchfleet_env, start_cli
-from testkit.redisserver import RedisProcess
 from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
+from tests.support.procs import fetchfleet_env, start_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key, batch_keys
 from worker.errors import BatchLost
 from worker.settings import load_settings

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, start_cli
-from testkit.raw_target import flood
-from testkit.redisserver import free_port
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, start_cli
+from tests.support.raw_target import flood
+from tests.support.redisserver import free_port
 from worker.opsserver import MAX_CONNECTIONS, MIN_AGE_TO_DROP
 
 FLOOD = 500

@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aredis
 
 from producer.client import Client
-from testkit.http_target import HttpTarget
 from tests.chaos import wait_started
+from tests.support.http_target import HttpTarget
 from worker.settings import load_settings
 
 

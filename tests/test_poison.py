@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, run_cli
-from testkit.redisserver import RedisProcess
 from tests.chaos import Workers, assert_each_index_once, wait_started, wait_until, write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from producer.cli import EXIT_FAILED, EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from testkit.http_target import HttpTarget
-from testkit.procs import ROOT, fetchfleet_env
-from testkit.redisserver import free_port
 from tests.fresh_install import commands, readme_blocks
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env
+from tests.support.redisserver import free_port
 from tests.test_cli_help import subcommands
 
 README = (ROOT / "README.md").read_text()

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from producer.embedded import free_port
-from testkit.redisserver import RedisProcess
 from tests.chaos import wait_started, wait_until
+from tests.support.redisserver import RedisProcess
 from worker.redisconn import keepalive_options, pool_kwargs
 from worker.settings import load_settings
 

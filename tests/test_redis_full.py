@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from producer.embedded import free_port
-from testkit.fetch_target import FetchTarget
-from testkit.procs import fetchfleet_env, rss_kib, start_cli
-from testkit.redisserver import RedisProcess
 from tests.chaos import Workers, done_count, wait_started, wait_until, write_urls
+from tests.support.fetch_target import FetchTarget
+from tests.support.procs import fetchfleet_env, rss_kib, start_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 N = 50_000

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, run_cli
-from testkit.redisserver import RedisProcess
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.redisconn import make_redis, redact
 from worker.settings import load_settings
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.procs import fetchfleet_env, run_cli
 from tests.chaos import wait_started, write_urls
+from tests.support.procs import fetchfleet_env, run_cli
 
 N = 2_000
 TIMEOUT_S = 5

@@ -11,9 +11,9 @@ import redis
 from redis.asyncio import Redis
 
 from producer.client import Client
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, run_cli
 from tests.chaos import assert_each_index_once, write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
 from tests.test_recorder import _record_all
 from worker.contract import batch_key, done_key, results_key
 from worker.settings import load_settings

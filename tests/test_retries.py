@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from testkit.fetch_target import FetchTarget
-from testkit.procs import ROOT, fetchfleet_env, run_cli
+from tests.support.fetch_target import FetchTarget
+from tests.support.procs import ROOT, fetchfleet_env, run_cli
 from worker.contract import retry_job_id
 from worker.retry import RetryPolicy, parse_retry_after
 

@@ -20,10 +20,10 @@ import pytest
 import redis
 
 from producer.embedded import embedded_binary
-from testkit.http_target import HttpTarget
-from testkit.procs import ROOT, fetchfleet_env, restore_sigint, run_cli, start_cli
-from testkit.redisserver import SERVER_ENV, RedisProcess, free_port, redis_binary
 from tests.chaos import write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, restore_sigint, run_cli, start_cli
+from tests.support.redisserver import SERVER_ENV, RedisProcess, free_port, redis_binary
 from worker.contract import BATCHES_KEY, batch_key
 
 FAST = {"concurrency": 50, "chunk_size": 50}

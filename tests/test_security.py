@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, run_cli
-from testkit.redisserver import RedisProcess, free_port
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess, free_port
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

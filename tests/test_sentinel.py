@@ -17,9 +17,9 @@ import redis
 from producer.children import stop_process
 from producer.client import Client
 from producer.embedded import free_port
-from testkit.procs import ROOT, fetchfleet_env, run_cli
-from testkit.redisserver import RedisProcess, redis_binary
 from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_until, write_urls
+from tests.support.procs import ROOT, fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess, redis_binary
 from worker.contract import batch_key, results_key
 from worker.errors import SettingsError
 from worker.settings import SentinelTarget, load_settings, parse_sentinel_url

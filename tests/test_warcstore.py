@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from testkit.http_target import HttpTarget
-from testkit.procs import fetchfleet_env, run_cli, start_cli
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
 from worker.bodies import inline_ref
 from worker.errors import BodyStoreError
 from worker.warcstore import Exchange, WarcStore, read_body, read_record, sha256_digest_header

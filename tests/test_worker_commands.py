@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from testkit.procs import WorkerProcess, fetchfleet_env, run_cli
-from testkit.redisserver import RedisProcess
 from tests.chaos import SlowTarget, assert_each_index_once, stream_results, wait_until, write_urls
+from tests.support.procs import WorkerProcess, fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.arqseam import CLAIM_LUA
 from worker.contract import batch_key
 

@@ -33,8 +33,8 @@ from redis.asyncio import Redis
 from ops.bench import rediscost, target
 from producer.client import Client
 from producer.output import open_writer
-from testkit import procs
-from testkit import redisserver as redisproc
+from tests.support import procs
+from tests.support import redisserver as redisproc
 from worker.contract import batch_keys
 from worker.settings import Settings, load_settings
 

@@ -30,8 +30,8 @@ import orjson
 from ops.bench import target
 from producer.cli import collect
 from producer.client import Client
-from testkit import procs
-from testkit import redisserver as redisproc
+from tests.support import procs
+from tests.support import redisserver as redisproc
 from worker.contract import batch_keys
 from worker.settings import Settings, load_settings
 

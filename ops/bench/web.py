@@ -25,8 +25,8 @@ from ops.bench import target
 from ops.bench.bench import Bench, Row, fetchfleet_run
 from ops.bench.dnsserver import DOMAIN, DnsServer, addresses, host_name
 from producer.client import Client
-from testkit import procs
-from testkit import redisserver as redisproc
+from tests.support import procs
+from tests.support import redisserver as redisproc
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any, Self
 import brotli
 from aiohttp import web
 
-from testkit.loopthread import AppServer
+from tests.support.loopthread import AppServer
 
 TEXT = ("fetchfleet decodes this body. " * 200).encode()
 BINARY = bytes(reversed(range(256))) * 4  # starts with 0xff: never valid UTF-8

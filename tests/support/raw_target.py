@@ -12,7 +12,7 @@ import asyncio
 import socket
 from collections import Counter
 
-from testkit.loopthread import LoopServer
+from tests.support.loopthread import LoopServer
 
 
 def response(head: bytes, body: bytes, status: bytes = b"200 OK") -> bytes:

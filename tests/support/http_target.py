@@ -9,7 +9,7 @@ from collections import Counter
 
 from aiohttp import web
 
-from testkit.loopthread import AppServer
+from tests.support.loopthread import AppServer
 
 
 class HttpTarget(AppServer):
@@ -35,7 +35,7 @@ class HttpTarget(AppServer):
 
 
 def main() -> None:
-    """`python -m testkit.http_target PORT`: serve on every address until SIGTERM (test_compose_real's
+    """`python -m tests.support.http_target PORT`: serve on every address until SIGTERM (test_compose_real's
     target)."""
     # As a container's pid 1 a process gets no default SIGTERM action: without a handler `docker compose
     # stop` would wait out the grace period and kill it.

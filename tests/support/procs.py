@@ -19,7 +19,7 @@ from producer.children import stop_process
 from producer.cli import main
 from worker.settings import environment
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/support/procs.py
 TICKS = os.sysconf("SC_CLK_TCK")
 WORKER = ("-m", "worker")  # `python -m worker`: uvloop, as users run it
 PLAIN_LOOP_WORKER = ("-m", "ops.bench.plain_worker")  # the same worker on asyncio's own loop

@@ -12,7 +12,7 @@ from collections import Counter, deque
 
 from aiohttp import web
 
-from testkit.loopthread import AppServer
+from tests.support.loopthread import AppServer
 
 
 class PoliteTarget(AppServer):
