@@ -121,6 +121,15 @@ class WorkerProcess:
             self._log.close()
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """SIGTERM to every process first, so they wind down together; then each gets `timeout` to exit."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        stop_process(p, timeout)
+
+
 def run_cli(
     args: list[str], env: dict[str, str], timeout: float = 120, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
