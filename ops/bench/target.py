@@ -1,7 +1,8 @@
 """The benchmark's HTTP target: nginx when it is on PATH, else a lean raw-asyncio server in N processes.
 
 Run as `python -m ops.bench.target` it is one server process: every path answers 1 KiB at once,
-`/slow` answers after `--slow-ms`, and `/stats` reports how many slow requests are open (to know when 1,000 are in flight).
+`/slow` answers after `--slow-ms`, and `/stats` reports how many slow requests are open (to know when
+1,000 are in flight).
 It shares the machine's cores with what it measures, so it does as little as HTTP/1.1 keep-alive allows.
 """
 
