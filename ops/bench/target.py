@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ops.bench.dnsserver import addresses
 from producer.children import stop_process
 from tests.support.procs import ROOT, stop_all
 
@@ -216,8 +217,6 @@ def main() -> None:
     args = parser.parse_args()
     hosts: tuple[str, ...] = ("127.0.0.1",)
     if args.addresses:
-        from dnsserver import addresses  # this folder's module (the target runs as a script)
-
         hosts = tuple(addresses(args.addresses))
         # A listening socket per address, and thousands of connections on top.
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
