@@ -12,8 +12,8 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from tests.http_target import HttpTarget
-from tests.procs import WorkerProcess, fetchfleet_env
+from tests.support.http_target import HttpTarget
+from tests.support.procs import WorkerProcess, fetchfleet_env
 from worker.contract import batch_key, results_key
 
 
@@ -79,13 +79,6 @@ def write_urls(path: Path, urls: list[str]) -> Path:
     return path
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
 class Workers:
     """Worker processes with extra environment (e.g. PYTHONPATH for fault injection); all stopped at end."""
 
@@ -110,5 +103,4 @@ class Workers:
 
 
 def wait_started(w: WorkerProcess, timeout: float = 20) -> None:
-    wait_until(lambda: "started" in w.log() or w.proc.poll() is not None, timeout, "worker start")
-    assert w.proc.poll() is None, w.log()
+    w.wait_ready(timeout)

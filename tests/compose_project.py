@@ -139,8 +139,9 @@ def override(prometheus_config: str) -> dict[str, Any]:
             "worker": {"environment": {"FETCHFLEET_ALLOW_PRIVATE_NETWORKS": "true"}},
             "target": {
                 "image": "fetchfleet:local",
-                "entrypoint": ["python", "/target/http_target.py", "8080"],
-                "volumes": ["./tests/http_target.py:/target/http_target.py:ro"],
+                "entrypoint": ["python", "-m", "tests.support.http_target", "8080"],
+                "working_dir": "/target",
+                "volumes": ["./tests:/target/tests:ro"],
             },
             "prometheus": {
                 "ports": [],  # replaced by !reset below: no host port, the test reads it on its own address

@@ -1,4 +1,4 @@
-"""Shared fixtures: a private redis-server, a local HTTP target, and worker processes."""
+"""Shared fixtures: a private redis-server, local HTTP targets, worker processes (from tests/support)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.http_target import HttpTarget
-from tests.procs import WorkerProcess, fetchfleet_env
-from tests.redis_proc import RedisProcess
+from tests.support.fetch_target import FetchTarget
+from tests.support.http_target import HttpTarget
+from tests.support.procs import WorkerProcess, fetchfleet_env
+from tests.support.redisserver import RedisProcess
 
 pytest_plugins = ["tests.tiers"]  # an unmarked test that starts a process fails (the fast tier's guard)
 
@@ -34,6 +35,15 @@ def http_target() -> Iterator[HttpTarget]:
     target = HttpTarget().start()
     yield target
     target.stop()
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[FetchTarget]:
+    """The misbehaving-server target of the fetcher tests, one per module: its counters (hits,
+    connections, arrivals) then speak of that module's tests only."""
+    t = FetchTarget().start()
+    yield t
+    t.stop()
 
 
 @pytest.fixture

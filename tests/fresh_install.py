@@ -1,4 +1,5 @@
-"""The README's commands on a fresh copy in a new virtualenv: `python tests/fresh_install.py [--tests]`.
+"""The README's commands on a fresh copy in a new virtualenv: `python -m tests.fresh_install [--tests]`
+(from the repository root).
 
 Copies the working tree (without virtualenvs, caches or build output) to a temporary directory, runs
 the README's first code block there as written (`pip install .`, then `fetchfleet run urls.txt -o
@@ -20,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.support.http_target import HttpTarget
 
-from tests.http_target import HttpTarget  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 IGNORED = shutil.ignore_patterns(
     ".git", ".venv", "venv", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "build", "dist"

@@ -12,9 +12,9 @@ import pytest
 
 import fetchfleet
 from fetchfleet import BodyUnavailable, ErrorKind, Result
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import free_port
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env
+from tests.support.redisserver import free_port
 from worker.bodies import pack
 
 DOC = {

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

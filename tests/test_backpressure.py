@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -41,10 +40,9 @@ def test_queue_stays_bounded(
         urls = write_urls(tmp_path / "urls.txt", target.slow_urls(n, 1))
         env = fetchfleet_env(redis_url, chunk_size=20, max_queued_chunks=LIMIT)
         sampler.start()
-        submit = subprocess.Popen(
-            [sys.executable, "-m", "producer", "submit", str(urls), "--batch-id", "big"],
-            env=env,
-            cwd=ROOT,
+        submit = start_cli(
+            ["submit", str(urls), "--batch-id", "big"],
+            env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

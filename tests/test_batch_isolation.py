@@ -16,9 +16,9 @@ from redis.asyncio import Redis
 
 from producer.client import Client
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import ChunkJob, batch_key, batch_keys, done_key, results_key
 from worker.enqueue import enqueue_chunks
 from worker.errors import InvalidBatchId

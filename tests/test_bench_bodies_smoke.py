@@ -22,7 +22,7 @@ ROWS = (
 @pytest.mark.slow
 def test_bodies_bench_quick_prints_every_row() -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "ops" / "bench" / "bodies.py"), "--quick", "--big", "5000"],
+        [sys.executable, "-m", "ops.bench.bodies", "--quick", "--big", "5000"],
         cwd=ROOT,
         capture_output=True,
         timeout=300,

@@ -31,7 +31,8 @@ def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "ops" / "bench" / "bench.py"),
+            "-m",
+            "ops.bench.bench",
             "--quick",
             "--target",
             "python",
@@ -63,7 +64,7 @@ def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
     assert rows[idle]["value"] >= 0, rows[idle]
 
 
-BENCH = (sys.executable, str(ROOT / "ops" / "bench" / "bench.py"))
+BENCH = (sys.executable, "-m", "ops.bench.bench")
 WEB_ROWS = (
     "web throughput, 1 worker at",
     "web throughput, 1 worker (same run)",

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from tests.chaos import assert_each_index_once, write_urls
-from tests.procs import fetchfleet_env, run_cli
-from tests.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget
 from worker.bodies import body_fields, merge_body, pack, result_body
 from worker.charsets import CHARSETS
 from worker.errors import BodyUnavailable

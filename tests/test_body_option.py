@@ -14,8 +14,8 @@ import pytest
 
 from producer.cli import build_parser
 from producer.output import CSV_BODY_FIELDS, CSV_FIELDS, CsvWriter
-from tests.fetch_target import BINARY, TEXT, FetchTarget, sha256
-from tests.procs import run_cli
+from tests.support.fetch_target import BINARY, TEXT, FetchTarget, sha256
+from tests.support.procs import run_cli
 from tests.test_run import local_env
 
 
@@ -110,7 +110,7 @@ def test_results_as_csv_of_a_body_batch_has_the_body_column(
     redis_url: str, spawn_worker, target: FetchTarget, tmp_path: Path
 ) -> None:
     """`results` knows from the batch that it kept bodies: the CSV gets the column without `--body`."""
-    from tests.procs import fetchfleet_env
+    from tests.support.procs import fetchfleet_env
 
     spawn_worker(redis_url)
     path = tmp_path / "urls.txt"

@@ -17,8 +17,8 @@ from tests.chaos import (
     wait_until,
     write_urls,
 )
-from tests.procs import fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes

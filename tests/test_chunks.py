@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 import orjson
 from redis.asyncio import Redis
 
-from tests.http_target import HttpTarget
+from tests.support.http_target import HttpTarget
 from worker.chunks import Runtime, run_chunk
 from worker.contract import ChunkJob, batch_key, results_key
 from worker.lifecycle import worker_runtime

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import wait_started, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
 from worker.claimsize import ClaimSizer
 
 

@@ -16,15 +16,11 @@ import redis
 
 from producer.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from producer.output import open_output
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.redis_proc import free_port
+from tests.chaos import write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, run_cli, start_cli
+from tests.support.redisserver import free_port
 from worker.contract import results_key
-
-
-def write_urls(path: Path, urls: list[str]) -> Path:
-    path.write_text("\n".join(urls) + "\n")
-    return path
 
 
 def indexes_of(path: Path) -> list[int]:
@@ -138,10 +134,9 @@ def test_waiting_collector_writes_each_result_within_100ms(
         tmp_path / "urls.txt", [http_target.url("/ok/1"), http_target.url("/ok/2?delay_ms=8000")]
     )
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "producer", "submit", str(urls), "--wait", "-q", "-o", str(out)],
-        env=fetchfleet_env(redis_url),
-        cwd=ROOT,
+    proc = start_cli(
+        ["submit", str(urls), "--wait", "-q", "-o", str(out)],
+        fetchfleet_env(redis_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -181,10 +176,9 @@ def test_killed_submit_wait_resumes_with_results_follow_resume(
     )
     out = tmp_path / "out.jsonl"
     env = fetchfleet_env(redis_url)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "producer", "submit", str(urls), "--wait", "-q", "-o", str(out)],
-        env=env,
-        cwd=ROOT,
+    proc = start_cli(
+        ["submit", str(urls), "--wait", "-q", "-o", str(out)],
+        env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from producer.cli import EXAMPLES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
-from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli, run_cli_in_process
-from tests.redis_proc import free_port
+from tests.support.procs import fetchfleet_env, restore_sigint, run_cli, run_cli_in_process, start_cli
+from tests.support.redisserver import free_port
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -129,10 +128,9 @@ def test_ctrl_c_while_waiting_exits_130(redis_url: str, tmp_path: Path) -> None:
     env = fetchfleet_env(redis_url)
     err_path = tmp_path / "stderr"
     with err_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "producer", "submit", str(urls), "--wait", "-o", str(tmp_path / "o")],
-            env=env,
-            cwd=ROOT,
+        proc = start_cli(
+            ["submit", str(urls), "--wait", "-o", str(tmp_path / "o")],
+            env,
             stdout=subprocess.PIPE,
             stderr=err,
             start_new_session=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.procs import fetchfleet_env, run_cli_in_process
+from tests.support.procs import fetchfleet_env, run_cli_in_process
 
 
 def test_bad_lines_named_and_nothing_written(

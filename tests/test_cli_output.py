@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from producer.output import CSV_FIELDS, FORMATS, open_writer
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, run_cli
 
 OK = {
     "index": 0,

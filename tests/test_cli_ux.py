@@ -10,7 +10,6 @@ import select
 import signal
 import struct
 import subprocess
-import sys
 import termios
 import time
 from pathlib import Path
@@ -21,9 +20,10 @@ import pytest
 
 from producer.cli import EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from producer.summary import Summary
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
-from tests.redis_proc import free_port
+from tests.chaos import write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, restore_sigint, run_cli, start_cli
+from tests.support.redisserver import free_port
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 PROGRESS = re.compile(r"(\d+)/(\d+)\b.*?\b(\d+) failed")
@@ -36,21 +36,15 @@ def local_env(**settings: str | int | bool) -> dict[str, str]:
     return env
 
 
-def write_urls(path: Path, urls: list[str]) -> Path:
-    path.write_text("\n".join(urls) + "\n")
-    return path
-
-
 def in_a_terminal(argv: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, bytes]:
     """Run the CLI with stderr on a pseudo-terminal (120x40), as a user's shell would; (exit code, bytes)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = {**env, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "producer", *argv],
-        env=env,
-        cwd=ROOT,
+    proc = start_cli(
+        argv,
+        env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=slave,
@@ -233,10 +227,9 @@ def test_wait_with_no_worker_says_so_and_ctrl_c_prints_the_next_commands(
     env = fetchfleet_env(redis_url)
     err_path = tmp_path / "stderr"
     with err_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "producer", "submit", str(urls), "--wait", "-o", str(out)],
-            env=env,
-            cwd=ROOT,
+        proc = start_cli(
+            ["submit", str(urls), "--wait", "-o", str(out)],
+            env,
             stdout=subprocess.PIPE,
             stderr=err,
             preexec_fn=restore_sigint,  # the Ctrl-C below must reach it however pytest was started

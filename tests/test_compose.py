@@ -33,8 +33,9 @@ from tests.compose_local import (
     rewrite_redis,
     service_env,
 )
-from tests.http_target import HttpTarget
-from tests.redis_proc import RedisProcess, free_port
+from tests.support.http_target import HttpTarget
+from tests.support.procs import stop_all
+from tests.support.redisserver import RedisProcess, free_port
 from worker.settings import ENV_PREFIX, Settings, unknown_variables
 
 # The Compose spec sits beside the repository (shared/ next to the clone, in CI too).
@@ -253,15 +254,7 @@ class LocalCluster:
         return run_healthcheck(self.compose["services"][service], env)
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(45)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop_all(self.procs, 45)
 
 
 @pytest.mark.slow

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.fetch_target import FetchTarget
+from tests.support.fetch_target import FetchTarget
 from worker.fetcher import Fetcher
 from worker.settings import load_settings
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[FetchTarget]:
-    t = FetchTarget().start()
-    yield t
-    t.stop()
 
 
 async def _fetcher(**overrides: object) -> Fetcher:

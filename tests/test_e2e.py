@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
-from tests.redis_proc import free_port
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import free_port
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

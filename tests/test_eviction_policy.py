@@ -13,9 +13,9 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.chaos import assert_each_index_once, wait_started, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.errors import UnsafeRedis
 from worker.redisconn import check_eviction_policy, maxmemory_policy
 from worker.settings import load_settings

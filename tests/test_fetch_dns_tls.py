@@ -12,7 +12,7 @@ import pytest
 import trustme
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
-from tests.fetch_target import FetchTarget
+from tests.support.fetch_target import FetchTarget
 from worker.errors import SettingsError
 from worker.fetcher import Fetcher, describe_policy
 from worker.settings import load_settings

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.fetch_target import BINARY, TEXT, FetchTarget, sha256
-from tests.procs import fetchfleet_env, run_cli
+from tests.support.fetch_target import BINARY, TEXT, FetchTarget, sha256
+from tests.support.procs import fetchfleet_env, peak_rss_kib, run_cli
 from worker.bodies import merge_body
 from worker.contract import FetchRequest
 from worker.fetcher import Fetcher, FetchOutcome
@@ -23,13 +23,6 @@ from worker.results import build_result, stored_body
 from worker.settings import load_settings
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[FetchTarget]:
-    t = FetchTarget().start()
-    yield t
-    t.stop()
 
 
 @pytest.fixture(scope="module")
@@ -293,13 +286,6 @@ async def test_kept_bodies_are_capped_compressed_and_decoded(target: FetchTarget
     assert base64.b64decode(docs["binary"]["body"]) == BINARY[:100] and len(cut.body or b"") == 100
 
 
-def _peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
 @pytest.mark.slow
 def test_worker_survives_every_hostile_endpoint_in_one_batch(
     redis_url: str, spawn_worker, target: FetchTarget, tls_target: FetchTarget, tmp_path: Path
@@ -353,7 +339,7 @@ def test_worker_survives_every_hostile_endpoint_in_one_batch(
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert worker.proc.poll() is None, worker.log()[-3000:]
-    peak = _peak_rss_bytes(worker.pid)
+    peak = peak_rss_kib(worker.pid) * 1024
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["index"] for r in results) == list(range(len(lines)))
     for r in results:

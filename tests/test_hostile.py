@@ -14,7 +14,6 @@ import base64
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +25,11 @@ import redis
 from arq.jobs import serialize_job
 
 from tests.chaos import assert_each_index_once, wait_started, write_urls
-from tests.fetch_target import FetchTarget
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget, flood
-from tests.redis_proc import free_port
+from tests.support.fetch_target import FetchTarget
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
+from tests.support.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget, flood
+from tests.support.redisserver import free_port
 from worker.codec import dump_job
 from worker.contract import BATCHES_KEY, CHUNK_TASK, batch_key
 
@@ -143,16 +142,6 @@ def batch_id_cases(normal_batch: str) -> list[tuple[list[str], int]]:
     return [*cases, (["results", f"{normal_batch}:done"], 2), (["results", "", "--follow"], 2)]
 
 
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "producer", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
 def finish(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out.decode(), err.decode()
@@ -197,10 +186,10 @@ def test_hostile_batch_beside_a_normal_one(
         normal_out, hostile_out = tmp_path / "normal.jsonl", tmp_path / "hostile.out.jsonl"
 
         started = time.monotonic()
-        normal = start(
+        normal = start_cli(
             ["submit", str(normal_file), "--batch-id", "normal", "--wait", "-q", "-o", str(normal_out)], env
         )
-        hostile = start(
+        hostile = start_cli(
             [
                 "submit",
                 str(hostile_file),

@@ -14,16 +14,9 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from tests.fetch_target import FetchTarget
-from tests.procs import fetchfleet_env, run_cli
+from tests.support.fetch_target import FetchTarget
+from tests.support.procs import fetchfleet_env, run_cli
 from worker.hostlimits import FULL, HOSTLIMIT_LUA, HostLimiter, HostLimits, host_of
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[FetchTarget]:
-    t = FetchTarget().start()
-    yield t
-    t.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from producer.inputs import scan
-from tests.procs import fetchfleet_env, run_cli
+from tests.support.procs import fetchfleet_env, run_cli
 from worker.contract import ChunkJob, FetchRequest, RejectedRequest, headers_problem, url_problem
 
 BAD_URLS = {

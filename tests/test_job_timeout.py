@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fetch_target import FetchTarget
-from tests.procs import fetchfleet_env, run_cli
+from tests.support.procs import fetchfleet_env, run_cli
 
 pytestmark = pytest.mark.slow  # every test here starts processes
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[FetchTarget]:
-    t = FetchTarget().start()
-    yield t
-    t.stop()
 
 
 def _run(redis_url: str, spawn_worker, tmp_path: Path, urls: list[str], **settings) -> list[dict]:

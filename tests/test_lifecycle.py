@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.chaos import wait_started
-from tests.procs import WorkerProcess, fetchfleet_env
-from tests.redis_proc import RedisProcess, free_port
+from tests.support.procs import WorkerProcess, fetchfleet_env
+from tests.support.redisserver import RedisProcess, free_port
 from worker.contract import WORKERS_KEY
 from worker.engine import arq_pool, run_worker
 from worker.errors import SettingsError, UnsafeRedis

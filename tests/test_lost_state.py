@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,23 +11,13 @@ import pytest
 
 from producer.client import Client
 from tests.chaos import SlowTarget, wait_started, wait_until, write_urls
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import RedisProcess
+from tests.support.procs import fetchfleet_env, start_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key, batch_keys
 from worker.errors import BatchLost
 from worker.settings import load_settings
 
 LIMIT_S = 10
-
-
-def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "producer", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
 
 
 @pytest.mark.slow
@@ -45,13 +34,19 @@ def test_redis_restarted_empty_mid_batch(spawn_worker, tmp_path: Path) -> None:
         for w in workers:
             wait_started(w)
         env = fetchfleet_env(server.url, **settings)
-        submit = cli(
-            ["submit", str(urls), "--batch-id", "gone", "--wait", "-q", "-o", str(tmp_path / "o")], env
+        submit = start_cli(
+            ["submit", str(urls), "--batch-id", "gone", "--wait", "-q", "-o", str(tmp_path / "o")],
+            env,
+            stdout=subprocess.DEVNULL,
         )
         procs.append(submit)
         with server.client() as r:
             wait_until(lambda: r.hget(batch_key("gone"), "complete") == b"1", 30, "the batch")
-            follow = cli(["results", "gone", "--follow", "-q", "-o", str(tmp_path / "f")], env)
+            follow = start_cli(
+                ["results", "gone", "--follow", "-q", "-o", str(tmp_path / "f")],
+                env,
+                stdout=subprocess.DEVNULL,
+            )
             procs.append(follow)
             wait_until(lambda: int(r.hget(batch_key("gone"), "done") or 0) >= 300, 60, "some results")
         server.kill()

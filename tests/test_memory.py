@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import done_count, rss_kib, wait_started, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.chaos import done_count, wait_started, write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, rss_kib, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_keys as contract_keys
 
 pytestmark = pytest.mark.slow  # every test here starts processes

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess, free_port
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess, free_port
 from worker.contract import ErrorInfo, ErrorKind, FetchResult
 from worker.metrics import WorkerMetrics, outcome_of, status_class
 from worker.monitor import Monitor, Probes

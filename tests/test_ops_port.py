@@ -7,7 +7,6 @@ import os
 import resource
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.raw_target import flood
-from tests.redis_proc import free_port
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, start_cli
+from tests.support.raw_target import flood
+from tests.support.redisserver import free_port
 from worker.opsserver import MAX_CONNECTIONS, MIN_AGE_TO_DROP
 
 FLOOD = 500
@@ -60,10 +59,9 @@ def test_500_idle_connections_do_not_stop_fetching_or_health(
         tmp_path / "urls.txt", [http_target.url(f"/ok/{100 + i % 50}?delay_ms=100") for i in range(n)]
     )
     out = tmp_path / "out.jsonl"
-    submit = subprocess.Popen(
-        [sys.executable, "-m", "producer", "submit", str(urls), "--wait", "-q", "-o", str(out)],
-        env=fetchfleet_env(redis_url),
-        cwd=ROOT,
+    submit = start_cli(
+        ["submit", str(urls), "--wait", "-q", "-o", str(out)],
+        fetchfleet_env(redis_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from producer.cli import EXIT_USAGE
-from tests.procs import ROOT, fetchfleet_env
+from tests.support.procs import ROOT, fetchfleet_env
 from worker.contract import KEY_PREFIX
 
 OTHER_UID = 4242  # the folder's owner: a user's ./data, as the image's uid 10001 meets it in a bind mount

@@ -14,7 +14,7 @@ from producer.client import status_from_meta
 from producer.output import CsvWriter, printable
 from producer.progress import Progress
 from producer.stats import ClusterStats, WorkerInfo, render_plain, render_rich
-from tests.procs import fetchfleet_env, run_cli
+from tests.support.procs import fetchfleet_env, run_cli
 from worker.contract import BATCHES_KEY, WORKERS_KEY, batch_key, worker_key
 
 EVIL = [

@@ -13,7 +13,7 @@ import redis.asyncio as aredis
 
 from producer.client import Client
 from tests.chaos import wait_started
-from tests.http_target import HttpTarget
+from tests.support.http_target import HttpTarget
 from worker.arqseam import WAKE_CAP_S
 from worker.contract import chunk_job_id
 from worker.enqueue import IN_PROGRESS_KEY_PREFIX

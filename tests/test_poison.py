@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import Workers, assert_each_index_once, wait_started, wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes

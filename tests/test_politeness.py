@@ -17,8 +17,8 @@ import pytest
 from redis import Redis as SyncRedis
 
 from producer.embedded import free_port
-from tests.polite_target import PoliteTarget
-from tests.procs import WorkerProcess, fetchfleet_env, run_cli
+from tests.support.polite_target import PoliteTarget
+from tests.support.procs import WorkerProcess, fetchfleet_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -340,7 +340,7 @@ def test_stats_metrics_and_results_show_politeness(redis_url: str, spawn_worker,
 def test_retry_after_pauses_the_host_for_the_fleet(redis_url: str, spawn_worker, tmp_path: Path) -> None:
     """One URL is answered 429 with Retry-After: 2; URLs of the same host submitted just after, on
     either worker, wait out those 2 seconds."""
-    from tests.fetch_target import FetchTarget
+    from tests.support.fetch_target import FetchTarget
 
     target = FetchTarget().start()
     try:

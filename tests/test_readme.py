@@ -12,9 +12,9 @@ import yaml
 
 from producer.cli import EXIT_FAILED, EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from tests.fresh_install import commands, readme_blocks
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import free_port
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env
+from tests.support.redisserver import free_port
 from tests.test_cli_help import subcommands
 
 README = (ROOT / "README.md").read_text()
@@ -123,7 +123,8 @@ def test_api_example_runs(redis_url: str, http_target: HttpTarget, spawn_worker)
 def test_readme_commands_work_on_a_fresh_copy_in_a_new_virtualenv(tmp_path: Path) -> None:
     """`pip install .` then `fetchfleet run urls.txt -o results.jsonl`, as written (about 25 s here)."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fresh_install.py")],
+        [sys.executable, "-m", "tests.fresh_install"],
+        cwd=ROOT,
         capture_output=True,
         timeout=600,
         check=False,

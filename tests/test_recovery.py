@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.chaos import stream_results, wait_started, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import RedisProcess
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, start_cli
+from tests.support.redisserver import RedisProcess
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -40,10 +39,9 @@ def test_sigkill_two_seconds_in_20000_urls(
     out = tmp_path / "out.jsonl"
     env = fetchfleet_env(redis_url, result_retention="ttl", **settings)  # the stream is read again below
     started = time.monotonic()
-    submit = subprocess.Popen(
-        [sys.executable, "-m", "producer", "submit", str(urls), "--wait", "-q", "-o", str(out)],
-        env=env,
-        cwd=ROOT,
+    submit = start_cli(
+        ["submit", str(urls), "--wait", "-q", "-o", str(out)],
+        env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -101,7 +99,7 @@ def test_sigkill_two_seconds_in_20000_urls(
 def test_living_worker_keeps_its_lease(redis_url: str, spawn_worker, tmp_path: Path) -> None:
     """Chunks that run far longer than the lease are not taken by an idle second worker meanwhile."""
     from tests.chaos import SlowTarget, wait_until
-    from tests.procs import run_cli
+    from tests.support.procs import run_cli
 
     target = SlowTarget().start()
     try:

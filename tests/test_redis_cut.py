@@ -12,7 +12,7 @@ import pytest
 
 from producer.embedded import free_port
 from tests.chaos import wait_started, wait_until
-from tests.redis_proc import RedisProcess
+from tests.support.redisserver import RedisProcess
 from worker.redisconn import keepalive_options, pool_kwargs
 from worker.settings import load_settings
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from producer.embedded import free_port
-from tests.chaos import Workers, done_count, rss_kib, wait_started, wait_until, write_urls
-from tests.fetch_target import FetchTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import RedisProcess
+from tests.chaos import Workers, done_count, wait_started, wait_until, write_urls
+from tests.support.fetch_target import FetchTarget
+from tests.support.procs import fetchfleet_env, rss_kib, start_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 N = 50_000
@@ -63,10 +62,9 @@ def test_a_full_redis_loses_nothing_and_burns_no_tries(tmp_path: Path) -> None:
         # Results stay in Redis after collection (retention ttl), so that they are what fills it up.
         env = fetchfleet_env(server.url, result_retention="ttl", **settings)
         command = ["submit", str(urls), "--wait", "-q", "--batch-id", "full", "-o", str(out)]
-        submit = subprocess.Popen(
-            [sys.executable, "-m", "producer", *command],
-            env=env,
-            cwd=ROOT,
+        submit = start_cli(
+            [*command],
+            env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

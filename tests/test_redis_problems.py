@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.codec import load_job
 from worker.contract import BATCHES_KEY, batch_key, chunk_job_id, done_key, results_key
 from worker.enqueue import JOB_KEY_PREFIX

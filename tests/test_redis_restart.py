@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_until, write_urls
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -26,16 +24,6 @@ def aof_redis() -> Iterator[RedisProcess]:
     server = RedisProcess(appendonly=True).start()
     yield server
     server.close()
-
-
-def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "producer", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 @pytest.mark.timeout(180)  # measured 28 s
@@ -53,12 +41,12 @@ def test_redis_killed_and_restarted_mid_batch(aof_redis: RedisProcess, spawn_wor
         # Two readers follow one batch: each must see every result, so neither deletes what it read.
         env = fetchfleet_env(aof_redis.url, result_retention="ttl", **settings)
         out = tmp_path / "out.jsonl"
-        submit = cli(["submit", str(urls), "--batch-id", "restart", "--wait", "-o", str(out)], env)
+        submit = start_cli(["submit", str(urls), "--batch-id", "restart", "--wait", "-o", str(out)], env)
         follow = None
         try:
             with aof_redis.client() as r:
                 wait_until(lambda: r.exists(batch_key("restart")), 20, "the batch")
-                follow = cli(["results", "restart", "--follow", "-q"], env)
+                follow = start_cli(["results", "restart", "--follow", "-q"], env)
                 wait_until(lambda: int(r.hget(batch_key("restart"), "done") or 0) >= 600, 60, "some results")
             aof_redis.kill()
             killed = time.monotonic()

@@ -14,7 +14,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.redis_proc import RedisProcess
+from tests.support.redisserver import RedisProcess
 from worker.rediserrors import RedisProblem, classify, is_transient
 
 

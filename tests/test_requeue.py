@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import wait_started, write_urls
-from tests.procs import fetchfleet_env, run_cli
+from tests.support.procs import fetchfleet_env, run_cli
 
 N = 2_000
 TIMEOUT_S = 5

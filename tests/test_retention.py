@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from producer.client import Client
 from tests.chaos import assert_each_index_once, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
 from tests.test_recorder import _record_all
 from worker.contract import batch_key, done_key, results_key
 from worker.settings import load_settings

@@ -8,23 +8,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis import Redis
 
-from tests.fetch_target import FetchTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from tests.support.fetch_target import FetchTarget
+from tests.support.procs import ROOT, fetchfleet_env, run_cli
 from worker.contract import retry_job_id
 from worker.retry import RetryPolicy, parse_retry_after
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[FetchTarget]:
-    t = FetchTarget().start()
-    yield t
-    t.stop()
 
 
 def test_what_is_retried() -> None:

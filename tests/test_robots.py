@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 
-from tests.polite_target import PoliteTarget
+from tests.support.polite_target import PoliteTarget
 from worker import errors
 from worker.contract import robots_keys
 from worker.fetcher import FetchOutcome

@@ -20,9 +20,10 @@ import pytest
 import redis
 
 from producer.embedded import embedded_binary
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, restore_sigint, run_cli
-from tests.redis_proc import SERVER_ENV, RedisProcess, free_port, redis_binary
+from tests.chaos import write_urls
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, restore_sigint, run_cli, start_cli
+from tests.support.redisserver import SERVER_ENV, RedisProcess, free_port, redis_binary
 from worker.contract import BATCHES_KEY, batch_key
 
 FAST = {"concurrency": 50, "chunk_size": 50}
@@ -47,11 +48,6 @@ def mixed_urls(http_target: HttpTarget, count: int) -> list[str]:
         else:
             urls.append(http_target.url(f"/ok/{100 + i % 900}"))
     return urls
-
-
-def write_urls(path: Path, urls: list[str]) -> Path:
-    path.write_text("\n".join(urls) + "\n")
-    return path
 
 
 def by_index(path: Path) -> dict[int, dict]:
@@ -100,10 +96,9 @@ class RunningRun:
         self.hits_before = sum(target.hits.values())  # the target serves the whole session
         self.stderr_path = tmp_path / "run.stderr"
         with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "producer", "run", *args],
-                env=env,
-                cwd=ROOT,
+            self.proc = start_cli(
+                ["run", *args],
+                env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,

@@ -19,8 +19,8 @@ import pytest
 
 from producer.local import DIR_PREFIX
 from tests.chaos import wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, restore_sigint
+from tests.support.http_target import HttpTarget
+from tests.support.procs import ROOT, fetchfleet_env, restore_sigint
 from worker.bodies import result_body
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env
-from tests.redis_proc import free_port
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, start_cli
+from tests.support.redisserver import free_port
 from tests.test_warcstore import WARCIO, exchange
 from worker.settings import get_settings
 
@@ -136,10 +136,9 @@ def test_worker_sigkilled_mid_batch_every_reference_resolves(
     urls = write_urls(tmp_path / "urls.txt", pages)
     out = tmp_path / "out.jsonl"
     env = fetchfleet_env(redis_url, **settings)
-    submit = subprocess.Popen(
-        [sys.executable, "-m", "producer", "submit", str(urls), "--body", "--wait", "-q", "-o", str(out)],
-        env=env,
-        cwd=ROOT,
+    submit = start_cli(
+        ["submit", str(urls), "--body", "--wait", "-q", "-o", str(out)],
+        env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

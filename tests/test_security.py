@@ -14,9 +14,9 @@ import trustme
 
 from producer.children import stop_process
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess, free_port, redis_binary
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess, free_port, redis_binary
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

@@ -18,8 +18,8 @@ from producer.children import stop_process
 from producer.client import Client
 from producer.embedded import free_port
 from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_until, write_urls
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess, redis_binary
+from tests.support.procs import ROOT, fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess, redis_binary
 from worker.contract import batch_key, results_key
 from worker.errors import SettingsError
 from worker.settings import SentinelTarget, load_settings, parse_sentinel_url

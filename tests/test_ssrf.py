@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from tests.fetch_target import FetchTarget
-from tests.procs import fetchfleet_env, run_cli, run_cli_in_process
+from tests.support.fetch_target import FetchTarget
+from tests.support.procs import fetchfleet_env, run_cli, run_cli_in_process
 from worker.fetcher import Fetcher
 from worker.settings import load_settings
 from worker.ssrf import AddressPolicy, parse_host_ip

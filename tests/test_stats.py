@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.http_target import HttpTarget
-from tests.procs import fetchfleet_env, run_cli
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli
 from worker.monitor import heartbeat_ttl, idle_beat_interval
 
 pytestmark = pytest.mark.slow  # every test here starts processes

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_until, write_urls
-from tests.procs import ROOT, fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
+from tests.support.redisserver import RedisProcess
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -62,10 +61,9 @@ def test_interrupted_submit_resumes_without_duplicates(
         urls = write_urls(tmp_path / "urls.txt", target.slow_urls(n, 1))
         # A queue of 3 chunks and no worker: the submit stops partway, waiting for room; kill it there.
         env = fetchfleet_env(redis_url, chunk_size=10, max_queued_chunks=3)
-        submit = subprocess.Popen(
-            [sys.executable, "-m", "producer", "submit", str(urls), "--batch-id", "resume"],
-            env=env,
-            cwd=ROOT,
+        submit = start_cli(
+            ["submit", str(urls), "--batch-id", "resume"],
+            env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ROOT, restore_sigint
+from tests.support.procs import ROOT, restore_sigint
 
 pytestmark = pytest.mark.slow  # both start processes: a pytest run, a Python child
 

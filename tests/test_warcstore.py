@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
-from tests.http_target import HttpTarget
-from tests.procs import ROOT, fetchfleet_env, run_cli
+from tests.support.http_target import HttpTarget
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
 from worker.bodies import inline_ref
 from worker.errors import BodyStoreError
 from worker.warcstore import Exchange, WarcStore, read_body, read_record, sha256_digest_header
@@ -172,10 +172,9 @@ def test_worker_sigkilled_mid_batch_loses_no_body(
     path = write_urls(tmp_path / "urls.txt", urls)
     out = tmp_path / "out.jsonl"
     env = fetchfleet_env(redis_url, **settings)
-    submit = subprocess.Popen(
-        [sys.executable, "-m", "producer", "submit", str(path), "--body", "--wait", "-q", "-o", str(out)],
-        env=env,
-        cwd=ROOT,
+    submit = start_cli(
+        ["submit", str(path), "--body", "--wait", "-q", "-o", str(out)],
+        env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from tests.chaos import SlowTarget, assert_each_index_once, stream_results, wait_until, write_urls
-from tests.procs import WorkerProcess, fetchfleet_env, run_cli
-from tests.redis_proc import RedisProcess
+from tests.support.procs import WorkerProcess, fetchfleet_env, run_cli
+from tests.support.redisserver import RedisProcess
 from worker.arqseam import CLAIM_LUA
 from worker.contract import batch_key
 

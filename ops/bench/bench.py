@@ -1,7 +1,7 @@
 """fetchfleet's benchmark: every figure next to a baseline measured in the same run, as a table.
 
-    python ops/bench/bench.py            # about two minutes
-    python ops/bench/bench.py --quick    # a few seconds: proves every row can be measured
+    python -m ops.bench.bench            # about two minutes
+    python -m ops.bench.bench --quick    # a few seconds: proves every row can be measured
 
 It starts a private redis-server, a local HTTP target (nginx when on PATH, else raw asyncio servers)
 and the workers as real processes, and measures end-to-end throughput against the plain in-process
@@ -26,22 +26,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))  # measure the working tree, not an installed copy
+import aiohttp
+import orjson
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
-import aiohttp  # noqa: E402
-import orjson  # noqa: E402
-import procs  # noqa: E402  (this folder's modules: the bench runs as a script)
-import rediscost  # noqa: E402
-import redisproc  # noqa: E402
-import target  # noqa: E402
-from arq.connections import ArqRedis  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
-
-from producer.client import Client  # noqa: E402
-from producer.output import open_writer  # noqa: E402
-from worker.contract import batch_keys  # noqa: E402
-from worker.settings import Settings, load_settings  # noqa: E402
+from ops.bench import rediscost, target
+from producer.client import Client
+from producer.output import open_writer
+from tests.support import procs
+from tests.support import redisserver as redisproc
+from worker.contract import batch_keys
+from worker.settings import Settings, load_settings
 
 BENCH_QUEUE = "fetchfleet:bench"
 IDLE_GAP_S = 0.05  # between latency samples
@@ -98,7 +94,7 @@ class Bench:
     chunk_size: int
     loop: str
     workdir: Path
-    redis: redisproc.PrivateRedis
+    redis: redisproc.RedisProcess
     http: target.PythonTarget | target.NginxTarget
     slow: target.PythonTarget
     rows: list[Row] = field(default_factory=list)
@@ -120,7 +116,7 @@ class Bench:
         values.update(extra)
         return load_settings(**values)
 
-    def spawn_workers(self, n: int, **extra: object) -> list[procs.WorkerProc]:
+    def spawn_workers(self, n: int, **extra: object) -> list[procs.WorkerProcess]:
         s = self.settings(**extra)
         env = procs.fetchfleet_env(
             s.redis_url,
@@ -133,7 +129,7 @@ class Bench:
         workers = []
         for _ in range(n):
             log = self.workdir / f"worker-{len(list(self.workdir.glob('worker-*.log')))}.log"
-            workers.append(procs.WorkerProc(env, log, self.loop))
+            workers.append(procs.WorkerProcess(env, log, procs.worker_command(self.loop)))
         try:
             for w in workers:
                 w.wait_ready()
@@ -171,7 +167,7 @@ def gather_whole(b: Bench, nprocs: int, total: int, first: int) -> GatherRun:
     per = total // nprocs
     tcpu, ccpu = target_cpu(b), children_cpu()
     started = time.perf_counter()
-    args = [sys.executable, str(HERE / "gather_baseline.py"), b.base, "--count", str(per)]
+    args = [sys.executable, "-m", "ops.bench.gather_baseline", b.base, "--count", str(per)]
     args += ["--concurrency", str(b.concurrency), "--loop", b.loop]
     copies = [
         subprocess.Popen([*args, "--first", str(first + i * per)], stdout=subprocess.PIPE, cwd=procs.ROOT)
@@ -230,7 +226,7 @@ def check_exactly_once(out: Path, n: int) -> None:
 
 async def fetchfleet_run(
     b: Bench,
-    workers: list[procs.WorkerProc],
+    workers: list[procs.WorkerProcess],
     n: int,
     first: int,
     urls: list[str] | None = None,
@@ -514,7 +510,9 @@ def print_table(b: Bench) -> None:
         )
 
 
-def throughput(b: Bench, nworkers: int, workers: list[procs.WorkerProc], first: int) -> tuple[GatherRun, E2E]:
+def throughput(
+    b: Bench, nworkers: int, workers: list[procs.WorkerProcess], first: int
+) -> tuple[GatherRun, E2E]:
     """Best of `rounds` for each side, the sides interleaved so that a noisy neighbour hits both alike."""
     n = b.profile.urls
     asyncio.run(fetchfleet_run(b, workers, min(n, 2000), first))  # warm: connections, code paths
@@ -661,10 +659,10 @@ async def bytes_per_result(b: Bench, batch_id: str, out: Path, n: int) -> tuple[
 
 
 def web_main(
-    args: argparse.Namespace, profile: Profile, workdir: Path, red: redisproc.PrivateRedis, cleanup: list
+    args: argparse.Namespace, profile: Profile, workdir: Path, red: redisproc.RedisProcess, cleanup: list
 ) -> int:
     """`--profile web`: its own site (CA, name server, HTTPS targets); the rows of web.py."""
-    import web  # this folder's module; it imports this one's helpers
+    from ops.bench import web  # it imports this module's helpers
 
     wp = web.WEB_PROFILES["quick" if args.quick else "full"]
     overrides = {"rounds": args.rounds, "urls": args.urls, "concurrency": args.concurrency}
@@ -720,7 +718,7 @@ def main() -> int:
     profile = Profile(**{**profile.__dict__, **overrides})
 
     workdir = Path(tempfile.mkdtemp(prefix="fetchfleet-bench-"))
-    red = redisproc.PrivateRedis()
+    red = redisproc.RedisProcess().start()
     cleanup: list = [red.close]
     try:
         if args.profile == "web":

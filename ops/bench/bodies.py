@@ -1,7 +1,7 @@
 """Bodies at scale, measured: the file body store against a gather script that keeps every page, and
 Redis memory while a collector follows a 1,000,000-URL batch whose bodies go to the store.
 
-    python ops/bench/bodies.py            # several minutes; --quick runs tiny inputs in seconds
+    python -m ops.bench.bodies            # several minutes; --quick runs tiny inputs in seconds
 
 Same set-up as bench.py (private redis-server, local 1 KiB target, workers as processes). Rows:
 - throughput with `--body` to a directory store (workers write and fsync WARC files, a collector writes
@@ -28,19 +28,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))
-sys.path.insert(0, str(HERE))
+import orjson
 
-import orjson  # noqa: E402
-import procs  # noqa: E402
-import redisproc  # noqa: E402
-import target  # noqa: E402
-
-from producer.cli import collect  # noqa: E402
-from producer.client import Client  # noqa: E402
-from worker.contract import batch_keys  # noqa: E402
-from worker.settings import Settings, load_settings  # noqa: E402
+from ops.bench import target
+from producer.cli import collect
+from producer.client import Client
+from tests.support import procs
+from tests.support import redisserver as redisproc
+from worker.contract import batch_keys
+from worker.settings import Settings, load_settings
 
 QUEUE = "fetchfleet:bench-bodies"
 
@@ -57,7 +53,7 @@ PROFILES = {"full": Profile(20_000, 3, 1_000_000), "quick": Profile(1_000, 1, 20
 
 @dataclass
 class Setup:
-    redis: redisproc.PrivateRedis
+    redis: redisproc.RedisProcess
     base: str
     store: Path
     work: Path
@@ -75,7 +71,7 @@ class Setup:
             chunk_size=self.chunk_size,
         )
 
-    def spawn(self, n: int) -> list[procs.WorkerProc]:
+    def spawn(self, n: int) -> list[procs.WorkerProcess]:
         env = procs.fetchfleet_env(
             self.redis.url,
             queue_name=QUEUE,
@@ -84,7 +80,10 @@ class Setup:
             chunk_size=self.chunk_size,
             body_store=self.store.as_uri(),
         )
-        workers = [procs.WorkerProc(env, self.work / f"worker-{i}.log", self.loop) for i in range(n)]
+        workers = [
+            procs.WorkerProcess(env, self.work / f"worker-{i}.log", procs.worker_command(self.loop))
+            for i in range(n)
+        ]
         for w in workers:
             w.wait_ready()
         self.workers = workers
@@ -164,7 +163,7 @@ def gather_run(s: Setup, n: int, first: int, cpu: list[float] | None = None) -> 
 class PeakMemory:
     """Samples Redis `used_memory` every 0.1 s in a thread; `peak` is the largest seen."""
 
-    def __init__(self, r: redisproc.PrivateRedis) -> None:
+    def __init__(self, r: redisproc.RedisProcess) -> None:
         self.redis, self.peak, self._stop = r, 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -221,10 +220,10 @@ def main() -> int:
     p = Profile(args.urls or p.urls, args.rounds or p.rounds, p.big)
     big = args.big or p.big
     work = Path(tempfile.mkdtemp(prefix="fetchfleet-bench-bodies-"))
-    red = redisproc.PrivateRedis()
+    red = redisproc.RedisProcess().start()
     port = redisproc.free_port()
     http = target.NginxTarget(port, 1) if shutil.which("nginx") else target.PythonTarget(port, 1)
-    workers: list[procs.WorkerProc] = []
+    workers: list[procs.WorkerProcess] = []
     try:
         s = Setup(
             red,

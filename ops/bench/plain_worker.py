@@ -1,11 +1,11 @@
-"""`python -m worker` on asyncio's own event loop instead of uvloop, so the benchmark can compare them."""
+"""`python -m worker` on asyncio's own event loop instead of uvloop, so the benchmark can compare them.
+
+Run from the repository root as `python -m ops.bench.plain_worker`: the working tree's worker package.
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the working tree's worker package
 
 import worker.main as worker_main
 

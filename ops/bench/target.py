@@ -1,7 +1,8 @@
 """The benchmark's HTTP target: nginx when it is on PATH, else a lean raw-asyncio server in N processes.
 
-Run as a script it is one server process: every path answers 1 KiB at once, `/slow` answers after
-`--slow-ms`, and `/stats` reports how many slow requests are open (to know when 1,000 are in flight).
+Run as `python -m ops.bench.target` it is one server process: every path answers 1 KiB at once,
+`/slow` answers after `--slow-ms`, and `/stats` reports how many slow requests are open (to know when
+1,000 are in flight).
 It shares the machine's cores with what it measures, so it does as little as HTTP/1.1 keep-alive allows.
 """
 
@@ -20,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ops.bench.dnsserver import addresses
 from producer.children import stop_process
+from tests.support.procs import ROOT, stop_all
 
 BODY_SIZE = 1024
 BODY = b"x" * BODY_SIZE
@@ -132,12 +135,12 @@ class PythonTarget:
         127.0.0.1; `cert`: (certificate chain PEM, key PEM) to serve HTTPS."""
         self.port = port
         self.kind = f"raw asyncio x{procs}" + (" TLS" if cert else "")
-        args = [sys.executable, __file__, "--port", str(port), "--slow-ms", str(slow_ms)]
+        args = [sys.executable, "-m", "ops.bench.target", "--port", str(port), "--slow-ms", str(slow_ms)]
         if addresses:
             args += ["--addresses", str(addresses)]
         if cert:
             args += ["--cert", cert[0], "--key", cert[1]]
-        self.procs = [subprocess.Popen(args) for _ in range(procs)]
+        self.procs = [subprocess.Popen(args, cwd=ROOT) for _ in range(procs)]
         first = "127.0.1.1" if addresses else "127.0.0.1"
         for p in self.procs:
             wait_listening(port, p, host=first)
@@ -147,15 +150,7 @@ class PythonTarget:
         return [p.pid for p in self.procs]
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop_all(self.procs)
 
 
 NGINX_CONF = """
@@ -222,8 +217,6 @@ def main() -> None:
     args = parser.parse_args()
     hosts: tuple[str, ...] = ("127.0.0.1",)
     if args.addresses:
-        from dnsserver import addresses  # this folder's module (the target runs as a script)
-
         hosts = tuple(addresses(args.addresses))
         # A listening socket per address, and thousands of connections on top.
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

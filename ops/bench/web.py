@@ -19,14 +19,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import procs
-import redisproc
-import target
 import trustme
-from bench import Bench, Row, fetchfleet_run
-from dnsserver import DOMAIN, DnsServer, addresses, host_name
 
+from ops.bench import target
+from ops.bench.bench import Bench, Row, fetchfleet_run
+from ops.bench.dnsserver import DOMAIN, DnsServer, addresses, host_name
 from producer.client import Client
+from tests.support import procs
+from tests.support import redisserver as redisproc
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def gather_run(b: Bench, site: WebSite, nprocs: int, concurrency: int, n: int) -
 _logs = itertools.count()
 
 
-def spawn(b: Bench, site: WebSite, n: int, concurrency: int, queue: str) -> list[procs.WorkerProc]:
+def spawn(b: Bench, site: WebSite, n: int, concurrency: int, queue: str) -> list[procs.WorkerProcess]:
     env = procs.fetchfleet_env(
         b.settings().redis_url,
         queue_name=queue,
@@ -159,13 +159,13 @@ def spawn(b: Bench, site: WebSite, n: int, concurrency: int, queue: str) -> list
         **site.worker_env(),
     )
     logs = [b.workdir / f"web-worker-{next(_logs)}.log" for _ in range(n)]
-    workers = [procs.WorkerProc(env, log, b.loop) for log in logs]
+    workers = [procs.WorkerProcess(env, log, procs.worker_command(b.loop)) for log in logs]
     for w in workers:
         w.wait_ready()
     return workers
 
 
-def fleet_run(b: Bench, site: WebSite, workers: list[procs.WorkerProc], n: int) -> Run:
+def fleet_run(b: Bench, site: WebSite, workers: list[procs.WorkerProcess], n: int) -> Run:
     cpu0 = sum(procs.cpu_seconds(w.pid) for w in workers)
     e2e = asyncio.run(fetchfleet_run(b, workers, n, 0, site.urls(n)))
     cpu = sum(procs.cpu_seconds(w.pid) for w in workers) - cpu0

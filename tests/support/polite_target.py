@@ -6,43 +6,34 @@ request (path and arrival time) and every answer's status, so a test can prove w
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import Counter, deque
 
 from aiohttp import web
 
+from tests.support.loopthread import AppServer
 
-class PoliteTarget:
+
+class PoliteTarget(AppServer):
+    name = "polite-target"
+
     def __init__(self, robots_status: int = 404, robots_body: str = "", rate_limit: int = 0) -> None:
+        super().__init__()
         # What /robots.txt answers; a test may change these while the server runs.
         self.robots_status = robots_status
         self.robots_body = robots_body
         self.robots_redirects = 0  # answer /robots.txt with this many redirects first
         # More than `rate_limit` requests in the last second -> 429 with Retry-After: 2 (0: no limit).
         self.rate_limit = rate_limit
-        self.port = 0
         self.hits: Counter[str] = Counter()
         self.log: list[tuple[float, str, int]] = []  # (monotonic arrival, path, status answered)
         self._recent: deque[float] = deque()
         self._lock = threading.Lock()
-        self.app = web.Application()
         self.app.router.add_get("/robots.txt", self._robots)
         self.app.router.add_get("/hop/{n}", self._hop)
         self.app.router.add_get("/redirect", self._redirect)
         self.app.router.add_get("/{tail:.*}", self._page)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, path: str) -> str:
-        return f"{self.base}{path}"
 
     def _note(self, path: str, status: int) -> None:
         with self._lock:
@@ -88,29 +79,3 @@ class PoliteTarget:
         if status == 429:
             return web.Response(status=429, text="slow down", headers={"Retry-After": "2"})
         return web.Response(text="page")
-
-    def start(self) -> PoliteTarget:
-        self._thread = threading.Thread(target=self._serve, name="polite-target", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("polite target did not start")
-        return self
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())
-        self._loop.close()
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)

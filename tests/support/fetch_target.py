@@ -18,37 +18,50 @@ import threading
 import time
 import zlib
 from collections import Counter
-from typing import Any
+from typing import Any, Self
 
 import brotli
 from aiohttp import web
+
+from tests.support.loopthread import AppServer
 
 TEXT = ("fetchfleet decodes this body. " * 200).encode()
 BINARY = bytes(reversed(range(256))) * 4  # starts with 0xff: never valid UTF-8
 BOMB_INFLATED = 1 << 30  # 1 GiB of zeros, about 1 MiB on the wire
 
 
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # deflate, no name, no mtime, best compression
+
+
 @functools.lru_cache(maxsize=1)
 def gzip_bomb() -> bytes:
-    c = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+    """One gzip member of BOMB_INFLATED zeros. Deflating a gigabyte takes seconds; a full flush after
+    one MiB resets the compressor, so every further MiB deflates to the very same bytes: deflate one,
+    repeat it, and write the gzip header and trailer (CRC-32 and length of the whole) around them."""
     block = bytes(1 << 20)
-    parts = [c.compress(block) for _ in range(BOMB_INFLATED >> 20)]
-    parts.append(c.flush())
-    return b"".join(parts)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the gzip frame is ours
+    segment = c.compress(block) + c.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(BOMB_INFLATED >> 20):
+        crc = zlib.crc32(block, crc)
+    trailer = struct.pack("<II", crc, BOMB_INFLATED & 0xFFFFFFFF)
+    return GZIP_HEADER + segment * (BOMB_INFLATED >> 20) + c.flush() + trailer
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class FetchTarget:
+class FetchTarget(AppServer):
+    start_timeout = 20.0
+
     def __init__(
         self, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None, ipv6: bool = False
     ) -> None:
-        self.host = host
+        super().__init__(host)
+        self.name = f"fetch-target-{host}"
         self.ipv6 = ipv6  # also listen on [::1], same port if free, counted together
         self.ssl_context = ssl_context
-        self.port = 0
         self.port6 = 0
         self.connections = 0
         self.hits: Counter[str] = Counter()
@@ -57,7 +70,6 @@ class FetchTarget:
         self.arrivals: list[float] = []  # monotonic seconds of each /polite request
         self.times: dict[str, list[float]] = {}  # monotonic seconds of each request, per path
         self._lock = threading.Lock()
-        self.app = web.Application()
         r = self.app.router
         r.add_route("*", "/ok/{size}", self._ok)
         r.add_route("*", "/echo", self._echo)
@@ -74,21 +86,13 @@ class FetchTarget:
         r.add_get("/reset", self._reset)
         r.add_get("/invalid", self._invalid)
         r.add_get("/polite/{ms}", self._polite)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
         self._servers: list[asyncio.AbstractServer] = []
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     # -- addresses -------------------------------------------------------------------------------
     @property
     def base(self) -> str:
         scheme = "https" if self.ssl_context else "http"
         return f"{scheme}://{self.host}:{self.port}"
-
-    def url(self, path: str) -> str:
-        return f"{self.base}{path}"
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -249,15 +253,9 @@ class FetchTarget:
         return web.Response(text="polite")
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> FetchTarget:
-        gzip_bomb()  # built once up front (about 2 s), so no request waits for it
-        self._thread = threading.Thread(target=self._serve, name=f"fetch-target-{self.host}", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(20):
-            raise RuntimeError("fetch target did not start")
-        if self._error is not None:
-            raise RuntimeError(f"fetch target failed: {self._error}")
-        return self
+    def start(self) -> Self:
+        gzip_bomb()  # built once up front (under a second), so no request waits for it
+        return super().start()
 
     def _factory(self) -> Any:
         with self._lock:
@@ -265,46 +263,28 @@ class FetchTarget:
         assert self._runner is not None and self._runner.server is not None
         return self._runner.server()
 
-    def _serve(self) -> None:
-        self._loop = loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            # A stop does not wait out handlers still sleeping for a test (aiohttp's default: 60 s).
-            self._runner = web.AppRunner(
-                self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5
-            )
-            loop.run_until_complete(self._runner.setup())
-            server = loop.run_until_complete(
-                loop.create_server(self._factory, self.host, 0, ssl=self.ssl_context, backlog=1024)
-            )
-            self._servers.append(server)
-            self.port = server.sockets[0].getsockname()[1]
-            if self.ipv6:
-                server6 = loop.run_until_complete(
-                    loop.create_server(self._factory, "::1", 0, ssl=self.ssl_context)
-                )
-                self._servers.append(server6)
-                self.port6 = server6.sockets[0].getsockname()[1]
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        loop.run_forever()
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A stop does not wait out handlers still sleeping for a test (aiohttp's default: 60 s).
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        server = await loop.create_server(self._factory, self.host, 0, ssl=self.ssl_context, backlog=1024)
+        self._servers.append(server)
+        self.port = server.sockets[0].getsockname()[1]
+        if self.ipv6:
+            server6 = await loop.create_server(self._factory, "::1", 0, ssl=self.ssl_context)
+            self._servers.append(server6)
+            self.port6 = server6.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
         for s in self._servers:
             s.close()
-        loop.run_until_complete(self._runner.cleanup())
-        pending = asyncio.all_tasks(loop)  # handlers the short shutdown timeout left behind
+        await super().close()
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current]  # handlers the short shutdown left
         for task in pending:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _redirect(status: int, location: str) -> web.HTTPException:

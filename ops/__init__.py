@@ -1,0 +1,1 @@
+"""Operations: the container image, deployment files and the benchmark (`python -m ops.bench.bench`)."""

@@ -1,0 +1,1 @@
+"""The benchmark; run from the repository root as `python -m ops.bench.bench` (see docs/benchmark.md)."""
