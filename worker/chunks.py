@@ -111,9 +111,15 @@ async def chunk_state(redis: Redis, job: ChunkJob, indexes: list[int]) -> tuple[
 
 async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
     entries = job.entries()
-    if rt.polite is not None and rt.polite.throttle is not None:
-        rt.polite.throttle.catch_up()  # the throttled hosts, read again if the worker was idle
-    cancelled, flags = await chunk_state(rt.redis, job, [e[0] for e in entries])
+    state = chunk_state(rt.redis, job, [e[0] for e in entries])
+    throttle = rt.polite.throttle if rt.polite is not None else None
+    if throttle is not None and throttle.stale():
+        # The throttled hosts, not read while the worker was idle: read beside the chunk's own first
+        # round trip (one round trip's wait, not two), and before any fetch, so that a host paused by a
+        # 429 elsewhere is not asked again at once.
+        (cancelled, flags), _ = await asyncio.gather(state, throttle.fresh())
+    else:
+        cancelled, flags = await state
     pending = [e for e, done in zip(entries, flags, strict=True) if not done]
     if cancelled:
         records = []

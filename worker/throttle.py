@@ -79,10 +79,9 @@ class Throttle:
     _script: object = field(init=False, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     # Whether the worker has work (URLs claimed, waiting or in flight): an idle worker's list is not
-    # refreshed, so idle it asks Redis nothing (issue 16); `fresh` catches it up when work comes.
+    # refreshed, so idle it asks Redis nothing (issue 16); a starting chunk reads it first when stale.
     busy: Callable[[], bool] = lambda: True
     _refreshed: float = field(default=0.0, init=False, repr=False)  # monotonic
-    _catch_up: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._script = self.redis.register_script(THROTTLE_LUA)
@@ -92,7 +91,6 @@ class Throttle:
 
     async def close(self) -> None:
         await stop_loop(self._task)
-        await stop_loop(self._catch_up)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -100,16 +98,13 @@ class Throttle:
                 await self.fresh()
             await asyncio.sleep(REFRESH_SECONDS)
 
-    def catch_up(self) -> None:
-        """A chunk starts: refresh a list left stale while idle, beside the chunk's own first round trip
-        (not before it: a one-URL batch's pickup would pay a round trip more)."""
-        stale = time.monotonic() - self._refreshed >= REFRESH_SECONDS
-        if stale and (self._catch_up is None or self._catch_up.done()):
-            self._catch_up = asyncio.create_task(self.fresh(), name="fetchfleet-throttle-catch-up")
+    def stale(self) -> bool:
+        """Not read within REFRESH_SECONDS (the worker was idle): a starting chunk reads it first."""
+        return time.monotonic() - self._refreshed >= REFRESH_SECONDS
 
     async def fresh(self) -> None:
         """Refresh the list unless it was read within REFRESH_SECONDS (a chunk starting after idle)."""
-        if time.monotonic() - self._refreshed < REFRESH_SECONDS:
+        if not self.stale():
             return
         try:
             await self.refresh()
