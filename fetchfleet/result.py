@@ -12,7 +12,6 @@ import orjson
 from worker.bodies import body_fields, unpack
 from worker.contract import BodyRef, ErrorKind
 from worker.errors import BodyUnavailable
-from worker.warcstore import read_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +61,8 @@ class Result:
         err = doc.get("error")
         ref = BodyRef.model_validate(doc["body_ref"]) if doc.get("body_ref") else None
         if ref is not None and content is None and body_error is None:
+            from worker.warcstore import read_body  # loads warcio, only where a store is used
+
             try:
                 content = read_body(ref.model_dump(), doc.get("sha256"))
             except BodyUnavailable as exc:

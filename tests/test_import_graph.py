@@ -21,6 +21,8 @@ PACKAGES = ("worker", "producer", "fetchfleet")
 LAZY_ALLOWED = {
     ("worker", "worker.engine"): "`arq worker.WorkerSettings` builds it on first access; importing the "
     "contract or settings through `worker` must not load arq or aiohttp",
+    ("worker.bodies", "worker.warcstore"): "loads warcio, only for batches that keep bodies",
+    ("fetchfleet.result", "worker.warcstore"): "loads warcio, only where a store is used",
 }
 # Function-level imports of other packages, each with why it is lazy: each keeps a large package out
 # of processes that do not use it. Anything else moves to the top.

@@ -14,7 +14,6 @@ import orjson
 
 from worker.charsets import codec_for
 from worker.errors import BodyUnavailable
-from worker.warcstore import read_body
 
 # Past this, the producer refuses to inflate a stored body: a hostile Redis writer cannot make a
 # producer allocate more than the largest cap a worker would ever store.
@@ -72,6 +71,8 @@ def inline_ref(document: bytes, drop_ref: bool = False) -> bytes:
     `drop_ref`: leave the reference out, for a store that will not outlive the output (`run`'s own)."""
     if b'"body_ref":{' not in document:  # most documents: no parse
         return document
+    from worker.warcstore import read_body  # loads warcio, only for batches that use a store
+
     doc = orjson.loads(document)
     ref = doc.pop("body_ref") if drop_ref else doc["body_ref"]
     try:
@@ -90,6 +91,8 @@ def result_body(doc: dict[str, Any]) -> bytes:
     Raises BodyUnavailable, with a one-line reason, when there is none or it cannot be read."""
     ref = doc.get("body_ref") if "body_ref" in doc else (doc if "uri" in doc else None)
     if isinstance(ref, dict):
+        from worker.warcstore import read_body  # loads warcio, only for batches that use a store
+
         sha256 = doc.get("sha256") if ref is not doc else None
         return read_body(ref, sha256 if isinstance(sha256, str) else None)
     body, encoding = doc.get("body"), doc.get("body_encoding")
