@@ -95,3 +95,16 @@ def test_bench_web_quick_prints_every_row(tmp_path: Path) -> None:
         measured = rows[name]
         assert measured["value"] > 0, measured
         assert measured["baseline"] is not None and measured["baseline"] > 0, measured
+
+
+def test_oneshot_bench_prints_best_and_median() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.bench.oneshot", "--runs", "2", "--urls", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    out = proc.stdout.decode()
+    print(out)
+    assert out.count("10 results in") == 2 and "fetch, 10 URLs, fresh process: best" in out
