@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from producer.cli import EXAMPLES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
-from tests.support.procs import fetchfleet_env, restore_sigint, run_cli, run_cli_in_process, start_cli
+from tests.support.procs import ROOT, fetchfleet_env, restore_sigint, run_cli, run_cli_in_process, start_cli
 from tests.support.redisserver import free_port
 
 
@@ -148,3 +149,18 @@ def test_ctrl_c_while_waiting_exits_130(redis_url: str, tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
         proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_python_m_worker_help_starts_no_worker() -> None:
+    """`python -m worker --help` prints a usage line and exits; it once started a worker against the
+    default Redis. A stray argument is a usage error (2)."""
+    env = fetchfleet_env(f"redis://127.0.0.1:{free_port()}/0")  # nothing there, should it ever start
+    helped = subprocess.run(
+        [sys.executable, "-m", "worker", "--help"], env=env, cwd=ROOT, capture_output=True, timeout=30
+    )
+    assert helped.returncode == 0 and b"fetchfleet worker --help" in helped.stdout, helped
+    stray = subprocess.run(
+        [sys.executable, "-m", "worker", "x"], env=env, cwd=ROOT, capture_output=True, timeout=30
+    )
+    assert stray.returncode == 2 and b"takes no arguments" in stray.stderr, stray
