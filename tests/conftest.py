@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.fetch_target import FetchTarget
 from tests.support.http_target import HttpTarget
-from tests.support.procs import WorkerProcess, fetchfleet_env
+from tests.support.procs import WORKER, WorkerProcess, fetchfleet_env
 from tests.support.redisserver import RedisProcess
 
 pytest_plugins = ["tests.tiers"]  # an unmarked test that starts a process fails (the fast tier's guard)
@@ -50,10 +50,12 @@ def target() -> Iterator[FetchTarget]:
 def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def spawn(redis_url: str, **settings: str | int | bool) -> WorkerProcess:
+    def spawn(
+        redis_url: str, command: tuple[str, ...] = WORKER, **settings: str | int | bool
+    ) -> WorkerProcess:
         settings.setdefault("allow_private_networks", True)
         env = fetchfleet_env(redis_url, **settings)
-        w = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log")
+        w = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", command)
         started.append(w)
         return w
 

@@ -19,7 +19,7 @@ PACKAGES = ("worker", "producer", "fetchfleet")
 
 # Function-level imports of project modules, each with why it is lazy. Anything else moves to the top.
 LAZY_ALLOWED = {
-    ("worker", "worker.engine"): "`arq worker.WorkerSettings` builds it on first access; importing the "
+    ("worker", "worker.main"): "`arq worker.WorkerSettings` builds it on first access; importing the "
     "contract or settings through `worker` must not load arq or aiohttp",
     ("worker.bodies", "worker.warcstore"): "loads warcio, only for batches that keep bodies",
     ("fetchfleet.result", "worker.warcstore"): "loads warcio, only where a store is used",

@@ -15,7 +15,7 @@ import trustme
 from producer.children import stop_process
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
 from tests.support.http_target import HttpTarget
-from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.procs import ARQ_WORKER, WORKER, fetchfleet_env, run_cli
 from tests.support.redisserver import RedisProcess, free_port, redis_binary
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -150,7 +150,9 @@ def test_tls_with_ca_file(
     assert all(PASSWORD not in text for text in outputs)
 
 
+@pytest.mark.parametrize("command", [WORKER, ARQ_WORKER], ids=["fetchfleet", "arq"])
 def test_sentinel_over_tls_with_passwords(
+    command: tuple[str, ...],
     secure_redis: tuple[RedisProcess, int],
     tls_files: dict[str, Path],
     http_target: HttpTarget,
@@ -181,7 +183,7 @@ def test_sentinel_over_tls_with_passwords(
             "redis_sentinel_password": sentinel_password,
             "redis_ca_file": str(tls_files["ca"]),
         }
-        w = spawn_worker(url, worker_id="sentinel-tls", log_level="DEBUG", **tls)
+        w = spawn_worker(url, command, worker_id="sentinel-tls", log_level="DEBUG", **tls)
         wait_started(w)
         outputs = [check_batch(fetchfleet_env(url, **tls), http_target, tmp_path)]
         # The sentinel's password is checked: without it the primary's address is not given out.

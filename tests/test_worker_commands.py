@@ -1,9 +1,9 @@
 """`fetchfleet worker` and `arq worker.WorkerSettings` on the same batch: claim, SIGTERM drain, exactly once.
 
 arq 0.28's command line always builds arq's own `Worker` (`arq.worker.create_worker`: `Worker(**kwargs)`,
-no worker class can be named), so under `arq` the claim is arq's (no claim.lua) and SIGTERM waits for the
-chunks held instead of handing unstarted URLs back; docs/arq-seam.md lists every difference. What both
-commands guarantee, each index recorded exactly once after a SIGTERM mid-batch, is asserted for both.
+no worker class can be named); its `on_startup` runs the runner `fetchfleet worker` runs (worker/main.py),
+so both commands claim through claim.lua, hand unstarted URLs back on SIGTERM, and record each index
+exactly once. All of it is asserted for both, alike.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import pytest
 import redis
 
 from tests.chaos import SlowTarget, assert_each_index_once, stream_results, wait_until, write_urls
-from tests.support.procs import WorkerProcess, fetchfleet_env, run_cli
+from tests.support.procs import ARQ_WORKER, WORKER, WorkerProcess, fetchfleet_env, run_cli
 from tests.support.redisserver import RedisProcess
 from worker.arqseam import CLAIM_LUA
 from worker.contract import batch_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
-COMMANDS = {"fetchfleet": ("-m", "worker"), "arq": ("-m", "arq", "worker.WorkerSettings")}
+COMMANDS = {"fetchfleet": WORKER, "arq": ARQ_WORKER}
 
 
 @pytest.fixture
@@ -94,15 +94,8 @@ def test_same_batch_under_both_worker_commands(
             f"{stopped_in:.2f}s; {done_by_leaving} of {n} recorded by it; handed back: {handed_back}; "
             f"each of {n} indexes once"
         )
-        if command == "fetchfleet":
-            assert claims  # the claims went through claim.lua
-            assert handed_back and stopped_in < 10, (stopped_in, log)
-        else:
-            # arq's own Worker: its claim is WATCH/MULTI per job (no script) and SIGTERM lets held chunks
-            # finish (job_completion_wait) instead of handing them back. Documented in docs/arq-seam.md;
-            # when arq can build our subclass, these two lines must turn into the ones above.
-            assert not claims
-            assert not handed_back
+        assert claims  # the claims went through claim.lua
+        assert handed_back and stopped_in < 10, (stopped_in, log)
     finally:
         for w in procs:
             w.stop()

@@ -19,14 +19,14 @@ def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
         # The one function-level import left (tests/test_import_graph.py): the producer imports this
         # package for the contract and settings, and must not load arq's worker or aiohttp.
-        from worker.engine import build_worker_settings
+        from worker.main import arq_command_settings
 
         try:
             settings = get_settings()
         except SettingsError as exc:
             print(f"fetchfleet: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-        cls = build_worker_settings(settings)
+        cls = arq_command_settings(settings)
         globals()["WorkerSettings"] = cls
         return cls
     raise AttributeError(f"module 'worker' has no attribute {name!r}")

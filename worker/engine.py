@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import signal
 import time
 from typing import Any, cast
@@ -211,8 +210,8 @@ async def forget_try(ctx: WorkerCtx) -> None:
 
 
 def arq_redis_settings(settings: Settings) -> RedisSettings:
-    """arq's own connection settings (used by `arq worker.WorkerSettings`; `fetchfleet worker` passes its
-    own pool): a redis+sentinel:// URL becomes arq's sentinel form."""
+    """arq's own connection settings (read by `arq --check`; the worker itself passes its own pool): a
+    redis+sentinel:// URL becomes arq's sentinel form."""
     if not is_sentinel_url(settings.redis_url):
         return RedisSettings.from_dsn(settings.redis_url)
     target = parse_sentinel_url(settings.redis_url)
@@ -227,13 +226,8 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
 
 
 def build_worker_settings(settings: Settings, hooks: WorkerHooks | None = None) -> type:
-    """The class `arq worker.WorkerSettings` reads: only its own attributes count, so all are set here."""
+    """arq's Worker settings for our worker (run_worker), also read by `arq --check` (worker/main.py)."""
     hooks = hooks or WorkerHooks(settings)
-
-    # The most chunks held at once under `arq worker.WorkerSettings`, whose own claims take that many
-    # at once: four slots' worth. `fetchfleet worker` sizes its claims by free fetch slots
-    # (worker/claimsize.py) and may hold more (run_worker).
-    held = max(8, 4 * math.ceil(settings.concurrency / settings.chunk_size) + 2)
     redis_settings = arq_redis_settings(settings)
     if settings.redis_password is not None:
         redis_settings.password = settings.redis_password.get_secret_value()
@@ -258,7 +252,8 @@ def build_worker_settings(settings: Settings, hooks: WorkerHooks | None = None) 
         "on_shutdown": hooks.on_shutdown,
         "on_job_start": hooks.on_job_start,
         "on_job_end": hooks.on_job_end,
-        "max_jobs": held,
+        # Claims are sized by free fetch slots (claimsize.py): the count of chunks held is a memory bound.
+        "max_jobs": chunks_held(settings.concurrency, settings.chunk_size),
         # Every running job stays in the queue zset; reading far past what the whole cluster can hold
         # at once is what lets a second worker find work (ARQ-NOTES: read limit vs. in-flight jobs).
         "queue_read_limit": 1000,
@@ -269,8 +264,6 @@ def build_worker_settings(settings: Settings, hooks: WorkerHooks | None = None) 
         "expires_extra_ms": settings.result_ttl * 1000,
         "health_check_interval": 60,
         "handle_signals": True,
-        # `arq worker.WorkerSettings` on SIGTERM: stop picking, let chunks finish for this long.
-        "job_completion_wait": math.ceil(settings.drain_grace),
     }
     return type("WorkerSettings", (), attrs)
 
@@ -427,13 +420,11 @@ async def run_worker(settings: Settings) -> signal.Signals | None:
     hooks = WorkerHooks(settings)
     cls = build_worker_settings(settings, hooks)
     kwargs = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
-    del kwargs["redis_settings"], kwargs["job_completion_wait"]
+    del kwargs["redis_settings"]
     # Our own pool: reconnect with backoff, password and CA file from the settings; never arq's
     # create_pool, whose retry messages print connection details.
     pool = kwargs["redis_pool"] = arq_pool(settings)
-    kwargs["handle_signals"] = False
-    # Claims sized by free slots: the count of chunks held is only a memory bound (claimsize.py).
-    kwargs["max_jobs"] = chunks_held(settings.concurrency, settings.chunk_size)
+    kwargs["handle_signals"] = False  # the Stopper's
     # The claim itself is a lease from the first moment (on_job_start renews it too, for `arq`).
     worker = FleetWorker(lease_seconds=settings.lease_seconds, **kwargs)
     worker.ctx["poll_due"] = worker.poll_due  # read by /healthz

@@ -63,7 +63,7 @@ class Probes:
     # Seconds results have waited without the recorder making progress (0: none waiting).
     recorder_stalled: Callable[[], float] = lambda: 0.0
     # Wall-clock time by which the queue engine's poll loop is due to report progress again; None when
-    # the engine cannot tell (e.g. under `arq worker.WorkerSettings`).
+    # the engine cannot tell (a test's runtime without a poll loop).
     poll_due: Callable[[], float | None] = lambda: None
     # "Redis is full (used/max)" while a write was refused for lack of memory; None otherwise.
     redis_full: Callable[[], str | None] = lambda: None

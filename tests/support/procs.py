@@ -22,6 +22,7 @@ from worker.settings import environment
 ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/support/procs.py
 TICKS = os.sysconf("SC_CLK_TCK")
 WORKER = ("-m", "worker")  # `python -m worker`: uvloop, as users run it
+ARQ_WORKER = ("-m", "arq", "worker.WorkerSettings")  # the same worker, started by arq's command line
 PLAIN_LOOP_WORKER = ("-m", "ops.bench.plain_worker")  # the same worker on asyncio's own loop
 
 
