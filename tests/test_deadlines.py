@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.support.fetch_target import FetchTarget
-from worker.fetcher import Fetcher
+from worker.fetcher import Fetcher, HopVerdict
 from worker.settings import load_settings
 
 
@@ -57,3 +59,29 @@ async def test_many_fetches_share_the_watchdog(target: FetchTarget) -> None:
         await f.close()
     kinds = [o.error.kind if o.error else o.status for o in outcomes]
     assert kinds == ["timeout"] * 5 + [200] * 49
+
+
+async def test_waiting_for_a_redirect_targets_turn_is_not_a_timeout(target: FetchTarget) -> None:
+    """A hop held back by the target host's politeness (worker.politeness.hop_check) waits outside both
+    timeouts: the wait here is twice the total timeout, and the fetch still succeeds."""
+    f = await _fetcher(read_timeout=0.3, total_timeout=0.4)
+    waited: list[float] = []
+
+    @contextlib.asynccontextmanager
+    async def turn() -> AsyncIterator[float]:
+        started = time.monotonic()
+        await asyncio.sleep(0.8)
+        waited.append(time.monotonic() - started)
+        yield 800.0
+
+    async def hop_check(url: str, first: str) -> HopVerdict:
+        return HopVerdict(slot=turn())
+
+    try:
+        o = await f.fetch(target.url("/redirect/1"), hop_check=hop_check)
+        assert o.error is None and o.status == 200 and o.redirects == 1, o.error
+        assert waited and waited[0] >= 0.8
+        slow = await f.fetch(target.url("/slow-headers/5"))  # the same timeouts still fire elsewhere
+        assert slow.error is not None and slow.error.kind == "timeout"
+    finally:
+        await f.close()

@@ -180,6 +180,28 @@ def test_a_redirect_obeys_its_targets_robots_txt(
         other.stop()
 
 
+def test_a_redirect_waits_for_its_targets_turn(
+    redis_url: str, spawn_worker, site: PoliteTarget, tmp_path: Path
+) -> None:
+    """Redirects to another host (a link shortener's) keep that host's Crawl-delay, as direct URLs do:
+    five URLs of one site all redirecting to a site asking for 1 s between requests reach it 1 s apart,
+    not all at once. (The target is named `localhost`: the politeness key is the host name.)"""
+    other = PoliteTarget(robots_status=200, robots_body="User-agent: *\nCrawl-delay: 1\n").start()
+    try:
+        spawn_worker(redis_url, concurrency=10)
+        target = other.url("/page/{}").replace("127.0.0.1", "localhost")
+        urls = [site.url(f"/redirect?to={target.format(i)}") for i in range(5)]
+        results = _submit(redis_url, urls, tmp_path)
+        assert all(r["status"] == 200 and r["redirects"] == 1 for r in results), results
+        times = sorted(t for t, _, _ in other.pages())
+        gaps = [round(b - a, 2) for a, b in itertools.pairwise(times)]
+        print(f"gaps between the redirect target's requests: {gaps}")
+        assert len(times) == 5 and min(gaps) >= 0.9, gaps
+        assert site.hits["/redirect"] == 5  # the first hops were not held back: another host
+    finally:
+        other.stop()
+
+
 def test_a_batch_may_ignore_robots_only_if_the_worker_allows(
     redis_url: str, spawn_worker, site: PoliteTarget, tmp_path: Path
 ) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from worker.background import start_loop, stop_loop
@@ -65,6 +67,21 @@ class Watchdog:
 
     def end(self, d: Deadline) -> None:
         self._live.discard(d)
+
+    @contextlib.contextmanager
+    def paused(self, d: Deadline) -> Iterator[None]:
+        """Time spent inside counts against neither of d's timeouts (a wait for a host's turn)."""
+        if d not in self._live:  # fired already: the cancel is on its way
+            yield
+            return
+        left = d.end - time.monotonic()
+        self._live.discard(d)
+        try:
+            yield
+        finally:
+            d.last = now = time.monotonic()
+            d.end = now + left
+            self._live.add(d)
 
     def check(self, now: float) -> None:
         for d in [d for d in self._live if now >= d.end or now - d.last >= d.read_timeout]:

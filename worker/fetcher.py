@@ -6,11 +6,13 @@ The fetcher knows nothing of queues or Redis; it turns a FetchRequest into a Fet
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Self, TypedDict
 
@@ -33,7 +35,21 @@ READ_CHUNK = 64 * 1024
 MAX_NARROW_SESSIONS = 64  # sessions for batches with their own network lists, per worker
 
 # Asked with a redirect's new URL before it is followed: None to follow, or why not (robots.txt).
-HopCheck = Callable[[str], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class HopVerdict:
+    """What politeness says of a redirect's target before the fetcher follows it."""
+
+    refusal: str | None = None  # not followed, and why (its robots.txt)
+    # The target host's turn (Crawl-delay, host limit, backoff), held while that hop's request runs;
+    # None when the target needs none (or is the host whose turn the fetch already holds).
+    slot: AbstractAsyncContextManager[float | None] | None = None
+
+
+FOLLOW = HopVerdict()
+# Asked before each redirect is followed: (the target URL, the fetch's first URL).
+HopCheck = Callable[[str, str], Awaitable[HopVerdict]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,75 +261,90 @@ class Fetcher:
         method, body = req.method, req.body
         headers = req.headers or None
         origin = _origin(URL(state.url, encoded=False)) if headers else None  # a URL parse per fetch saved
+        hop_slot: AbstractAsyncContextManager[float | None] | None = None
         while True:
-            if state.redirects:  # a new hop: the read timeout counts from now
-                state.progress()
-            url = URL(state.url, encoded=False)
-            if url.scheme not in ("http", "https") or not url.host:
-                raise errors.InvalidURL(f"not an http(s) URL: {state.url}")
-            # IP literals in any notation are refused here, before DNS or a socket; names are
-            # refused by the socket factory once resolved, at every hop.
-            self.policy.check_host(url.host)
-            if state.batch is not None:
-                state.batch.check_host(url.host)
-            if headers and _origin(url) != origin:
-                # Headers given for one site do not follow a redirect to another, unless listed in
-                # FETCHFLEET_REDIRECT_KEEP_HEADERS; credentials never do.
-                keep = self.settings.redirect_keep_headers
-                headers = {
-                    k: v
-                    for k, v in headers.items()
-                    if k.lower() in keep and k.lower() not in _CREDENTIAL_HEADERS
-                }
-            async with self.session_for(state.batch).request(
-                method,
-                url,
-                headers=headers,
-                data=body.encode() if body is not None else None,
-                allow_redirects=False,
-                **_connect_timeout(state.batch, self.limits.connect_timeout),
-            ) as resp:
-                state.status = resp.status
-                location = resp.headers.get("Location")
-                if resp.status in REDIRECT_STATUSES and location:
-                    if state.redirects >= self.limits.max_redirects:
-                        raise errors.TooManyRedirects(
-                            f"more than {self.limits.max_redirects} redirects (last to {location})"
+            async with contextlib.AsyncExitStack() as held:
+                if hop_slot is not None:  # the redirect target's turn, for this hop's request
+                    with self.watchdog.paused(state):  # waiting for it is not the server being slow
+                        await held.enter_async_context(hop_slot)
+                    hop_slot = None
+                if state.redirects:  # a new hop: the read timeout counts from now
+                    state.progress()
+                url = URL(state.url, encoded=False)
+                if url.scheme not in ("http", "https") or not url.host:
+                    raise errors.InvalidURL(f"not an http(s) URL: {state.url}")
+                # IP literals in any notation are refused here, before DNS or a socket; names are
+                # refused by the socket factory once resolved, at every hop.
+                self.policy.check_host(url.host)
+                if state.batch is not None:
+                    state.batch.check_host(url.host)
+                if headers and _origin(url) != origin:
+                    # Headers given for one site do not follow a redirect to another, unless listed in
+                    # FETCHFLEET_REDIRECT_KEEP_HEADERS; credentials never do.
+                    keep = self.settings.redirect_keep_headers
+                    headers = {
+                        k: v
+                        for k, v in headers.items()
+                        if k.lower() in keep and k.lower() not in _CREDENTIAL_HEADERS
+                    }
+                async with self.session_for(state.batch).request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=body.encode() if body is not None else None,
+                    allow_redirects=False,
+                    **_connect_timeout(state.batch, self.limits.connect_timeout),
+                ) as resp:
+                    state.status = resp.status
+                    location = resp.headers.get("Location")
+                    if resp.status in REDIRECT_STATUSES and location:
+                        if state.redirects >= self.limits.max_redirects:
+                            raise errors.TooManyRedirects(
+                                f"more than {self.limits.max_redirects} redirects (last to {location})"
+                            )
+                        state.redirects += 1
+                        state.url = str(resp.url.join(URL(location)))
+                        if hop_check is not None:
+                            hop_slot = await self._hop_verdict(hop_check, state.url, req.url)
+                        if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                            method, body = ("HEAD" if method == "HEAD" else "GET"), None
+                        continue
+                    digest, size, kept = await self._read_body(resp, state, keep_body and method != "HEAD")
+                    truncated = kept is not None and size > len(kept)
+                    exchange = None
+                    if kept is not None:
+                        exchange = Exchange(
+                            url=str(resp.url),
+                            method=method,
+                            request_headers=tuple(resp.request_info.headers.items()),
+                            status=resp.status,
+                            reason=resp.reason or "",
+                            version=f"{resp.version.major}.{resp.version.minor}" if resp.version else "",
+                            response_headers=tuple(resp.headers.items()),
                         )
-                    state.redirects += 1
-                    state.url = str(resp.url.join(URL(location)))
-                    if hop_check is not None and (refusal := await hop_check(state.url)) is not None:
-                        raise errors.RobotsDisallowed(refusal)
-                    if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
-                        method, body = ("HEAD" if method == "HEAD" else "GET"), None
-                    continue
-                digest, size, kept = await self._read_body(resp, state, keep_body and method != "HEAD")
-                truncated = kept is not None and size > len(kept)
-                exchange = None
-                if kept is not None:
-                    exchange = Exchange(
-                        url=str(resp.url),
-                        method=method,
-                        request_headers=tuple(resp.request_info.headers.items()),
+                    return FetchOutcome(
+                        url=req.url,
+                        final_url=str(resp.url),
                         status=resp.status,
-                        reason=resp.reason or "",
-                        version=f"{resp.version.major}.{resp.version.minor}" if resp.version else "",
-                        response_headers=tuple(resp.headers.items()),
+                        size=size,
+                        sha256=digest,
+                        content_type=resp.headers.get("Content-Type"),
+                        redirects=state.redirects,
+                        elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+                        body=kept,
+                        retry_after=resp.headers.get("Retry-After"),
+                        body_truncated=truncated,
+                        exchange=exchange,
                     )
-                return FetchOutcome(
-                    url=req.url,
-                    final_url=str(resp.url),
-                    status=resp.status,
-                    size=size,
-                    sha256=digest,
-                    content_type=resp.headers.get("Content-Type"),
-                    redirects=state.redirects,
-                    elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
-                    body=kept,
-                    retry_after=resp.headers.get("Retry-After"),
-                    body_truncated=truncated,
-                    exchange=exchange,
-                )
+
+    @staticmethod
+    async def _hop_verdict(
+        hop_check: HopCheck, url: str, first: str
+    ) -> AbstractAsyncContextManager[float | None] | None:
+        verdict = await hop_check(url, first)
+        if verdict.refusal is not None:
+            raise errors.RobotsDisallowed(verdict.refusal)
+        return verdict.slot
 
     async def _read_body(
         self, resp: aiohttp.ClientResponse, state: _Hop, keep: bool

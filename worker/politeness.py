@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from worker.contract import BatchOptions, mask_password
+from worker.fetcher import FOLLOW, HopCheck, HopVerdict
 from worker.hostlimits import HostLimiter, HostLimits, host_of
 from worker.robots import DISALLOW, RobotsCache, RobotsRules, host_of_origin, origin_of
 from worker.settings import Settings
@@ -159,21 +160,33 @@ class Politeness:
         rules = await self.robots.rules(origin)
         return self._decide(url, host, rules, round((time.monotonic() - started) * 1000, 3))
 
-    def hop_check(self, options: BatchOptions) -> Callable[[str], Awaitable[str | None]] | None:
-        """What the fetcher asks before following a redirect: the new URL's own robots.txt, as a
-        crawler that re-queued the redirect would have read it (Scrapy's RobotsTxtMiddleware sees
-        every redirect as a new request). None when robots.txt is not obeyed."""
-        if self.robots is None or (options.ignore_robots and self.settings.robots_allow_batch_ignore):
+    def hop_check(self, options: BatchOptions) -> HopCheck | None:
+        """What the fetcher asks before following a redirect, as a crawler that re-queued the redirect
+        would have (Scrapy's RobotsTxtMiddleware sees every redirect as a new request): the target's
+        robots.txt, then its turn (Crawl-delay, host limit, backoff) when it is another host than the one
+        whose turn the fetch holds. None when nothing applies."""
+        obey = self.robots is not None and not (
+            options.ignore_robots and self.settings.robots_allow_batch_ignore
+        )
+        if not obey and not self.limited and self.throttle is None:
             return None
 
-        async def check(url: str) -> str | None:
-            gate = self.gate(url, options) or await self.gate_async(url, options)
-            if gate.refused is None:
-                return None
-            shown = mask_password(url)
-            if gate.unreachable:
-                return f"redirect to {shown} not followed: {gate.refused.reason}"
-            return f"redirect to {shown} not followed: disallowed by its robots.txt"
+        async def check(url: str, first: str) -> HopVerdict:
+            gate = (self.gate(url, options) or await self.gate_async(url, options)) if obey else None
+            if gate is None:
+                gate = Gate(host_of(url))
+            elif gate.refused is not None:
+                shown = mask_password(url)
+                if gate.unreachable:
+                    return HopVerdict(refusal=f"redirect to {shown} not followed: {gate.refused.reason}")
+                return HopVerdict(refusal=f"redirect to {shown} not followed: disallowed by its robots.txt")
+            if gate.host == host_of(first):
+                return FOLLOW  # the fetch holds this host's turn already
+            # The worker's fetch slot is held by this fetch already: the target's turn is taken with a
+            # slot of its own, so a hop never waits for another fetch's slot (nor starves them).
+            own = asyncio.Semaphore(1)
+            slot = self.slot(gate, own)
+            return FOLLOW if slot is own else HopVerdict(slot=slot)
 
         return check
 
