@@ -19,6 +19,7 @@ from redis import Redis as SyncRedis
 from producer.embedded import free_port
 from tests.support.polite_target import PoliteTarget
 from tests.support.procs import WorkerProcess, fetchfleet_env, run_cli
+from worker.contract import throttle_key
 
 pytestmark = pytest.mark.slow
 
@@ -357,6 +358,28 @@ def test_stats_metrics_and_results_show_politeness(redis_url: str, spawn_worker,
         assert not [line for line in lines if "127.0.0.1" in line or str(site.port) in line]  # no host labels
     finally:
         site.stop()
+
+
+def test_a_429_after_a_redirect_slows_the_host_that_sent_it(
+    redis_url: str, spawn_worker, site: PoliteTarget, tmp_path: Path
+) -> None:
+    """A short link on one site redirects to another host that answers 429: that host is paused for
+    the fleet, not the site that redirected (its other URLs go on at once)."""
+    from tests.support.fetch_target import FetchTarget
+
+    target = FetchTarget().start()
+    try:
+        spawn_worker(redis_url, robots="ignore", max_attempts=1)  # the 429 is the result
+        answering = target.url("/flaky/r/100/429?retry_after=30").replace("127.0.0.1", "localhost")
+        results = _submit(redis_url, [site.url(f"/redirect?to={answering}")], tmp_path, robots="ignore")
+        assert results[0]["status"] == 429 and results[0]["redirects"] == 1, results
+        with SyncRedis.from_url(redis_url) as r:
+            paused = {k.decode() for k in r.keys(throttle_key("*"))}
+        assert paused == {throttle_key("localhost")}, paused
+        again = _submit(redis_url, [site.url(f"/p/{i}") for i in range(3)], tmp_path, robots="ignore")
+        assert all(r["status"] == 200 and r["politeness_wait_ms"] < 1000 for r in again), again
+    finally:
+        target.stop()
 
 
 def test_retry_after_pauses_the_host_for_the_fleet(redis_url: str, spawn_worker, tmp_path: Path) -> None:

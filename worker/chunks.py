@@ -16,7 +16,7 @@ from worker.cancel import CancelWatch
 from worker.contract import ChunkJob, ErrorKind, FetchRequest, RejectedRequest, batch_key, done_key
 from worker.errors import BodyStoreError, HandBack, RobotsDisallowed
 from worker.fetcher import Fetcher, FetchOutcome
-from worker.hostlimits import HostLimiter, fetch_slot
+from worker.hostlimits import HostLimiter, fetch_slot, host_of
 from worker.metrics import WorkerMetrics
 from worker.politeness import Gate, HeldSlot, Politeness
 from worker.recorder import Recorder
@@ -248,6 +248,12 @@ async def _counted_fetch(
 
 async def _host_feedback(polite: Politeness, gate: Gate, outcome: FetchOutcome, kind: str | None) -> None:
     """Tell the fleet's politeness when the host said "slow down" (429/503, a run of failures)."""
+    if outcome.redirects and outcome.final_url is not None:
+        # The host that answered, not the one that redirected there (a link shortener is not the site
+        # that is overloaded).
+        answered = host_of(outcome.final_url)
+        if answered != gate.host:
+            gate = Gate(answered)
     event = polite.slow_down(gate, outcome.status, kind)
     if event is not None:
         await polite.report(gate, event, outcome.retry_after)
