@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,3 +149,12 @@ def test_warcio_reads_the_records_back_with_their_digests_checked() -> None:
     digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
     assert seen[0][1].get_header("WARC-Payload-Digest") == digest
     assert seen[1][1].get_header("WARC-Concurrent-To") == seen[0][1].get_header("WARC-Record-ID")
+
+
+def test_record_ids_are_distinct_version_4_uuids() -> None:
+    ids = {warcrecords._record_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for rid in list(ids)[:100]:
+        assert rid.startswith("<urn:uuid:") and rid.endswith(">")
+        parsed = uuid.UUID(rid[len("<urn:uuid:") : -1])
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == rid[10:-1]
