@@ -25,11 +25,11 @@ from producer.bodycmd import add_parser as add_body_parser
 from producer.bodycmd import cmd_body
 from producer.client import Client, check_batch_id, new_batch_id
 from producer.inputs import entries
-from producer.local import run
 from producer.localruns import settings_for
 from producer.messages import say
 from producer.output import FORMATS, Output, open_output, printable
 from producer.progress import Progress
+from producer.runcmd import run
 from producer.stats import cluster_stats, show
 from producer.submitting import (  # noqa: F401  (re-exported: tests and callers name them here)
     BAD_LINES_SHOWN,
