@@ -361,6 +361,10 @@ class Client:
                 f"(indexes 0 to {st.submitted - 1})"
             )
         if not await awaited(self.redis.getbit(done_key(batch_id), index)):
+            if st.state is BatchState.CANCELLED:
+                raise UsageError(
+                    f"results: index {index} of batch {batch_id} has no result: the batch was cancelled"
+                )
             raise UsageError(
                 f"results: index {index} of batch {batch_id} has no result yet "
                 f"({st.done} of {st.submitted} done); try again later, or follow with --follow"
