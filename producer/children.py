@@ -95,6 +95,12 @@ class Child:
         if self.alive():
             self._signal_group(signal.SIGTERM)
 
+    def kill(self) -> int:
+        """Stop the whole group at once (SIGKILL) and reap it; returns the exit code."""
+        if self.alive():
+            self._signal_group(signal.SIGKILL)
+        return self.proc.wait()
+
     def reap(self, deadline: float) -> int:
         """Wait until `deadline` (monotonic) for a clean exit, then kill the group; returns the exit code."""
         try:

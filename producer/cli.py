@@ -25,11 +25,11 @@ from producer.bodycmd import add_parser as add_body_parser
 from producer.bodycmd import cmd_body
 from producer.client import Client, check_batch_id, new_batch_id
 from producer.inputs import entries
-from producer.local import run
 from producer.localruns import settings_for
 from producer.messages import say
 from producer.output import FORMATS, Output, open_output, printable
 from producer.progress import Progress
+from producer.runcmd import run
 from producer.stats import cluster_stats, show
 from producer.submitting import (  # noqa: F401  (re-exported: tests and callers name them here)
     BAD_LINES_SHOWN,
@@ -115,6 +115,8 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     check_batch_id(args.batch)
+    if args.index is not None:
+        return await _one_result(args, settings)
     async with Client(settings) as client:
         st = await client.status(args.batch)
         output = open_output(args.output, args.format, resume=args.resume)
@@ -128,6 +130,21 @@ async def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
         await collect(
             client, args.batch, output, args.format, args.follow, progress, ordered=args.ordered, body=body
         )
+    return EXIT_OK
+
+
+async def _one_result(args: argparse.Namespace, settings: Settings) -> int:
+    """`results BATCH --index N`: that one result line (with its body when --body), or exit 2."""
+    for flag, given in (("--follow", args.follow), ("--resume", args.resume), ("--ordered", args.ordered)):
+        if given:
+            raise UsageError(f"results: --index gives one result; {flag} does not go with it")
+    async with Client(settings) as client:
+        # CSV has no place for a reference: there the bodies a batch kept are written out, as in `results`.
+        body = args.body or (args.format == "csv" and (await client.batch_options(args.batch)).store_body)
+        document = await client.result_at(args.batch, args.index, inline_bodies=body)
+    writer = open_output(args.output, args.format).writer(args.format, body=body)
+    writer.write(document)
+    writer.close()
     return EXIT_OK
 
 
@@ -197,6 +214,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     return run(args, settings)
+
+
+def _index(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {text!r}")
+    return int(text)
 
 
 def _positive(text: str) -> int:
@@ -363,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
         "`submit --wait`; a half-written last line is cut",
     )
     p.add_argument("--body", action="store_true", help="write the bodies the batch kept into the results")
+    p.add_argument(
+        "--index",
+        type=_index,
+        metavar="N",
+        help="write only the result of the URL at index N (0-based input line); exit 2 if it has none yet",
+    )
     _add_output(p)
 
     p = add("status", "show a batch's progress")

@@ -28,10 +28,11 @@ from worker.contract import (
     batch_id_problem,
     batch_key,
     chunk_job_id,
+    done_key,
     results_key,
 )
 from worker.enqueue import enqueue_chunks, queue_depth, queue_redis
-from worker.errors import BatchError, BatchLost, InvalidBatchId, QueueUnavailable
+from worker.errors import BatchError, BatchLost, InvalidBatchId, QueueUnavailable, UsageError
 from worker.redisconn import check_eviction_policy
 from worker.rediserrors import REDIS_DOWN, RedisProblem, classify
 from worker.settings import Settings, load_settings
@@ -344,6 +345,39 @@ class Client:
         ):
             merged = merge_body(document, stored)
             yield entry_cursor, inline_ref(merged, drop_refs) if inline_bodies else merged
+
+    async def result_at(self, batch_id: str, index: int, *, inline_bodies: bool = False) -> bytes:
+        """The result document of the URL at `index` (its 0-based place in the input), bodies as in
+        `results`. UsageError, with a one-line reason, when the batch has no such index, the URL has
+        no result yet, or its result was collected (written out by a follower, then removed).
+
+        Reads the stream of results not yet collected until it meets that index: no more than a
+        `results` call reads, and it deletes nothing."""
+        st = await self.status(batch_id)
+        if index >= st.submitted:
+            whole = "has" if st.state is not BatchState.SUBMITTING else "has so far"
+            raise UsageError(
+                f"results: no index {index} in batch {batch_id}: it {whole} {st.submitted} URLs "
+                f"(indexes 0 to {st.submitted - 1})"
+            )
+        if not await awaited(self.redis.getbit(done_key(batch_id), index)):
+            if st.state is BatchState.CANCELLED:
+                raise UsageError(
+                    f"results: index {index} of batch {batch_id} has no result: the batch was cancelled"
+                )
+            raise UsageError(
+                f"results: index {index} of batch {batch_id} has no result yet "
+                f"({st.done} of {st.submitted} done); try again later, or follow with --follow"
+            )
+        async for _cursor, document, stored in self.entries(batch_id):
+            match = _INDEX.match(document)
+            if match is not None and int(match.group(1)) == index:
+                merged = merge_body(document, stored)
+                return inline_ref(merged) if inline_bodies else merged
+        raise UsageError(
+            f"results: the result of index {index} of batch {batch_id} was collected: a follower wrote it "
+            "out and removed it from Redis (FETCHFLEET_RESULT_RETENTION=collected); it is in that output"
+        )
 
     async def entries(
         self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000

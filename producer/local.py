@@ -1,8 +1,9 @@
-"""`fetchfleet run`: a whole cluster on one machine (embedded server, N worker processes) around one batch."""
+"""A whole cluster on one machine (embedded server, N worker processes): `fetchfleet run`'s
+(producer/runcmd.py) and `fetchfleet.fetch`'s. Imports nothing of the command line (input checks,
+output files, progress), so that `import fetchfleet` does not load it."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -12,7 +13,6 @@ import site
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -21,25 +21,9 @@ from typing import TypeVar
 from pydantic import SecretStr
 
 from producer.children import Child, stop_all
-from producer.client import Client
 from producer.embedded import EmbeddedServer
-from producer.inputs import entries
 from producer.localruns import DIR_PREFIX, write_connection
-from producer.messages import say
-from producer.output import Output, open_output
-from producer.progress import Progress
-from producer.submitting import (
-    EXIT_FAILED,
-    batch_options,
-    check_input,
-    collect,
-    outcome_code,
-    prepare_input,
-    report,
-)
-from producer.summary import Summary
-from worker.errors import LocalRunError, ServerUnavailable, UsageError
-from worker.loop import install_event_loop
+from worker.errors import LocalRunError
 from worker.settings import Settings, env_name
 
 T = TypeVar("T")
@@ -50,7 +34,6 @@ REDIS_URL_ENV = env_name("redis_url")
 NOT_FOR_LOCAL_WORKERS = ("redis_password", "redis_ca_file", "metrics_port")
 WORKER_GRACE = 3.0  # seconds a worker gets to hand back its chunks before SIGKILL (Ctrl-C budget: 5 s)
 WORKER_DRAIN = 0.3  # then the second SIGTERM: stop fetching now
-SERVER_GRACE = 1.0
 WATCH_INTERVAL = 0.25
 
 
@@ -187,7 +170,9 @@ class LocalCluster:
         with _no_interrupts():
             stop_all(self.workers, WORKER_GRACE, again_after=WORKER_DRAIN)
             if self.server is not None and self.server.child is not None:
-                stop_all([self.server.child], SERVER_GRACE)
+                # It keeps nothing (save "", appendonly no) and every worker has stopped: a SIGTERM
+                # would wait for the server's next cron tick (100 ms at its default hz 10) for nothing.
+                self.server.child.kill()
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -213,7 +198,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def _terminations_interrupt() -> Iterator[None]:
+def terminations_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP (a closed terminal) take the same clean path as Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -239,82 +224,3 @@ async def guarded(work: Awaitable[T], cluster: LocalCluster) -> T:
         for task in (main, watcher):
             task.cancel()
         await asyncio.gather(main, watcher, return_exceptions=True)
-
-
-async def submit_and_collect(
-    settings: Settings,
-    path: Path,
-    total: int,
-    digest: str,
-    args: argparse.Namespace,
-    output: Output,
-    own_store: bool = False,
-) -> Summary:
-    """The same Client calls as `submit --wait`; returns the summary of the results written.
-
-    `own_store`: the bodies are in this run's temporary directory, which goes when the run ends (done
-    or interrupted): each result then has its body inline and no `body_ref` that would point at
-    nothing."""
-    async with Client(settings) as client:
-        await client.ping()
-        options = batch_options(args)
-        batch_id = await client.submit(
-            entries(path), total=total, digest=digest, options=options, store_body=args.body
-        )
-        progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
-        return await collect(
-            client, batch_id, output, args.format, True, progress,
-            ordered=args.ordered, body=args.body, drop_refs=own_store,
-        )  # fmt: skip
-
-
-def _say(message: str) -> None:
-    say(message)
-
-
-def check_workers(wanted: int, cores: int) -> str | None:
-    """A warning when far more worker processes than cores are asked for."""
-    if wanted <= 2 * cores:
-        return None
-    return (
-        f"{wanted} worker processes on {cores} core(s): each already runs FETCHFLEET_CONCURRENCY fetches "
-        f"at once, so more processes than cores only add memory and switching; try --workers {cores} "
-        "and raise FETCHFLEET_CONCURRENCY instead"
-    )
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    """`fetchfleet run`: check the input, start the cluster, fetch everything, tear it all down."""
-    if args.output != "-" and not Path(args.output).resolve().parent.is_dir():
-        raise UsageError(f"{args.output}: no such directory")  # before minutes of fetching, not after
-    batch_options(args)  # a bad --only-networks: exit 2 before anything starts
-    workers = args.workers or default_workers()
-    warning = check_workers(workers, default_workers())
-    if warning:
-        _say(warning)
-    path, label, temporary = prepare_input(args.file)
-    started = time.monotonic()
-    output: Output | None = None
-    try:
-        total, digest = check_input(path, label)  # bad input: exit 2 before anything starts
-        # Opened (so checked: a directory, no permission) before any server or worker starts.
-        output = open_output(args.output, args.format)
-        with _terminations_interrupt(), LocalCluster(settings, workers, bodies=args.body) as cluster:
-            if not args.quiet:
-                _say(f"{total} URLs, {cluster.describe()}")
-            install_event_loop()
-            work = submit_and_collect(
-                cluster.settings, path, total, digest, args, output, own_store=cluster.body_dir
-            )
-            output = None  # the collector owns it now
-            summary = asyncio.run(guarded(work, cluster))
-        report(summary, started, "", args.quiet)
-        return outcome_code(summary, args.fail_on)
-    except (LocalRunError, ServerUnavailable) as exc:
-        _say(str(exc))
-        return EXIT_FAILED
-    finally:
-        if output is not None:
-            output.abandon()
-        if temporary:
-            path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 import signal
@@ -17,7 +18,7 @@ import pytest
 
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
 from tests.support.http_target import HttpTarget
-from tests.support.procs import fetchfleet_env, start_cli
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
 from tests.support.redisserver import free_port
 from tests.test_warcstore import WARCIO, exchange
 from worker.settings import get_settings
@@ -160,3 +161,52 @@ def test_worker_sigkilled_mid_batch_every_reference_resolves(
     check = subprocess.run([WARCIO, "check", *map(str, files)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
     print(f"{n} results after a SIGKILL, bodies read back from S3; {by_worker}; {len(files)} objects")
+
+
+def test_body_command_reads_one_body_back_from_s3(
+    s3_endpoint: str,
+    redis_url: str,
+    http_target: HttpTarget,
+    spawn_worker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`fetchfleet body REF` (and `results --index N --body`) on an s3:// reference a worker wrote."""
+    for name, value in AWS.items():
+        monkeypatch.setenv(name, value)
+    make_bucket(s3_endpoint, "single")
+    settings = {
+        "body_store": "s3://single/one",
+        "s3_endpoint_url": s3_endpoint,
+        "s3_flush_seconds": 0.2,
+        "chunk_size": 10,
+    }
+    spawn_worker(redis_url, worker_id="w1", **settings)
+    env = fetchfleet_env(redis_url, allow_private_networks=True, **settings)
+    urls = [http_target.url(f"/ok/{2000 + i}") for i in range(25)]
+    proc = run_cli(["submit", str(write_urls(tmp_path / "urls.txt", urls)), "--body", "-q"], env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    batch = proc.stdout.decode().strip()
+    # the follower keeps the references (no --body): what a user pipes into `body` later
+    proc = run_cli(["results", batch, "--follow", "-q", "-o", str(tmp_path / "refs.jsonl")], env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = {json.loads(line)["index"]: line for line in (tmp_path / "refs.jsonl").read_text().splitlines()}
+    assert sorted(lines) == list(range(25))
+    doc = json.loads(lines[13])
+    assert doc["body_ref"]["uri"].startswith("s3://single/one/") and "body" not in doc
+
+    out = run_cli(["body", lines[13]], env)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"x" * 2013
+    assert hashlib.sha256(out.stdout).hexdigest() == doc["sha256"]
+    # from stdin, to a file; then only the body_ref object (no sha256 to check: the bytes still match)
+    out = run_cli(["body", "-", "-o", str(tmp_path / "page")], env, stdin=lines[4].encode() + b"\n")
+    assert out.returncode == 0 and (tmp_path / "page").read_bytes() == b"x" * 2004, out.stderr.decode()
+    out = run_cli(["body", json.dumps(json.loads(lines[21])["body_ref"])], env)
+    assert hashlib.sha256(out.stdout).hexdigest() == json.loads(lines[21])["sha256"]
+    # an object that is not there: one line (obstore's error runs over many), exit 2
+    gone = json.dumps({**doc["body_ref"], "uri": "s3://single/one/no-such-object.warc.gz"})
+    out = run_cli(["body", gone], env)
+    stderr = out.stderr.decode()
+    assert out.returncode == 2 and out.stdout == b"" and len(stderr.strip().splitlines()) == 1, stderr
+    assert "no-such-object.warc.gz" in stderr and "not found" in stderr, stderr

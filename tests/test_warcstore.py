@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import hashlib
 import json
@@ -110,6 +111,28 @@ async def test_a_body_not_durable_in_time_fails_the_put(
         with pytest.raises(BodyStoreError, match=r"not durable within 0.3s"):
             await store.put(exchange(0), b"slow disk")
         assert time.monotonic() - started < 1.5
+
+
+async def test_a_failed_write_fails_its_puts_and_the_next_put_starts_a_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (here: the first write fails with ENOSPC) fails the waiting puts; the file's later
+    offsets are uncertain then, so the next put writes to a new file and its reference resolves."""
+    real_write = os.write
+    failures = [OSError(errno.ENOSPC, "No space left on device")]
+
+    def write(fd: int, data: bytes) -> int:
+        if failures:
+            raise failures.pop()
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    async with WarcStore(tmp_path, "w", max_bytes=1 << 30, max_seconds=3600, max_wait=5) as store:
+        with pytest.raises(BodyStoreError, match="No space left on device"):
+            await store.put(exchange(0), b"lost")
+        ref = await store.put(exchange(1), b"kept")
+    assert read_body(ref.model_dump(), hashlib.sha256(b"kept").hexdigest()) == b"kept"
+    assert len(list(tmp_path.glob("*.warc.gz"))) == 2
 
 
 def test_inline_ref_reports_a_body_that_does_not_match(tmp_path: Path) -> None:

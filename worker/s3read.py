@@ -40,5 +40,14 @@ def read_s3_range(uri: str, offset: int, length: int) -> bytes:
             _reader(bucket, get_settings().s3_endpoint_url), key, start=offset, length=length
         )
     except Exception as exc:  # obstore's own errors: not found, denied, unreachable
-        raise BodyUnavailable(f"{uri}: {exc}") from None
+        raise BodyUnavailable(f"{uri}: {one_line(exc)}") from None
     return bytes(data)
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An obstore error as one short line: its text runs over many lines (the server's XML reply, a
+    "Debug source" dump), and the command line promises one line on stderr."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if len(text) > limit:
+        text = text[:limit].rstrip() + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

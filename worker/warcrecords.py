@@ -1,13 +1,16 @@
-"""WARC/1.1 records of one HTTP exchange, written by warcio's WARCWriter, each record its own gzip member.
+"""WARC/1.1 records of one HTTP exchange, each record its own gzip member: the bytes warcio's WARCWriter
+writes for them (tests/test_warcrecords.py compares the two byte for byte).
 
-warcio builds and serializes every record (WARC and HTTP headers, block digest, Content-Length); this
-module only chooses what goes in and how it is compressed:
+warcio's StatusAndHeaders encodes the HTTP header blocks (RFC 8187 %-encoding for values that are not
+ASCII) and warcio's writer still writes each file's `warcinfo`; the response and request records'
+WARC fields (block digest, Content-Type, Content-Length, in warcio's order) are assembled here, since
+warcio's generic record machinery (header look-ups, digests through streams, a BytesIO per record)
+cost a worker about 25 us per URL with bodies kept, an eighth of its CPU. What this module chooses:
 - SHA-256 digests in base16 (`sha256:<hex>`, an RFC 4648 encoding the standard allows, which
   `warcio check` verifies): the payload digest is then exactly the result's `sha256`, and the
   fetcher's hash of the body is passed in rather than computed again;
 - gzip level 1 per record rather than warcio's 9: a worker is CPU-bound, and level 1 deflates text in
-  a fraction of the time for files a few per cent larger; and a deflate window sized to the record
-  (`gzip_member`).
+  a fraction of the time for files a few per cent larger.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import io
 import random
 import threading
 import time
-import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,16 +79,12 @@ class _Writer(WARCWriter):  # type: ignore[misc]  # warcio ships no types: WARCW
 
 
 def gzip_member(data: bytes) -> bytes:
-    """`data` as one gzip member, with a deflate window just large enough for it.
+    """`data` as one gzip member (wbits 31: gzip framing, a 32 KiB window).
 
-    zlib's default state (32 KiB window, memLevel 8: about 256 KiB) took up to 60 us a record to set
-    up where the allocator maps it afresh each time, against about 10 us to deflate a 1 KiB page, and
-    most records are that small; a window twice the data compresses it as well (py-spy on
-    ops/bench/bodies.py's worker showed this step).
+    One call to zlib.compress: in a worker under ops/bench/bodies.py it cost as much CPU as a
+    compressor with a window sized to the record, or less (148-156 against 153-168 us per URL).
     """
-    wbits = min(max(len(data).bit_length() + 1, 9), 15)  # zlib uses up to 262 bytes less than 2**wbits
-    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + wbits, max(wbits - 7, 1))  # 16+: gzip framing
-    return c.compress(data) + c.flush()
+    return zlib.compress(data, GZIP_LEVEL, 31)
 
 
 # A writer keeps its output stream in an attribute: one per thread (building it looks the host name up).
@@ -113,16 +111,23 @@ def _wire(value: str) -> str:
 
 
 def _headers(pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> list[tuple[str, str]]:
-    if all(k.isascii() and v.isascii() for k, v in pairs):  # nearly always
+    if "".join(map("".join, pairs)).isascii():  # nearly always: one C-level pass over every name and value
         return list(pairs)
     return [(_wire(k), _wire(v)) for k, v in pairs]
+
+
+# The bits uuid.UUID(int=n, version=4) sets and clears (RFC 4122 variant, version 4), applied directly:
+# building a UUID object per record cost a worker more than the rest of the record id.
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID4_SET = (0x8000 << 48) | (4 << 76)
 
 
 def _record_id() -> str:
     """A fresh WARC-Record-ID. Random bits from the process's generator, not os.urandom: an id needs
     uniqueness, not secrecy, and a system call per record showed in the profile. (`random` reseeds in
     a forked child, and each worker is a process of its own.)"""
-    return f"<urn:uuid:{uuid.UUID(int=random.getrandbits(128), version=4)}>"
+    h = f"{random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"<urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}>"
 
 
 _stamp: tuple[int, str] = (0, "")
@@ -138,56 +143,67 @@ def _warc_date() -> str:
     return f"{_stamp[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
-def _warc_headers(rec_type: str, record_id: str, url: str, when: str, payload_sha256: str) -> Any:
-    return StatusAndHeaders(
-        "",
-        [
-            ("WARC-Type", rec_type),
-            ("WARC-Record-ID", record_id),
-            ("WARC-Date", when),
-            ("WARC-Target-URI", url),
-            ("WARC-Payload-Digest", f"sha256:{payload_sha256}"),  # given: warcio does not hash again
-        ],
-        protocol="WARC/1.1",
+def _record(rec_type: str, fields: str, block_head: bytes, body: bytes) -> bytes:
+    """One record of `rec_type`: its WARC fields up to the payload digest (`fields`, CRLF-ended
+    lines), then WARC-Block-Digest, Content-Type and Content-Length in the order warcio's writer adds
+    them, then the block (`block_head` + `body`) and the two CRLFs that end a record."""
+    block_sha256 = hashlib.sha256(block_head)
+    if body:
+        block_sha256.update(body)
+    return (
+        (
+            f"WARC/1.1\r\nWARC-Type: {rec_type}\r\n{fields}"
+            f"WARC-Block-Digest: sha256:{block_sha256.hexdigest()}\r\n"
+            f"Content-Type: application/http; msgtype={rec_type}\r\n"
+            f"Content-Length: {len(block_head) + len(body)}\r\n\r\n"
+        ).encode()
+        + block_head
+        + body
+        + b"\r\n\r\n"
     )
 
 
 def build_records(exchange: Exchange, body: bytes, sha256_hex: str | None = None) -> tuple[bytes, bytes]:
     """(gzipped response record, gzipped request record) for one exchange; `sha256_hex`: the body's,
-    when the caller has it already (the fetcher hashes every body it reads)."""
-    writer = _writer()
+    when the caller has it already (the fetcher hashes every body it reads).
+
+    The bytes are those warcio's WARCWriter writes for the same two records (tests/test_warcstore.py
+    compares them byte for byte): warcio's StatusAndHeaders encodes the HTTP headers (RFC 8187 for
+    values that are not ASCII), and the WARC fields warcio's writer would add (block digest,
+    Content-Type, Content-Length) are written here, without its generic record machinery, which cost
+    a worker more than the rest of the store (a third of its CPU per URL with a body kept).
+    """
     when = _warc_date()
     response_id = _record_id()
     if sha256_hex is None:
         sha256_hex = hashlib.sha256(body).hexdigest()
+    url = exchange.url
     headers = [(k, v) for k, v in exchange.response_headers if k.lower() not in WIRE_HEADERS]
     headers.append(("Content-Length", str(len(body))))
     version = f"HTTP/{exchange.version}"
-    response = writer.create_warc_record(
-        exchange.url,
+    http_response = StatusAndHeaders(
+        f"{exchange.status} {exchange.reason}".rstrip(), _headers(headers), protocol=version
+    ).to_ascii_bytes()
+    response = _record(
         "response",
-        payload=io.BytesIO(body),
-        length=len(body),
-        warc_headers=_warc_headers("response", response_id, exchange.url, when, sha256_hex),
-        http_headers=StatusAndHeaders(
-            f"{exchange.status} {exchange.reason}".rstrip(), _headers(headers), protocol=version
-        ),
+        f"WARC-Record-ID: {response_id}\r\nWARC-Date: {when}\r\nWARC-Target-URI: {url}\r\n"
+        f"WARC-Payload-Digest: sha256:{sha256_hex}\r\n",
+        http_response,
+        body,
     )
-    target = urlsplit(exchange.url)
+    target = urlsplit(url)
     path = (target.path or "/") + (f"?{target.query}" if target.query else "")
-    request_headers = _warc_headers("request", _record_id(), exchange.url, when, EMPTY_SHA256)
-    request_headers.add_header("WARC-Concurrent-To", response_id)
-    request = writer.create_warc_record(
-        exchange.url,
+    http_request = StatusAndHeaders(  # is_http_request: the method goes first, the version last
+        f"{exchange.method} {path} {version}", _headers(exchange.request_headers), is_http_request=True
+    ).to_ascii_bytes()
+    request = _record(
         "request",
-        payload=io.BytesIO(b""),
-        length=0,
-        warc_headers=request_headers,
-        http_headers=StatusAndHeaders(  # is_http_request: the method goes first, the version last
-            f"{exchange.method} {path} {version}", _headers(exchange.request_headers), is_http_request=True
-        ),
+        f"WARC-Record-ID: {_record_id()}\r\nWARC-Date: {when}\r\nWARC-Target-URI: {url}\r\n"
+        f"WARC-Payload-Digest: sha256:{EMPTY_SHA256}\r\nWARC-Concurrent-To: {response_id}\r\n",
+        http_request,
+        b"",
     )
-    return writer.serialize(response), writer.serialize(request)
+    return gzip_member(response), gzip_member(request)
 
 
 def warcinfo(filename: str) -> bytes:

@@ -16,6 +16,7 @@ import io
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,10 +48,28 @@ class BodyStore(Protocol):
     async def close(self) -> None: ...
 
 
-def _fsync(fd: int, dir_fd: int | None) -> None:
+def _write_and_fsync(fd: int, data: bytes, dir_fd: int | None) -> None:
+    """Append a group's records (whole, in their order) and make them and, for a new file, its name
+    durable. Runs in a thread: the event loop goes on meanwhile."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
     os.fsync(fd)
     if dir_fd is not None:
         os.fsync(dir_fd)
+
+
+def _close_when_done(fd: int) -> Callable[[asyncio.Future[None]], None]:
+    """A done-callback closing `fd` once the thread writing to it has ended (not before: the number
+    could be reused by another file meanwhile)."""
+
+    def close(job: asyncio.Future[None]) -> None:
+        if not job.cancelled():
+            job.exception()  # retrieved: a late failure is already reported as the timeout
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    return close
 
 
 @dataclass(eq=False, slots=True)
@@ -59,17 +78,19 @@ class _File:
     uri: str
     fd: int
     opened: float
-    size: int = 0
+    size: int = 0  # of the file once `pending` is written: the offset of the next record
     synced: int = 0
     retired: bool = False
+    pending: list[bytes] = field(default_factory=list)  # records not written yet, in file order
     waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
 
 
 class WarcStore:
     """One worker's WARC files in a directory (a shared volume). Use as `async with WarcStore(...)`.
 
-    Writes go to the page cache at once (one `os.write` per exchange, so a kill leaves whole records);
-    a flusher task fsyncs for every waiting `put` together (group commit), as the recorder does.
+    A `put` queues its records; a flusher task writes everything queued with one `write` and fsyncs it
+    (group commit, as the recorder does), in a thread, while the event loop goes on. A kill leaves
+    whole records, but for at most a partial last one, which no result points at.
     """
 
     def __init__(
@@ -111,10 +132,7 @@ class WarcStore:
         response, request = build_records(exchange, body, sha256_hex)
         f = self._file()
         offset = f.size
-        try:
-            os.write(f.fd, response + request)
-        except OSError as exc:
-            raise BodyStoreError(f"cannot write {f.path}: {exc.strerror}") from exc
+        f.pending += (response, request)
         f.size += len(response) + len(request)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         f.waiters.append((f.size, done))
@@ -139,7 +157,7 @@ class WarcStore:
                 raise BodyStoreError(f"cannot create {path}: {exc.strerror}") from exc
             f = _File(path, file_uri(path), fd, now)
             info = warcinfo(path.name)
-            os.write(fd, info)
+            f.pending.append(info)
             f.size = len(info)
             self._current = f
             self._files.append(f)
@@ -161,23 +179,31 @@ class WarcStore:
     async def _sync(self, f: _File, dir_fd: int) -> None:
         size, waiters = f.size, f.waiters
         if size > f.synced or (f.retired and not waiters):
-            f.waiters = []
-            # One bound for the whole group rather than a timer per body: a stuck disk fails every
-            # waiting put after max_wait (the fsync thread is left to finish on its own).
+            data, f.pending, f.waiters = b"".join(f.pending), [], []
             new_file = f.synced == 0  # then its name must survive a crash too
-            try:
-                await asyncio.wait_for(
-                    asyncio.to_thread(_fsync, f.fd, dir_fd if new_file else None), self.max_wait
-                )
-            except (OSError, TimeoutError) as exc:
-                why = (
-                    f"not durable within {self.max_wait:g}s"
-                    if isinstance(exc, TimeoutError)
-                    else exc.strerror
-                )
-                for _, fut in waiters:
+            # One bound for the whole group rather than a timer per body: a stuck disk fails every
+            # waiting put after max_wait (the thread is left to finish on its own).
+            job = asyncio.ensure_future(
+                asyncio.to_thread(_write_and_fsync, f.fd, data, dir_fd if new_file else None)
+            )
+            await asyncio.wait({job}, timeout=self.max_wait)
+            why = None
+            if not job.done():
+                why = f"not durable within {self.max_wait:g}s"
+            elif (exc := job.exception()) is not None:
+                why = exc.strerror if isinstance(exc, OSError) else repr(exc)
+            if why is not None:
+                # The bytes at this file's later offsets are uncertain now (and after a failed fsync
+                # Linux may drop the dirty pages): every put queued on it fails, the next one starts
+                # a new file.
+                for _, fut in waiters + f.waiters:
                     if not fut.done():
                         fut.set_exception(BodyStoreError(f"{f.path}: {why}"))
+                f.waiters, f.pending, f.retired = [], [], True
+                self._files.remove(f)
+                if self._current is f:
+                    self._current = None
+                job.add_done_callback(_close_when_done(f.fd))
                 return
             f.synced = size
             for end, fut in waiters:
