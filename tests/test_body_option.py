@@ -15,7 +15,7 @@ import pytest
 from producer.cli import build_parser
 from producer.output import CSV_BODY_FIELDS, CSV_FIELDS, CsvWriter
 from tests.support.fetch_target import BINARY, TEXT, FetchTarget, sha256
-from tests.support.procs import run_cli
+from tests.support.procs import fetchfleet_env, run_cli
 from tests.test_run import local_env
 
 
@@ -110,8 +110,6 @@ def test_results_as_csv_of_a_body_batch_has_the_body_column(
     redis_url: str, spawn_worker, target: FetchTarget, tmp_path: Path
 ) -> None:
     """`results` knows from the batch that it kept bodies: the CSV gets the column without `--body`."""
-    from tests.support.procs import fetchfleet_env
-
     spawn_worker(redis_url)
     path = tmp_path / "urls.txt"
     path.write_text(target.url("/ok/5") + "\n")

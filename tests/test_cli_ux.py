@@ -19,6 +19,7 @@ import pyte
 import pytest
 
 from producer.cli import EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
+from producer.output import OrderedWriter, open_output
 from producer.summary import Summary
 from tests.chaos import write_urls
 from tests.support.http_target import HttpTarget
@@ -407,8 +408,6 @@ def test_ordered_results_from_run_submit_and_results(
 
 
 def test_ordered_writer_spills_to_disk_past_its_memory_limit(tmp_path: Path) -> None:
-    from producer.output import OrderedWriter, open_output
-
     out = tmp_path / "o.jsonl"
     writer = OrderedWriter(open_output(str(out)).writer("jsonl"), memory_limit=5)
     order = [*range(99, 0, -1), 0]  # index 0 last: everything else waits

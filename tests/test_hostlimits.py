@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -211,8 +212,6 @@ def test_permits_of_a_killed_worker_expire(
 ) -> None:
     """A worker SIGKILLed while holding every permit of a host: another worker gets the host back
     once the lease (total timeout + 5 s) runs out, not never."""
-    import signal
-
     target.reset_counts()
     settings = {"per_host_concurrency": 2, "total_timeout": 2, "read_timeout": 30, "chunk_size": 10}
     env = fetchfleet_env(redis_url, **settings)

@@ -13,6 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import serialize_job
+
+from worker.codec import dump_job, load_job
+from worker.enqueue import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX, job_record
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("worker", "producer", "fetchfleet")
@@ -216,12 +221,6 @@ def test_function_level_imports_of_other_packages_are_listed_with_a_reason() -> 
 
 def test_key_prefixes_repeated_in_enqueue_match_arq() -> None:
     """worker/enqueue.py writes jobs as arq stores them without importing arq: the names must agree."""
-    from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
-    from arq.jobs import serialize_job
-
-    from worker.codec import dump_job, load_job
-    from worker.enqueue import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX, job_record
-
     assert (
         job_key_prefix,
         in_progress_key_prefix,

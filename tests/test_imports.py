@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from worker import codec
+
 
 @pytest.mark.slow
 def test_import_producer_does_not_load_aiohttp() -> None:
@@ -16,8 +18,6 @@ def test_import_producer_does_not_load_aiohttp() -> None:
 
 
 def test_no_pickle_in_job_codec() -> None:
-    from worker import codec
-
     assert "pickle" not in codec.dump_job.__module__
     assert codec.load_job(codec.dump_job({"a": [1, "x"]})) == {"a": [1, "x"]}
 

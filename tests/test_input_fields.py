@@ -11,6 +11,8 @@ import redis
 from producer.inputs import scan
 from tests.support.procs import fetchfleet_env, run_cli
 from worker.contract import ChunkJob, FetchRequest, RejectedRequest, headers_problem, url_problem
+from worker.fetcher import Fetcher
+from worker.settings import load_settings
 
 BAD_URLS = {
     "http://example.com:0/": "port",
@@ -184,9 +186,6 @@ def test_cli_refuses_bad_fields_with_exit_2_and_queues_nothing(redis_url: str, t
 
 
 async def test_the_fetcher_gives_planted_requests_an_invalid_url_result() -> None:
-    from worker.fetcher import Fetcher
-    from worker.settings import load_settings
-
     job = ChunkJob.model_validate(
         {
             "batch_id": "b",

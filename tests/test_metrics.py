@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.compose_local import ROOT
 from tests.support.http_target import HttpTarget
 from tests.support.procs import fetchfleet_env, run_cli
 from tests.support.redisserver import RedisProcess, free_port
@@ -194,8 +195,6 @@ async def test_health_reports_a_stalled_recorder(monkeypatch: pytest.MonkeyPatch
 
 
 def test_dashboard_queries_only_metrics_the_worker_exports() -> None:
-    from tests.compose_local import ROOT
-
     m = WorkerMetrics()
     m.fetched(result(200, size=1))
     m.chunk_done("done")

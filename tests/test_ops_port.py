@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import resource
@@ -13,13 +14,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aredis
 
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
 from tests.support.http_target import HttpTarget
 from tests.support.procs import fetchfleet_env, start_cli
 from tests.support.raw_target import flood
 from tests.support.redisserver import free_port
+from worker import opsserver
+from worker.metrics import WorkerMetrics
+from worker.monitor import Monitor, Probes
 from worker.opsserver import MAX_CONNECTIONS, MIN_AGE_TO_DROP
+from worker.settings import load_settings
 
 FLOOD = 500
 
@@ -109,8 +115,6 @@ def test_500_idle_connections_do_not_stop_fetching_or_health(
 
 
 async def _exchange(port: int, data: bytes, wait: float = 5.0) -> bytes:
-    import asyncio
-
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
@@ -126,15 +130,6 @@ async def _exchange(port: int, data: bytes, wait: float = 5.0) -> bytes:
 async def test_ops_server_bounds_each_connection(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process: routes, a slow or oversized head is cut off, and 200 concurrent /healthz cost Redis
     at most the monitor's two connections."""
-    import asyncio
-
-    import redis.asyncio as aredis
-
-    from worker import opsserver
-    from worker.metrics import WorkerMetrics
-    from worker.monitor import Monitor, Probes
-    from worker.settings import load_settings
-
     monkeypatch.setenv("FETCHFLEET_REDIS_URL", redis_url)
     monkeypatch.setattr(opsserver, "HEAD_TIMEOUT", 0.3)
     monitor = Monitor(

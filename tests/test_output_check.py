@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from producer.cli import EXIT_USAGE
+from producer.output import open_output
 from tests.support.procs import ROOT, fetchfleet_env
 from worker.contract import KEY_PREFIX
 
@@ -68,8 +69,6 @@ def test_an_unwritable_output_fails_before_the_batch_is_queued(
 
 def test_the_check_leaves_an_existing_output_as_it_was(tmp_path: Path) -> None:
     """Opening the output before queueing neither empties an old file nor leaves a new one behind."""
-    from producer.output import open_output
-
     existing = tmp_path / "results.jsonl"
     existing.write_bytes(b"earlier results\n")
     open_output(str(existing)).abandon()

@@ -17,6 +17,7 @@ import pytest
 from redis import Redis as SyncRedis
 
 from producer.embedded import free_port
+from tests.support.fetch_target import FetchTarget
 from tests.support.polite_target import PoliteTarget
 from tests.support.procs import WorkerProcess, fetchfleet_env, run_cli
 from worker.contract import throttle_key
@@ -365,8 +366,6 @@ def test_a_429_after_a_redirect_slows_the_host_that_sent_it(
 ) -> None:
     """A short link on one site redirects to another host that answers 429: that host is paused for
     the fleet, not the site that redirected (its other URLs go on at once)."""
-    from tests.support.fetch_target import FetchTarget
-
     target = FetchTarget().start()
     try:
         spawn_worker(redis_url, robots="ignore", max_attempts=1)  # the 429 is the result
@@ -385,8 +384,6 @@ def test_a_429_after_a_redirect_slows_the_host_that_sent_it(
 def test_retry_after_pauses_the_host_for_the_fleet(redis_url: str, spawn_worker, tmp_path: Path) -> None:
     """One URL is answered 429 with Retry-After: 2; URLs of the same host submitted just after, on
     either worker, wait out those 2 seconds."""
-    from tests.support.fetch_target import FetchTarget
-
     target = FetchTarget().start()
     try:
         settings = {"chunk_size": 1, "concurrency": 2, "robots": "ignore"}  # 8 chunks held each

@@ -16,6 +16,7 @@ from tests.support.http_target import HttpTarget
 from tests.support.procs import ROOT, fetchfleet_env
 from tests.support.redisserver import free_port
 from tests.test_cli_help import subcommands
+from worker.settings import Settings, read_by
 
 README = (ROOT / "README.md").read_text()
 CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
@@ -135,8 +136,6 @@ def test_readme_commands_work_on_a_fresh_copy_in_a_new_virtualenv(tmp_path: Path
 
 
 def test_settings_table_lists_every_setting_and_nothing_else() -> None:
-    from worker.settings import Settings
-
     rows = set(re.findall(r"^\| `(FETCHFLEET_[A-Z0-9_]+)` \|", SETTINGS_DOC, re.M))
     fields = {f"FETCHFLEET_{name.upper()}" for name in Settings.model_fields}
     assert rows == fields, (sorted(fields - rows), sorted(rows - fields))
@@ -144,8 +143,6 @@ def test_settings_table_lists_every_setting_and_nothing_else() -> None:
 
 def test_settings_table_says_which_process_reads_each_setting() -> None:
     """The `read by` column against worker/settings.py's one classification (read_by)."""
-    from worker.settings import Settings, read_by
-
     header = re.search(r"^\| variable \| read by \| default \| meaning \|$", SETTINGS_DOC, re.M)
     assert header, "the settings table lost its `read by` column"
     rows = dict(re.findall(r"^\| `FETCHFLEET_([A-Z0-9_]+)` \| (\w+) \|", SETTINGS_DOC, re.M))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from fakeredis import FakeAsyncRedis
@@ -46,8 +48,6 @@ async def test_second_recording_adds_nothing(redis_client: Redis) -> None:
 
 
 async def test_concurrent_recorders_one_winner(redis_client: Redis) -> None:
-    import asyncio
-
     await redis_client.hset(batch_key("c"), mapping={"submitted": 50})
     await asyncio.gather(*(_record_all(redis_client, "c", list(range(50))) for _ in range(4)))
     assert await redis_client.xlen(results_key("c")) == 50

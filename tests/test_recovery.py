@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import stream_results, wait_started, write_urls
+from tests.chaos import SlowTarget, stream_results, wait_started, wait_until, write_urls
 from tests.support.http_target import HttpTarget
-from tests.support.procs import fetchfleet_env, start_cli
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
 from tests.support.redisserver import RedisProcess
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -98,9 +98,6 @@ def test_sigkill_two_seconds_in_20000_urls(
 
 def test_living_worker_keeps_its_lease(redis_url: str, spawn_worker, tmp_path: Path) -> None:
     """Chunks that run far longer than the lease are not taken by an idle second worker meanwhile."""
-    from tests.chaos import SlowTarget, wait_until
-    from tests.support.procs import run_cli
-
     target = SlowTarget().start()
     try:
         urls = write_urls(tmp_path / "urls.txt", target.slow_urls(20, 1000))

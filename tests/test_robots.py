@@ -10,8 +10,9 @@ from redis.asyncio import Redis
 
 from tests.support.polite_target import PoliteTarget
 from worker import errors
-from worker.contract import robots_keys
+from worker.contract import BatchOptions, robots_keys
 from worker.fetcher import FetchOutcome
+from worker.politeness import make_politeness
 from worker.robots import (
     ALLOW,
     DISALLOW,
@@ -249,9 +250,6 @@ def test_open_to_all_is_conservative() -> None:
 
 async def test_gate_fast_path_still_applies_the_rules() -> None:
     """The per-origin memo of the hot path never lets a disallowed URL through, nor outlives the verdict."""
-    from worker.contract import BatchOptions
-    from worker.politeness import make_politeness
-
     settings = load_settings(redis_url="redis://127.0.0.1:1/0")  # never contacted: all from memory
     redis = Redis.from_url(settings.redis_url)
     polite = make_politeness(settings, redis, "w", None)

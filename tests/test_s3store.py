@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import obstore
 import pytest
 
 from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
@@ -21,7 +22,9 @@ from tests.support.http_target import HttpTarget
 from tests.support.procs import fetchfleet_env, run_cli, start_cli
 from tests.support.redisserver import free_port
 from tests.test_warcstore import WARCIO, exchange
+from worker.s3store import S3WarcStore, make_store
 from worker.settings import get_settings
+from worker.warcstore import read_body
 
 pytestmark = pytest.mark.slow
 MOTO = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
@@ -63,10 +66,6 @@ def make_bucket(endpoint: str, name: str) -> None:
 
 
 def download_all(endpoint: str, bucket: str, prefix: str, into: Path) -> list[Path]:
-    import obstore
-
-    from worker.s3store import make_store
-
     store = make_store(bucket, endpoint)
     paths = []
     for batch in obstore.list(store, prefix=prefix):
@@ -80,9 +79,6 @@ def download_all(endpoint: str, bucket: str, prefix: str, into: Path) -> list[Pa
 def test_segments_upload_and_references_resolve(
     s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from worker.s3store import S3WarcStore
-    from worker.warcstore import read_body
-
     for name, value in AWS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("FETCHFLEET_S3_ENDPOINT_URL", s3_endpoint)

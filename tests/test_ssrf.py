@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -216,7 +217,6 @@ def test_bad_allowed_networks_is_named(
 
 def test_the_audit_hook_sees_connects() -> None:
     # Control for the "no socket tried to connect" assertion: the hook does see a real connect.
-    import socket
 
     s = socket.socket()
     _CONNECTS.clear()

@@ -7,8 +7,11 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from worker.contract import THROTTLED_KEY, throttle_key
+from producer.stats import ClusterStats, ThrottledHost, render_plain
+from worker.contract import THROTTLED_KEY, BatchOptions, throttle_key
 from worker.hostlimits import HostLimiter, HostLimits
+from worker.politeness import HeldSlot, make_politeness
+from worker.settings import load_settings
 from worker.throttle import FAILURE_RUN, Throttle, ThrottlePolicy
 
 
@@ -95,10 +98,6 @@ async def test_configured_rate_is_the_ceiling(aredis: Redis) -> None:
 async def test_a_url_queued_for_a_slot_sees_a_new_throttle(redis_url: str, aredis: Redis) -> None:
     """The host is throttled while a URL waits for the worker's only slot: once it has the slot it
     goes through the limiter (and waits out the pause there) instead of firing at once."""
-    from worker.contract import BatchOptions
-    from worker.politeness import HeldSlot, make_politeness
-    from worker.settings import load_settings
-
     polite = make_politeness(load_settings(redis_url=redis_url, robots="ignore"), aredis, "w", None)
     assert polite is not None and polite.throttle is not None
     slots = asyncio.Semaphore(1)
@@ -120,8 +119,6 @@ async def test_a_url_queued_for_a_slot_sees_a_new_throttle(redis_url: str, aredi
 
 def test_stats_lines_escape_what_redis_holds() -> None:
     """Host names and origins come from Redis: shown escaped, one line each, and nothing when empty."""
-    from producer.stats import ClusterStats, ThrottledHost, render_plain
-
     evil = "a\nforged line\x1b[31m"
     host = ThrottledHost(evil, 5.0, 100.0, 0, 0, "unreachable")
     stats = ClusterStats(0, [], [], [host], [(f"http://{evil}:80", 0)])
