@@ -59,6 +59,9 @@ class FleetWorker(Worker):
         self.in_progress_timeout_s = lease_seconds
         self.claim_script: AsyncScript | None = None
         self.sizer: ClaimSizer | None = None
+        # When a wake-up last claimed (loop time): arq's loop polls again at once after an iteration
+        # that blocked longer than poll_delay, which would send a second claim right behind the first.
+        self.woke_at: float | None = None
 
     def wake_cap_s(self) -> float:
         """The longest wait on the wake list: WAKE_CAP_S, inside the connection's socket timeout."""
@@ -79,6 +82,13 @@ class FleetWorker(Worker):
         self._release_sem_dec_counter_on_complete()
 
     async def _poll_iteration(self) -> None:
+        if self.woke_at is not None:
+            # The poll after a wake-up comes poll_delay after it, as arq's own cadence would have it:
+            # at once, it would run the claim script again in the middle of the first chunk's start.
+            wait = self.woke_at + self.poll_delay_s - asyncio.get_running_loop().time()
+            self.woke_at = None
+            if wait > 0:
+                await asyncio.sleep(wait)
         if self.job_counter and self.allow_pick_jobs and self.claim_room() <= 0:
             # Slots full for the claim's horizon: no claim would be made, so arq's queue read is
             # skipped too (with many chunks held, a busy worker read it every poll_delay for nothing).
@@ -89,7 +99,10 @@ class FleetWorker(Worker):
         # poll_delay later, which would be most of a one-URL batch's latency).
         while self.allow_pick_jobs and self.job_counter == 0 and not self.burst:
             if await self.wait_for_work():
-                await super()._poll_iteration()
+                # Straight to the claim script, which reads the queue itself: arq's poll would read it
+                # first, one round trip more between the wake-up and the claim (issue 16, pickup).
+                await self.claim()
+                self.woke_at = asyncio.get_running_loop().time()
             else:
                 await self.heart_beat()  # arq's health record (once a minute), as its poll does
 
@@ -235,8 +248,14 @@ class FleetWorker(Worker):
         lease), a second run in the same process would share one entry in arq's task table (a KeyError at
         the end).
         """
+        if job_ids:
+            await self.claim()
+
+    async def claim(self) -> None:
+        """One claim by worker/claim.lua, as many chunks as `claim_room` allows; each started as arq's
+        start_jobs starts a job."""
         free = self.claim_room()
-        if free <= 0 or not job_ids:
+        if free <= 0:
             return
         rt: Runtime | None = self.ctx.get("runtime")
         running = self.tasks

@@ -26,6 +26,7 @@ while #out < 2 * want and scanned < 1000 do
     end
   end
   scanned = scanned + #ids / 2
+  if #ids < 2 * page then break end  -- the last page: another read would find nothing
   offset = offset + page
 end
 return out

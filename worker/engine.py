@@ -437,6 +437,7 @@ async def run_worker(settings: Settings) -> signal.Signals | None:
     # The claim itself is a lease from the first moment (on_job_start renews it too, for `arq`).
     worker = FleetWorker(lease_seconds=settings.lease_seconds, **kwargs)
     worker.ctx["poll_due"] = worker.poll_due  # read by /healthz
+    worker.ctx["claims_leased"] = True  # claim.lua leases each claim: on_job_start need not cut it
     stopper = Stopper(worker, settings.drain_grace)
     stopper.install()
     async with contextlib.AsyncExitStack() as stack:

@@ -35,6 +35,10 @@ class Leases:
     def interval(self) -> float:
         return self.lease_ms / 3000
 
+    def track(self, job_id: str) -> None:
+        """Track a job claimed for one lease already (claim.lua): renewed from now on."""
+        self.held.add(job_id)
+
     async def hold(self, job_id: str) -> None:
         """Track a claimed job and cut its claim down to one lease."""
         self.held.add(job_id)

@@ -51,6 +51,8 @@ class WorkerCtx(TypedDict, total=False):
     settings: Settings
     job_id: str
     job_try: int
+    # Set by FleetWorker (`fetchfleet worker`): its claim script takes each chunk for one lease already.
+    claims_leased: bool
 
 
 def make_worker_id(settings: Settings) -> str:
@@ -155,7 +157,12 @@ class WorkerHooks:
             log.info("worker %s stopped after %d fetches", rt.worker_id, rt.fetches)
 
     async def on_job_start(self, ctx: WorkerCtx) -> None:
-        await ctx["leases"].hold(ctx["job_id"])
+        if ctx.get("claims_leased"):
+            # claim.lua set the claim key for one lease: cutting it again is a round trip between
+            # the claim and the first fetch for nothing (issue 16, pickup).
+            ctx["leases"].track(ctx["job_id"])
+        else:
+            await ctx["leases"].hold(ctx["job_id"])  # under `arq`, claimed for the whole job timeout
 
     async def on_job_end(self, ctx: WorkerCtx) -> None:
         ctx["leases"].release(ctx["job_id"])
