@@ -62,6 +62,9 @@ class FleetWorker(Worker):
         # When a wake-up last claimed (loop time): arq's loop polls again at once after an iteration
         # that blocked longer than poll_delay, which would send a second claim right behind the first.
         self.woke_at: float | None = None
+        # The score claim.lua gave each running chunk (the end of its first lease) less the score it
+        # had: what finish_job takes off again when the chunk goes back to the queue.
+        self.score_moved: dict[str, int] = {}
 
     def wake_cap_s(self) -> float:
         """The longest wait on the wake list: WAKE_CAP_S, inside the connection's socket timeout."""
@@ -140,9 +143,11 @@ class FleetWorker(Worker):
         returns whether a poll may find a chunk to claim.
 
         One read before blocking, the queue's first entry: an empty queue with no token within the cap
-        has nothing to claim, so an idle worker costs that read and the BLPOP per cap. A chunk due
-        already (running on another worker, or its claim lapsed because that worker died) is tried
-        again after the cap; then a second read finds when the next deferred chunk falls due.
+        has nothing to claim, so an idle worker costs that read and the BLPOP per cap. A running chunk
+        is scored at the end of its first lease (claim.lua), so it reads as deferred until then: a
+        worker that died leaves its chunk to be tried when that lease would have ended. A chunk due
+        already (running longer than a lease on another worker, or its claim lapsed) is tried again
+        after the cap; then a second read finds when the next deferred chunk falls due.
         """
         now = timestamp_ms()
         first = await self.pool.zrange(self.queue_name, 0, 0, withscores=True)
@@ -177,6 +182,7 @@ class FleetWorker(Worker):
             if rt is not None:
                 rt.recorder.pressure.full_now()
         finally:
+            self.score_moved.pop(job_id, None)
             rt = self.ctx.get("runtime")
             if rt is not None:
                 rt.reserved.pop(job_id, None)
@@ -191,6 +197,10 @@ class FleetWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
+        if not finish:
+            # Run again: arq adds incr_score to the score the chunk had when claimed (none: due at once),
+            # but claim.lua moved it on to its lease's end; the move is taken off here.
+            incr_score = (incr_score or 0) - self.score_moved.pop(job_id, 0) or None
         try:
             await super().finish_job(
                 job_id,
@@ -206,7 +216,8 @@ class FleetWorker(Worker):
                 raise
             # A full Redis refuses every command queued in a MULTI, even DEL and ZREM; left there, a
             # finished chunk would stay queued and run a second time. Outside a transaction those run.
-            # (A deferral is a ZINCRBY, which it refuses anyway: the chunk then runs again at once.)
+            # (A deferral is a ZINCRBY, which it refuses anyway: the chunk then runs again when the
+            # lease claim.lua scored it with would have ended.)
             await self._finish_without_transaction(job_id, finish)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
@@ -264,7 +275,8 @@ class FleetWorker(Worker):
         # holds up to chunks_held of them, and packing them at every claim cost a slow worker more
         # than its claims. Only a claim that lapsed while it ran (Redis away longer than a lease) can
         # come back here; it is skipped below, its key set anew, which the lease renewal would do too.
-        args: list[int | str] = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX]
+        now = timestamp_ms()
+        args: list[int | str] = [now, lease_ms, free, IN_PROGRESS_KEY_PREFIX]
         try:
             if self.claim_script is None:
                 self.claim_script = self.pool.register_script(CLAIM_LUA)
@@ -278,6 +290,7 @@ class FleetWorker(Worker):
             job_id, score = claimed[i].decode(), int(float(claimed[i + 1]))
             if job_id in running and not running[job_id].done():
                 continue  # runs here already: a second run would share its entry in arq's task table
+            self.score_moved[job_id] = now + lease_ms - score  # claim.lua's ZADD
             if rt is not None:
                 rt.reserved[job_id] = rt.settings.chunk_size
             # arq's own accounting, as its start_jobs keeps it: one semaphore slot and one count per task
