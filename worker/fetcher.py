@@ -84,8 +84,11 @@ class FetchLimits:
 class Fetcher:
     """One aiohttp session per worker process, shared by every fetch it makes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pool_of: Fetcher | None = None) -> None:
+        """`pool_of`: a started Fetcher whose session (connections, DNS cache) this one fetches through,
+        with its own limits; it is not closed here."""
         self.settings = settings
+        self._pool_of = pool_of
         self.limits = FetchLimits.from_settings(settings)
         self.policy = AddressPolicy.from_settings(settings.allow_private_networks, settings.allowed_networks)
         self._session: aiohttp.ClientSession | None = None
@@ -101,6 +104,9 @@ class Fetcher:
         log.info("%s", describe_policy(self.settings))
         self.watchdog.start()
         self._tls = tls_context(self.settings)
+        if self._pool_of is not None:
+            self._session = self._pool_of.session
+            return
         self._session = self._new_session(None if self.policy.allow_all else self.policy.socket_factory)
 
     def _new_session(self, socket_factory: Any) -> aiohttp.ClientSession:
@@ -135,7 +141,8 @@ class Fetcher:
             await narrow.close()
         self._narrow.clear()
         if self._session is not None:
-            await self._session.close()
+            if self._pool_of is None:
+                await self._session.close()
             self._session = None
         for made in self._resolvers:
             await made.close()

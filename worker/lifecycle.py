@@ -96,7 +96,7 @@ async def worker_runtime(settings: Settings, redis: Redis, worker_id: str) -> As
         pressure = await stack.enter_async_context(RedisPressure(redis))
         recorder = await stack.enter_async_context(Recorder(redis, settings.result_ttl, pressure))
         limiter = make_limiter(redis, settings)
-        polite = make_politeness(settings, redis, worker_id, limiter)
+        polite = make_politeness(settings, redis, worker_id, limiter, fetcher)
         if polite is not None:
             await stack.enter_async_context(polite)  # the throttled-hosts refresh loop, robots.txt cache
         requeuer = await stack.enter_async_context(Requeuer(redis, settings, pressure))
