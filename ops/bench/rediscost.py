@@ -34,6 +34,7 @@ class RedisCost:
     top: list[tuple[str, float]]  # (command, calls per URL), most first
     usec: list[tuple[str, float]] = field(default_factory=list)  # (command, Redis us per URL), most first
     reads_per_url: float = 0.0  # client reads Redis served (INFO stats): its round trips per URL
+    rate: float = 0.0  # URLs/s of the measured run, submit to the last result collected
 
 
 async def commandstats(r: Redis) -> dict[str, int]:
@@ -106,7 +107,8 @@ def report(cost: RedisCost) -> None:
     top = ", ".join(f"{k} {v:.2f}" for k, v in cost.top[:8])
     print(
         f"Redis with {cost.workers} workers, {cost.urls:,} URLs: {cost.commands_per_url:.2f} commands/URL "
-        f"({top}); {cost.cpu_us_per_url:.1f} us CPU/URL; idle {cost.idle_commands_per_worker_s:.1f} "
+        f"({top}); {cost.cpu_us_per_url:.1f} us CPU/URL at {cost.rate:,.0f} URLs/s; "
+        f"idle {cost.idle_commands_per_worker_s:.1f} "
         "commands/s per worker",
         file=sys.stderr,
     )
