@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -123,6 +124,7 @@ def main() -> int:
             worker.stop()
         http.close()
         red.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
