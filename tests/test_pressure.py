@@ -132,7 +132,7 @@ async def test_retry_never_runs_before_its_backoff(redis: Redis) -> None:
 async def test_leases_stay_renewed_while_redis_is_full(redis: Redis) -> None:
     leases = Leases(redis, IN_PROGRESS_KEY_PREFIX, lease_s=2)
     await redis.set(IN_PROGRESS_KEY_PREFIX + "c1", b"1", px=300)
-    await leases.hold("c1")
+    leases.track("c1")
     await fill(redis)
     await leases.renew()  # PEXPIRE adds nothing, so a full Redis still takes it
     assert await redis.pttl(IN_PROGRESS_KEY_PREFIX + "c1") > 1500

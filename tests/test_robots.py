@@ -291,3 +291,44 @@ async def test_a_cancelled_loader_does_not_fail_the_waiters(redis_url: str, site
     finally:
         await cache.close()
         await redis.aclose()
+
+
+async def test_robots_txt_and_the_pages_after_it_share_a_connection(redis_url: str) -> None:
+    """Through the worker's fetcher (pool_of), robots.txt leaves its connection, and its DNS answer, to
+    the host's pages: a new host costs one TLS handshake, not two. Closing the cache leaves the
+    worker's session open."""
+    from worker.fetcher import Fetcher
+    from worker.robots import ROBOTS_REDIRECTS
+
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while (await reader.readuntil(b"\r\n\r\n")) != b"":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis = Redis.from_url(redis_url)
+    settings = _settings(redis_url)
+    try:
+        async with Fetcher(settings) as fetcher:
+            cache = RobotsCache(settings, redis, "w", pool_of=fetcher)
+            try:
+                assert (await cache.rules(f"http://127.0.0.1:{port}")).allows(f"http://127.0.0.1:{port}/page")
+                assert cache.fetcher is not None and cache.fetcher.limits.max_redirects == ROBOTS_REDIRECTS
+            finally:
+                await cache.close()
+            page = await fetcher.fetch(f"http://127.0.0.1:{port}/page")
+        assert page.status == 200 and connections == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+        await redis.aclose()

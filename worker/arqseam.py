@@ -59,6 +59,12 @@ class FleetWorker(Worker):
         self.in_progress_timeout_s = lease_seconds
         self.claim_script: AsyncScript | None = None
         self.sizer: ClaimSizer | None = None
+        # When a wake-up last claimed (loop time): arq's loop polls again at once after an iteration
+        # that blocked longer than poll_delay, which would send a second claim right behind the first.
+        self.woke_at: float | None = None
+        # The score claim.lua gave each running chunk (the end of its first lease) less the score it
+        # had: what finish_job takes off again when the chunk goes back to the queue.
+        self.score_moved: dict[str, int] = {}
 
     def wake_cap_s(self) -> float:
         """The longest wait on the wake list: WAKE_CAP_S, inside the connection's socket timeout."""
@@ -79,6 +85,13 @@ class FleetWorker(Worker):
         self._release_sem_dec_counter_on_complete()
 
     async def _poll_iteration(self) -> None:
+        if self.woke_at is not None:
+            # The poll after a wake-up comes poll_delay after it, as arq's own cadence would have it:
+            # at once, it would run the claim script again in the middle of the first chunk's start.
+            wait = self.woke_at + self.poll_delay_s - asyncio.get_running_loop().time()
+            self.woke_at = None
+            if wait > 0:
+                await asyncio.sleep(wait)
         if self.job_counter and self.allow_pick_jobs and self.claim_room() <= 0:
             # Slots full for the claim's horizon: no claim would be made, so arq's queue read is
             # skipped too (with many chunks held, a busy worker read it every poll_delay for nothing).
@@ -89,7 +102,10 @@ class FleetWorker(Worker):
         # poll_delay later, which would be most of a one-URL batch's latency).
         while self.allow_pick_jobs and self.job_counter == 0 and not self.burst:
             if await self.wait_for_work():
-                await super()._poll_iteration()
+                # Straight to the claim script, which reads the queue itself: arq's poll would read it
+                # first, one round trip more between the wake-up and the claim (issue 16, pickup).
+                await self.claim()
+                self.woke_at = asyncio.get_running_loop().time()
             else:
                 await self.heart_beat()  # arq's health record (once a minute), as its poll does
 
@@ -127,9 +143,11 @@ class FleetWorker(Worker):
         returns whether a poll may find a chunk to claim.
 
         One read before blocking, the queue's first entry: an empty queue with no token within the cap
-        has nothing to claim, so an idle worker costs that read and the BLPOP per cap. A chunk due
-        already (running on another worker, or its claim lapsed because that worker died) is tried
-        again after the cap; then a second read finds when the next deferred chunk falls due.
+        has nothing to claim, so an idle worker costs that read and the BLPOP per cap. A running chunk
+        is scored at the end of its first lease (claim.lua), so it reads as deferred until then: a
+        worker that died leaves its chunk to be tried when that lease would have ended. A chunk due
+        already (running longer than a lease on another worker, or its claim lapsed) is tried again
+        after the cap; then a second read finds when the next deferred chunk falls due.
         """
         now = timestamp_ms()
         first = await self.pool.zrange(self.queue_name, 0, 0, withscores=True)
@@ -164,6 +182,7 @@ class FleetWorker(Worker):
             if rt is not None:
                 rt.recorder.pressure.full_now()
         finally:
+            self.score_moved.pop(job_id, None)
             rt = self.ctx.get("runtime")
             if rt is not None:
                 rt.reserved.pop(job_id, None)
@@ -178,6 +197,10 @@ class FleetWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
+        if not finish:
+            # Run again: arq adds incr_score to the score the chunk had when claimed (none: due at once),
+            # but claim.lua moved it on to its lease's end; the move is taken off here.
+            incr_score = (incr_score or 0) - self.score_moved.pop(job_id, 0) or None
         try:
             await super().finish_job(
                 job_id,
@@ -193,7 +216,8 @@ class FleetWorker(Worker):
                 raise
             # A full Redis refuses every command queued in a MULTI, even DEL and ZREM; left there, a
             # finished chunk would stay queued and run a second time. Outside a transaction those run.
-            # (A deferral is a ZINCRBY, which it refuses anyway: the chunk then runs again at once.)
+            # (A deferral is a ZINCRBY, which it refuses anyway: the chunk then runs again when the
+            # lease claim.lua scored it with would have ended.)
             await self._finish_without_transaction(job_id, finish)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
@@ -235,8 +259,14 @@ class FleetWorker(Worker):
         lease), a second run in the same process would share one entry in arq's task table (a KeyError at
         the end).
         """
+        if job_ids:
+            await self.claim()
+
+    async def claim(self) -> None:
+        """One claim by worker/claim.lua, as many chunks as `claim_room` allows; each started as arq's
+        start_jobs starts a job."""
         free = self.claim_room()
-        if free <= 0 or not job_ids:
+        if free <= 0:
             return
         rt: Runtime | None = self.ctx.get("runtime")
         running = self.tasks
@@ -245,7 +275,8 @@ class FleetWorker(Worker):
         # holds up to chunks_held of them, and packing them at every claim cost a slow worker more
         # than its claims. Only a claim that lapsed while it ran (Redis away longer than a lease) can
         # come back here; it is skipped below, its key set anew, which the lease renewal would do too.
-        args: list[int | str] = [timestamp_ms(), lease_ms, free, IN_PROGRESS_KEY_PREFIX]
+        now = timestamp_ms()
+        args: list[int | str] = [now, lease_ms, free, IN_PROGRESS_KEY_PREFIX]
         try:
             if self.claim_script is None:
                 self.claim_script = self.pool.register_script(CLAIM_LUA)
@@ -259,6 +290,7 @@ class FleetWorker(Worker):
             job_id, score = claimed[i].decode(), int(float(claimed[i + 1]))
             if job_id in running and not running[job_id].done():
                 continue  # runs here already: a second run would share its entry in arq's task table
+            self.score_moved[job_id] = now + lease_ms - score  # claim.lua's ZADD
             if rt is not None:
                 rt.reserved[job_id] = rt.settings.chunk_size
             # arq's own accounting, as its start_jobs keeps it: one semaphore slot and one count per task

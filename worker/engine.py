@@ -425,7 +425,7 @@ async def run_worker(settings: Settings) -> signal.Signals | None:
     # create_pool, whose retry messages print connection details.
     pool = kwargs["redis_pool"] = arq_pool(settings)
     kwargs["handle_signals"] = False  # the Stopper's
-    # The claim itself is a lease from the first moment (on_job_start renews it too, for `arq`).
+    # The claim itself is a lease from the first moment (claim.lua); on_job_start has it renewed.
     worker = FleetWorker(lease_seconds=settings.lease_seconds, **kwargs)
     worker.ctx["poll_due"] = worker.poll_due  # read by /healthz
     stopper = Stopper(worker, settings.drain_grace)

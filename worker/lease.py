@@ -35,13 +35,9 @@ class Leases:
     def interval(self) -> float:
         return self.lease_ms / 3000
 
-    async def hold(self, job_id: str) -> None:
-        """Track a claimed job and cut its claim down to one lease."""
+    def track(self, job_id: str) -> None:
+        """Track a job claimed for one lease already (claim.lua): renewed from now on."""
         self.held.add(job_id)
-        try:
-            await self._redis.pexpire(self._prefix + job_id, self.lease_ms)
-        except Exception as exc:  # Redis away: the renewal loop tries again
-            log.debug("shortening the lease of %s failed: %s", job_id, exc)
 
     def release(self, job_id: str) -> None:
         self.held.discard(job_id)

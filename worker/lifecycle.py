@@ -94,7 +94,7 @@ async def worker_runtime(settings: Settings, redis: Redis, worker_id: str) -> As
         pressure = await stack.enter_async_context(RedisPressure(redis))
         recorder = await stack.enter_async_context(Recorder(redis, settings.result_ttl, pressure))
         limiter = make_limiter(redis, settings)
-        polite = make_politeness(settings, redis, worker_id, limiter)
+        polite = make_politeness(settings, redis, worker_id, limiter, fetcher)
         if polite is not None:
             await stack.enter_async_context(polite)  # the throttled-hosts refresh loop, robots.txt cache
         requeuer = await stack.enter_async_context(Requeuer(redis, settings, pressure))
@@ -155,7 +155,9 @@ class WorkerHooks:
             log.info("worker %s stopped after %d fetches", rt.worker_id, rt.fetches)
 
     async def on_job_start(self, ctx: WorkerCtx) -> None:
-        await ctx["leases"].hold(ctx["job_id"])
+        # claim.lua set the claim key for one lease (both worker commands claim through it): renewed from
+        # now on, not cut again (a round trip between the claim and the first fetch, issue 16).
+        ctx["leases"].track(ctx["job_id"])
 
     async def on_job_end(self, ctx: WorkerCtx) -> None:
         ctx["leases"].release(ctx["job_id"])

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from worker.contract import BatchOptions, mask_password
-from worker.fetcher import FOLLOW, HopCheck, HopVerdict
+from worker.fetcher import FOLLOW, Fetcher, HopCheck, HopVerdict
 from worker.hostlimits import HostLimiter, HostLimits, host_of
 from worker.robots import DISALLOW, RobotsCache, RobotsRules, host_of_origin, origin_of
 from worker.settings import Settings
@@ -286,7 +286,11 @@ class PolitenessCounters(Collector):
 
 
 def make_politeness(
-    settings: Settings, redis: Redis, worker_id: str, limiter: HostLimiter | None
+    settings: Settings,
+    redis: Redis,
+    worker_id: str,
+    limiter: HostLimiter | None,
+    fetcher: Fetcher | None = None,
 ) -> Politeness | None:
     """None when nothing applies (robots ignored, no limit, no adaptive backoff): the plain fetch path."""
     obey = settings.robots == "obey"
@@ -297,7 +301,7 @@ def make_politeness(
         redis,
         limiter or HostLimiter(redis, HostLimits.from_settings(settings)),
         limited=limiter is not None,
-        robots=RobotsCache(settings, redis, worker_id) if obey else None,
+        robots=RobotsCache(settings, redis, worker_id, pool_of=fetcher) if obey else None,
         throttle=Throttle(redis, ThrottlePolicy.from_settings(settings))
         if settings.adaptive_throttle
         else None,

@@ -460,8 +460,10 @@ def redis_cost(b: Bench, nworkers: int, n: int) -> rediscost.RedisCost:
             async with Client(b.settings()) as client:
                 idle = await rediscost.idle_rate(client.redis, nworkers)
                 run = fetchfleet_run(b, workers, n, 200_000_000)
-                per_url, cpu, top = await rediscost.busy_cost(client.redis, run, n)
-            return rediscost.RedisCost(nworkers, n, per_url, cpu, idle, top)
+                started = time.perf_counter()
+                per_url, cpu, top, usec, reads = await rediscost.busy_cost(client.redis, run, n)
+                rate = n / (time.perf_counter() - started)
+            return rediscost.RedisCost(nworkers, n, per_url, cpu, idle, top, usec, reads, rate)
 
         cost = asyncio.run(measure())
     finally:
