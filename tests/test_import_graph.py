@@ -20,7 +20,7 @@ from worker.codec import dump_job, load_job
 from worker.enqueue import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX, job_record
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("worker", "producer", "fetchfleet")
+PACKAGES = ("worker", "producer", "fetchfleet", "ops", "ops/bench", "tests/support")
 
 # Function-level imports of project modules, each with why it is lazy. Anything else moves to the top.
 LAZY_ALLOWED = {
@@ -36,6 +36,8 @@ THIRD_PARTY_LAZY_ALLOWED = {
     ("worker.s3store", "obstore"): "same: only a worker writing to an s3:// store loads it",
     ("producer.stats", "rich"): "tables (~70 ms) only for `stats` on a terminal, not for --json",
     ("producer.progress", "rich"): "the live progress bar only on a terminal, not for -q or a pipe",
+    ("ops.bench.gather_baseline", "uvloop"): "optional (worker/loop.py): asked for by --loop uvloop only",
+    ("ops.bench.target", "uvloop"): "optional (worker/loop.py): the target runs on asyncio's loop without it",
 }
 # What the producer side must never reach, directly or through others: the fetcher, the worker runner,
 # and every module that imports aiohttp or arq (found in the source below, not listed by hand).

@@ -23,129 +23,35 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import orjson
 from arq.connections import ArqRedis
-from redis.asyncio import Redis
 
-from ops.bench import rediscost, target
+from ops.bench import target, web
+from ops.bench.harness import (
+    BENCH_QUEUE,
+    E2E,
+    IDLE_GAP_S,
+    PROFILES,
+    Bench,
+    Profile,
+    Row,
+    check_exactly_once,
+    fetchfleet_run,
+    percentile,
+    print_table,
+    target_cpu,
+)
+from ops.bench.rediscost import redis_cost
 from producer.client import Client
 from producer.output import open_writer
 from tests.support import procs
 from tests.support import redisserver as redisproc
 from worker.contract import batch_keys
-from worker.settings import Settings, load_settings
-
-BENCH_QUEUE = "fetchfleet:bench"
-IDLE_GAP_S = 0.05  # between latency samples
-
-
-@dataclass(frozen=True)
-class Profile:
-    urls: int  # per throughput run
-    rounds: int
-    latency_samples: int
-    inflight: int  # fetches in flight for the memory row (the issue asks for 1,000)
-    slow_ms: int
-    enqueue_urls: int
-    redis_workers: int = 12  # the Redis cost rows: this many workers on one Redis
-    redis_urls: int = 20_000
-
-
-PROFILES = {
-    "full": Profile(
-        urls=30_000, rounds=3, latency_samples=300, inflight=1000, slow_ms=6000, enqueue_urls=200_000
-    ),
-    "quick": Profile(
-        urls=1_000,
-        rounds=1,
-        latency_samples=20,
-        inflight=1000,
-        slow_ms=3000,
-        enqueue_urls=5_000,
-        redis_workers=12,
-        redis_urls=2_000,
-    ),
-}
-
-
-@dataclass
-class Row:
-    name: str
-    value: float
-    baseline_name: str
-    baseline: float | None
-    target: str = "-"
-    ok: bool | None = None
-    unit: str = ""
-
-    @property
-    def ratio(self) -> float | None:
-        return self.value / self.baseline if self.baseline else None
-
-
-@dataclass
-class Bench:
-    profile: Profile
-    concurrency: int
-    chunk_size: int
-    loop: str
-    workdir: Path
-    redis: redisproc.RedisProcess
-    http: target.PythonTarget | target.NginxTarget
-    slow: target.PythonTarget
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http.port}"
-
-    def settings(self, db: int = 0, **extra: object) -> Settings:
-        values: dict[str, object] = {
-            "redis_url": f"redis://127.0.0.1:{self.redis.port}/{db}",
-            "queue_name": BENCH_QUEUE,
-            "allow_private_networks": True,
-            "concurrency": self.concurrency,
-            "chunk_size": self.chunk_size,
-            "max_queued_chunks": 1_000_000,
-        }
-        values.update(extra)
-        return load_settings(**values)
-
-    def spawn_workers(self, n: int, **extra: object) -> list[procs.WorkerProcess]:
-        s = self.settings(**extra)
-        env = procs.fetchfleet_env(
-            s.redis_url,
-            queue_name=s.queue_name,
-            allow_private_networks=True,
-            concurrency=s.concurrency,
-            chunk_size=s.chunk_size,
-            robots=s.robots,
-        )
-        workers = []
-        for _ in range(n):
-            log = self.workdir / f"worker-{len(list(self.workdir.glob('worker-*.log')))}.log"
-            workers.append(procs.WorkerProcess(env, log, procs.worker_command(self.loop)))
-        try:
-            for w in workers:
-                w.wait_ready()
-        except BaseException:
-            for w in workers:  # one failed to start: none of them outlives the benchmark
-                w.proc.kill()
-                w.proc.wait()
-            raise
-        return workers
-
 
 # ---- the in-process baseline ---------------------------------------------------------------------
-
-
-def target_cpu(b: Bench) -> float:
-    return sum(procs.cpu_seconds(pid) for pid in b.http.pids)
 
 
 @dataclass
@@ -185,75 +91,6 @@ def gather_whole(b: Bench, nprocs: int, total: int, first: int) -> GatherRun:
 
 
 # ---- fetchfleet ----------------------------------------------------------------------------------
-
-
-@dataclass
-class E2E:
-    rate: float
-    batch_id: str
-    out: Path
-    redis_commands: int
-    worker_cpu: float
-    redis_cpu: float
-    producer_cpu: float
-    target_cpu: float
-
-    def machine_cpu(self, n: int) -> float:
-        """CPU microseconds per URL of every process taking part: workers, Redis, producer, target."""
-        return (self.worker_cpu + self.redis_cpu + self.producer_cpu + self.target_cpu) / n * 1e6
-
-
-async def redis_info(r: Redis) -> tuple[int, float]:
-    stats, cpu = await r.info("stats"), await r.info("cpu")
-    return int(stats["total_commands_processed"]), float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-
-
-def check_exactly_once(out: Path, n: int) -> None:
-    """Speed must never cost a result: every index exactly once, every fetch a 200 with its 1 KiB."""
-    seen = bytearray(n)
-    lines = 0
-    for line in out.read_bytes().splitlines():
-        doc = orjson.loads(line)
-        lines += 1
-        if seen[doc["index"]]:
-            raise RuntimeError(f"duplicate result for index {doc['index']}")
-        seen[doc["index"]] = 1
-        if doc["status"] != 200 or doc["size"] != target.BODY_SIZE:
-            raise RuntimeError(f"bad result: {doc}")
-    if lines != n or not all(seen):
-        raise RuntimeError(f"{n - sum(seen)} results missing of {n}")
-
-
-async def fetchfleet_run(
-    b: Bench,
-    workers: list[procs.WorkerProcess],
-    n: int,
-    first: int,
-    urls: list[str] | None = None,
-    **extra: object,
-) -> E2E:
-    """Submit n URLs, collect every result to a file; the time from the first submit to the last line."""
-    if urls is None:
-        urls = [f"{b.base}/ok/{i}" for i in range(first, first + n)]
-    out = b.workdir / f"e2e-{first}.jsonl"
-    async with Client(b.settings(**extra)) as client:
-        cmds0, rcpu0 = await redis_info(client.redis)
-        wcpu0 = sum(procs.cpu_seconds(w.pid) for w in workers)
-        tcpu0 = target_cpu(b)
-        pcpu0 = time.process_time()
-        started = time.perf_counter()
-        batch_id = await client.submit(urls)
-        writer = open_writer(str(out), "jsonl")
-        async for _cursor, doc in client.results(batch_id, follow=True):
-            writer.write(doc)
-        writer.close()
-        elapsed = time.perf_counter() - started
-        pcpu = time.process_time() - pcpu0
-        wcpu = sum(procs.cpu_seconds(w.pid) for w in workers) - wcpu0
-        tcpu = target_cpu(b) - tcpu0
-        cmds1, rcpu1 = await redis_info(client.redis)
-    check_exactly_once(out, n)
-    return E2E(n / elapsed, batch_id, out, cmds1 - cmds0, wcpu, rcpu1 - rcpu0, pcpu, tcpu)
 
 
 def cli_run(b: Bench, workers: list[procs.WorkerProc], n: int, first: int) -> E2E:
@@ -393,11 +230,6 @@ async def latency_samples(b: Bench, samples: int) -> tuple[list[float], list[flo
     return ours, plain
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 def wait_inflight(port: int, want: int, timeout: float = 60.0) -> int:
     """Block until the slow target holds `want` open requests; returns how many it holds."""
     deadline = time.monotonic() + timeout
@@ -449,67 +281,6 @@ def rss_at_inflight(b: Bench) -> tuple[float, float]:
         gather.proc.communicate()
     wait_drained(b.slow.port)
     return ours, theirs
-
-
-def redis_cost(b: Bench, nworkers: int, n: int) -> rediscost.RedisCost:
-    """Redis's commands and CPU per URL with `nworkers` workers on it, and what each costs idle."""
-    workers = b.spawn_workers(nworkers)
-    try:
-
-        async def measure() -> rediscost.RedisCost:
-            async with Client(b.settings()) as client:
-                idle = await rediscost.idle_rate(client.redis, nworkers)
-                run = fetchfleet_run(b, workers, n, 200_000_000)
-                started = time.perf_counter()
-                per_url, cpu, top, usec, reads = await rediscost.busy_cost(client.redis, run, n)
-                rate = n / (time.perf_counter() - started)
-            return rediscost.RedisCost(nworkers, n, per_url, cpu, idle, top, usec, reads, rate)
-
-        cost = asyncio.run(measure())
-    finally:
-        for w in workers:
-            w.proc.terminate()
-        for w in workers:
-            w.stop()
-    rediscost.report(cost)
-    return cost
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value:,.0f}"
-    if value >= 100:
-        return f"{value:.0f}"
-    return f"{value:.2f}"
-
-
-def print_table(b: Bench) -> None:
-    headers = ("measure", "fetchfleet", "baseline (same run)", "value", "ratio", "target", "ok")
-    rows = [
-        (
-            r.name,
-            fmt(r.value),
-            r.baseline_name,
-            fmt(r.baseline),
-            "-" if r.ratio is None else f"{r.ratio:.2f}x",
-            r.target,
-            "-" if r.ok is None else ("yes" if r.ok else "NO"),
-        )
-        for r in b.rows
-    ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print(
-            "  ".join(
-                c.ljust(w) if i in (0, 2, 5, 6) else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
 
 
 def throughput(
@@ -660,33 +431,6 @@ async def bytes_per_result(b: Bench, batch_id: str, out: Path, n: int) -> tuple[
     return used / n, sum(map(len, docs)) / len(docs)
 
 
-def web_main(
-    args: argparse.Namespace, profile: Profile, workdir: Path, red: redisproc.RedisProcess, cleanup: list
-) -> int:
-    """`--profile web`: its own site (CA, name server, HTTPS targets); the rows of web.py."""
-    from ops.bench import web  # it imports this module's helpers
-
-    wp = web.WEB_PROFILES["quick" if args.quick else "full"]
-    overrides = {"rounds": args.rounds, "urls": args.urls, "concurrency": args.concurrency}
-    wp = web.WebProfile(**{**wp.__dict__, **{k: v for k, v in overrides.items() if v}})
-    site = web.WebSite(workdir, wp)
-    cleanup.append(site.close)
-    b = Bench(profile, wp.concurrency, args.chunk_size, args.loop, workdir, red, site.http, site.slow)
-    load = os.getloadavg()[0]
-    web.run(b, site)
-    print()
-    print(
-        f"fetchfleet benchmark, web profile: {os.cpu_count()} CPUs (load {load:.2f} at start, "
-        f"{os.getloadavg()[0]:.2f} at the end); {args.loop}; {wp.hosts} hosts; concurrency {wp.concurrency}; "
-        f"chunk {args.chunk_size}; {wp.urls:,} URLs x best of {wp.rounds}"
-    )
-    print_table(b)
-    if args.json:
-        Path(args.json).write_text(json.dumps([{**r.__dict__, "ratio": r.ratio} for r in b.rows], indent=2))
-    failed = [r.name for r in b.rows if r.ok is False]
-    return 1 if failed and not args.quick else 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -724,7 +468,7 @@ def main() -> int:
     cleanup: list = [red.close]
     try:
         if args.profile == "web":
-            return web_main(args, profile, workdir, red, cleanup)
+            return web.main(args, profile, workdir, red, cleanup)
         args.concurrency = args.concurrency or 100
         port = redisproc.free_port()
         use_nginx = args.target == "nginx" or (args.target == "auto" and shutil.which("nginx"))

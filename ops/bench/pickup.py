@@ -25,7 +25,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from ops.bench import target
-from ops.bench.bench import percentile
+from ops.bench.harness import percentile
 from producer.client import Client
 from tests.support import procs
 from tests.support import redisserver as redisproc

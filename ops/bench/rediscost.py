@@ -21,6 +21,11 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from ops.bench import target
+from ops.bench.harness import Bench, Profile, fetchfleet_run
+from producer.client import Client
+from tests.support import redisserver as redisproc
+
 IDLE_SECONDS = 5.0
 
 
@@ -118,10 +123,31 @@ def report(cost: RedisCost) -> None:
         print(f"  client reads (round trips) per URL: {cost.reads_per_url:.3f}", file=sys.stderr)
 
 
-def main() -> int:
-    from ops.bench import bench, target  # bench imports this module
-    from tests.support import redisserver as redisproc
+def redis_cost(b: Bench, nworkers: int, n: int) -> RedisCost:
+    """Redis's commands and CPU per URL with `nworkers` workers on it, and what each costs idle."""
+    workers = b.spawn_workers(nworkers)
+    try:
 
+        async def measure() -> RedisCost:
+            async with Client(b.settings()) as client:
+                idle = await idle_rate(client.redis, nworkers)
+                run = fetchfleet_run(b, workers, n, 200_000_000)
+                started = time.perf_counter()
+                per_url, cpu, top, usec, reads = await busy_cost(client.redis, run, n)
+                rate = n / (time.perf_counter() - started)
+            return RedisCost(nworkers, n, per_url, cpu, idle, top, usec, reads, rate)
+
+        cost = asyncio.run(measure())
+    finally:
+        for w in workers:
+            w.proc.terminate()
+        for w in workers:
+            w.stop()
+    report(cost)
+    return cost
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -130,7 +156,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--chunk-size", type=int, default=100)
     args = parser.parse_args()
-    profile = bench.Profile(
+    profile = Profile(
         urls=args.urls, rounds=1, latency_samples=0, inflight=0, slow_ms=1000, enqueue_urls=0,
         redis_workers=args.workers, redis_urls=args.urls,
     )  # fmt: skip
@@ -141,9 +167,9 @@ def main() -> int:
         port = redisproc.free_port()
         http = target.NginxTarget(port) if shutil.which("nginx") else target.PythonTarget(port)
         cleanup.append(http.close)
-        b = bench.Bench(profile, args.concurrency, args.chunk_size, "uvloop", workdir, red, http, http)  # type: ignore[arg-type]
+        b = Bench(profile, args.concurrency, args.chunk_size, "uvloop", workdir, red, http, http)  # type: ignore[arg-type]
         load = os.getloadavg()[0]
-        bench.redis_cost(b, args.workers, args.urls)
+        redis_cost(b, args.workers, args.urls)
         print(f"(load {load:.2f} at start, {os.getloadavg()[0]:.2f} at the end; {os.cpu_count()} CPUs)")
     finally:
         for close in reversed(cleanup):

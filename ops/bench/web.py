@@ -9,9 +9,11 @@ target listens on each of them.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
+import os
 import ssl
 import sys
 import time
@@ -22,8 +24,8 @@ from pathlib import Path
 import trustme
 
 from ops.bench import target
-from ops.bench.bench import Bench, Row, fetchfleet_run
 from ops.bench.dnsserver import DOMAIN, DnsServer, addresses, host_name
+from ops.bench.harness import Bench, Profile, Row, fetchfleet_run, print_table
 from producer.client import Client
 from tests.support import procs
 from tests.support import redisserver as redisproc
@@ -276,3 +278,28 @@ def run(b: Bench, site: WebSite) -> None:
             f"gather, {p.rss_concurrency:,} in flight", mem_gather, "<= 250 MB", mem <= 250),
         Row("web CPU us/URL, 1 worker", one.cpu * 1e6, "the gather process", g1.cpu * 1e6),
     ]  # fmt: skip
+
+
+def main(
+    args: argparse.Namespace, profile: Profile, workdir: Path, red: redisproc.RedisProcess, cleanup: list
+) -> int:
+    """`--profile web`: its own site (CA, name server, HTTPS targets); the rows of this module."""
+    wp = WEB_PROFILES["quick" if args.quick else "full"]
+    overrides = {"rounds": args.rounds, "urls": args.urls, "concurrency": args.concurrency}
+    wp = WebProfile(**{**wp.__dict__, **{k: v for k, v in overrides.items() if v}})
+    site = WebSite(workdir, wp)
+    cleanup.append(site.close)
+    b = Bench(profile, wp.concurrency, args.chunk_size, args.loop, workdir, red, site.http, site.slow)
+    load = os.getloadavg()[0]
+    run(b, site)
+    print()
+    print(
+        f"fetchfleet benchmark, web profile: {os.cpu_count()} CPUs (load {load:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} at the end); {args.loop}; {wp.hosts} hosts; concurrency {wp.concurrency}; "
+        f"chunk {args.chunk_size}; {wp.urls:,} URLs x best of {wp.rounds}"
+    )
+    print_table(b)
+    if args.json:
+        Path(args.json).write_text(json.dumps([{**r.__dict__, "ratio": r.ratio} for r in b.rows], indent=2))
+    failed = [r.name for r in b.rows if r.ok is False]
+    return 1 if failed and not args.quick else 0
