@@ -233,13 +233,18 @@ def _count_429(site: PoliteTarget, after: float = 0.0) -> tuple[int, int]:
     return sum(s == 429 for s in later), len(later)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(300)  # measured 74 s (was 315-377 s with 2,000 URLs)
 def test_adaptive_backoff_converges(redis_url: str, spawn_worker, tmp_path: Path) -> None:
     """A server that answers 429 (Retry-After: 2) above 20 requests/s; two workers at concurrency 100,
-    2,000 URLs. With adaptive backoff the fleet slows down for everyone and every URL gets its 200.
-    The baseline, in the same run: the setting off, for as long as the adaptive run took, then cancelled
-    (left alone it takes minutes: its own 429s keep the server's window full)."""
-    n = 2000
+    600 URLs. With adaptive backoff the fleet slows down for everyone and every URL gets its 200.
+    The baseline, in the same run: the setting off, for as long as the adaptive run took (at most 20 s),
+    then cancelled (left alone it takes minutes: its own 429s keep the server's window full).
+
+    600 URLs take about 45 s at that rate: four cut-and-grow-back rounds of the throttle after the first
+    5 s, which is what the late share measures (measured: 0.5% late 429s with 1,000 URLs, 10% allowed).
+    A shorter baseline only makes `base_429 > all_429` harder to pass (measured: 300 429s a second
+    without the throttle, against under 200 in the whole adaptive run)."""
+    n = 600
     settings = {
         "concurrency": 100,
         "chunk_size": 50,
@@ -270,7 +275,7 @@ def test_adaptive_backoff_converges(redis_url: str, spawn_worker, tmp_path: Path
         _fleet(spawn_worker, redis_url, 2, adaptive_throttle=False, **settings)
         env = fetchfleet_env(redis_url, **settings)
         assert run_cli(["submit", str(urls), "--batch-id", "baseline"], env).returncode == 0
-        time.sleep(took)
+        time.sleep(min(took, 20.0))
         assert run_cli(["cancel", "baseline"], env).returncode == 0
         base_429, base_total = _count_429(base)
         base_late_429, base_late = _count_429(base, after=5.0)
@@ -280,7 +285,7 @@ def test_adaptive_backoff_converges(redis_url: str, spawn_worker, tmp_path: Path
     print(
         f"adaptive on: {all_429} 429s of {total} responses; after the first 5 s {late_429} of {late_all} "
         f"({100 * late_429 / max(late_all, 1):.1f}%); all {n} URLs 200 in {took:.0f} s\n"
-        f"adaptive off (baseline, same {took:.0f} s, then cancelled): {base_429} 429s of {base_total} "
+        f"adaptive off (baseline, {min(took, 20.0):.0f} s, then cancelled): {base_429} 429s of {base_total} "
         f"responses; after the first 5 s {base_late_429} of {base_late} "
         f"({100 * base_late_429 / max(base_late, 1):.1f}%); {base_ok} URLs got their 200"
     )
