@@ -343,8 +343,9 @@ def test_stats_metrics_and_results_show_politeness(redis_url: str, spawn_worker,
 
 
 def test_retry_after_pauses_the_host_for_the_fleet(redis_url: str, spawn_worker, tmp_path: Path) -> None:
-    """One URL is answered 429 with Retry-After: 2; URLs of the same host submitted just after, on
-    either worker, wait out those 2 seconds."""
+    """One URL is answered 429 with Retry-After: 3; URLs of the same host submitted just after, on
+    either worker, wait out those 3 seconds. (3, not 2: `fetchfleet submit` starting a process on a loaded
+    machine took over a second, and a URL queued that late waited less than the second asserted below.)"""
     from tests.support.fetch_target import FetchTarget
 
     target = FetchTarget().start()
@@ -353,7 +354,7 @@ def test_retry_after_pauses_the_host_for_the_fleet(redis_url: str, spawn_worker,
         _fleet(spawn_worker, redis_url, 2, **settings)
         env = fetchfleet_env(redis_url, **settings)
         first = tmp_path / "first.txt"
-        first.write_text(target.url("/flaky/p/1/429?retry_after=2") + "\n")
+        first.write_text(target.url("/flaky/p/1/429?retry_after=3") + "\n")
         assert run_cli(["submit", str(first)], env).returncode == 0
         deadline = time.monotonic() + 20
         while target.hits["flaky:p"] < 1 and time.monotonic() < deadline:
@@ -364,7 +365,7 @@ def test_retry_after_pauses_the_host_for_the_fleet(redis_url: str, spawn_worker,
         assert all(r["status"] == 200 for r in results) and len({r["worker"] for r in results}) == 2
         arrivals = sorted(t for path, ts in target.times.items() if path.startswith("/ok/") for t in ts)
         print(f"first request to the paused host {arrivals[0] - told:.2f} s after its 429")
-        assert arrivals[0] - told >= 1.9
+        assert arrivals[0] - told >= 2.9
         assert max(r["politeness_wait_ms"] for r in results) > 1000
     finally:
         target.stop()
