@@ -257,13 +257,18 @@ def _count_429(site: PoliteTarget, after: float = 0.0) -> tuple[int, int]:
     return sum(s == 429 for s in later), len(later)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(300)  # measured 74 s (was 315-377 s with 2,000 URLs)
 def test_adaptive_backoff_converges(redis_url: str, spawn_worker, tmp_path: Path) -> None:
     """A server that answers 429 (Retry-After: 2) above 20 requests/s; two workers at concurrency 100,
-    2,000 URLs. With adaptive backoff the fleet slows down for everyone and every URL gets its 200.
-    The baseline, in the same run: the setting off, for as long as the adaptive run took, then cancelled
-    (left alone it takes minutes: its own 429s keep the server's window full)."""
-    n = 2000
+    600 URLs. With adaptive backoff the fleet slows down for everyone and every URL gets its 200.
+    The baseline, in the same run: the setting off, for as long as the adaptive run took (at most 20 s),
+    then cancelled (left alone it takes minutes: its own 429s keep the server's window full).
+
+    600 URLs take about 45 s at that rate: four cut-and-grow-back rounds of the throttle after the first
+    5 s, which is what the late share measures (measured: 0.5% late 429s with 1,000 URLs, 10% allowed).
+    A shorter baseline only makes `base_429 > all_429` harder to pass (measured: 300 429s a second
+    without the throttle, against under 200 in the whole adaptive run)."""
+    n = 600
     settings = {
         "concurrency": 100,
         "chunk_size": 50,
@@ -294,7 +299,7 @@ def test_adaptive_backoff_converges(redis_url: str, spawn_worker, tmp_path: Path
         _fleet(spawn_worker, redis_url, 2, adaptive_throttle=False, **settings)
         env = fetchfleet_env(redis_url, **settings)
         assert run_cli(["submit", str(urls), "--batch-id", "baseline"], env).returncode == 0
-        time.sleep(took)
+        time.sleep(min(took, 20.0))
         assert run_cli(["cancel", "baseline"], env).returncode == 0
         base_429, base_total = _count_429(base)
         base_late_429, base_late = _count_429(base, after=5.0)
@@ -304,7 +309,7 @@ def test_adaptive_backoff_converges(redis_url: str, spawn_worker, tmp_path: Path
     print(
         f"adaptive on: {all_429} 429s of {total} responses; after the first 5 s {late_429} of {late_all} "
         f"({100 * late_429 / max(late_all, 1):.1f}%); all {n} URLs 200 in {took:.0f} s\n"
-        f"adaptive off (baseline, same {took:.0f} s, then cancelled): {base_429} 429s of {base_total} "
+        f"adaptive off (baseline, {min(took, 20.0):.0f} s, then cancelled): {base_429} 429s of {base_total} "
         f"responses; after the first 5 s {base_late_429} of {base_late} "
         f"({100 * base_late_429 / max(base_late, 1):.1f}%); {base_ok} URLs got their 200"
     )
@@ -382,15 +387,16 @@ def test_a_429_after_a_redirect_slows_the_host_that_sent_it(
 
 
 def test_retry_after_pauses_the_host_for_the_fleet(redis_url: str, spawn_worker, tmp_path: Path) -> None:
-    """One URL is answered 429 with Retry-After: 2; URLs of the same host submitted just after, on
-    either worker, wait out those 2 seconds."""
+    """One URL is answered 429 with Retry-After: 3; URLs of the same host submitted just after, on
+    either worker, wait out those 3 seconds. (3, not 2: `fetchfleet submit` starting a process on a loaded
+    machine took over a second, and a URL queued that late waited less than the second asserted below.)"""
     target = FetchTarget().start()
     try:
         settings = {"chunk_size": 1, "concurrency": 2, "robots": "ignore"}  # 8 chunks held each
         _fleet(spawn_worker, redis_url, 2, **settings)
         env = fetchfleet_env(redis_url, **settings)
         first = tmp_path / "first.txt"
-        first.write_text(target.url("/flaky/p/1/429?retry_after=2") + "\n")
+        first.write_text(target.url("/flaky/p/1/429?retry_after=3") + "\n")
         assert run_cli(["submit", str(first)], env).returncode == 0
         deadline = time.monotonic() + 20
         while target.hits["flaky:p"] < 1 and time.monotonic() < deadline:
@@ -401,7 +407,7 @@ def test_retry_after_pauses_the_host_for_the_fleet(redis_url: str, spawn_worker,
         assert all(r["status"] == 200 for r in results) and len({r["worker"] for r in results}) == 2
         arrivals = sorted(t for path, ts in target.times.items() if path.startswith("/ok/") for t in ts)
         print(f"first request to the paused host {arrivals[0] - told:.2f} s after its 429")
-        assert arrivals[0] - told >= 1.9
+        assert arrivals[0] - told >= 2.9
         assert max(r["politeness_wait_ms"] for r in results) > 1000
     finally:
         target.stop()
