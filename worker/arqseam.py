@@ -21,7 +21,7 @@ from worker.chunks import Runtime
 from worker.claimsize import ClaimSizer
 from worker.contract import wake_key
 from worker.enqueue import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX
-from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify
+from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
 
 log = logging.getLogger("fetchfleet.worker")
 
@@ -172,14 +172,20 @@ class FleetWorker(Worker):
         try:
             await super().run_job(job_id, score)
         except REDIS_ERRORS as exc:
-            if classify(exc) is not RedisProblem.FULL:
-                raise
-            # arq's start (GET, INCR) or finish transaction was refused as a whole: no try was counted
-            # (or the run is over). The claim's lease runs out and the chunk runs again after it.
+            # arq's start (GET, INCR) or finish transaction met a full, unreachable or otherwise
+            # refusing Redis: no try was counted (or the run is over), and the job is still queued. The
+            # claim's lease runs out and the chunk runs again after it (what it recorded is skipped).
+            # Raised on, it would end this task with an exception nobody retrieves (a traceback in
+            # the log of a worker whose Redis restarted mid-batch).
+            problem = classify(exc)
             stage = "end" if self.jobs_complete + self.jobs_failed + self.jobs_retried > ran else "start"
-            log.warning("chunk %s: Redis full at its %s; it runs again after its lease", job_id, stage)
+            # Unreachable: the poll loop announces the outage once; a line per chunk would flood.
+            level = logging.DEBUG if problem is RedisProblem.UNREACHABLE else logging.WARNING
+            log.log(
+                level, "chunk %s: %s at its %s; it runs again after its lease", job_id, describe(exc), stage
+            )
             rt: Runtime | None = self.ctx.get("runtime")
-            if rt is not None:
+            if rt is not None and problem is RedisProblem.FULL:
                 rt.recorder.pressure.full_now()
         finally:
             self.score_moved.pop(job_id, None)
