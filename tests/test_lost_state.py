@@ -49,6 +49,10 @@ def test_redis_restarted_empty_mid_batch(spawn_worker, tmp_path: Path) -> None:
             )
             procs.append(follow)
             wait_until(lambda: int(r.hget(batch_key("gone"), "done") or 0) >= 300, 60, "some results")
+        # Both collectors are following (each wrote results out) before Redis goes: one still starting
+        # meets no Redis at all, another case (a clear "cannot reach Redis"; seen once under -n 4).
+        for out in ("o", "f"):
+            wait_until(lambda o=out: _lines(tmp_path / o) > 0, 60, f"results written to {out}")
         server.kill()
         time.sleep(1)
         server.start()
@@ -107,3 +111,10 @@ async def test_follower_sees_a_vanished_or_recreated_batch(how: str, redis_url: 
         assert time.monotonic() - started < 3
         if how == "flushed":
             assert await client.redis.dbsize() == 0  # nothing recreated
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
