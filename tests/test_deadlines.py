@@ -81,6 +81,7 @@ async def test_waiting_for_a_redirect_targets_turn_is_not_a_timeout(target: Fetc
         o = await f.fetch(target.url("/redirect/1"), hop_check=hop_check)
         assert o.error is None and o.status == 200 and o.redirects == 1, o.error
         assert waited and waited[0] >= 0.8
+        assert o.hop_wait_ms == 800.0  # the turn's wait, as the slot reported it
         slow = await f.fetch(target.url("/slow-headers/5"))  # the same timeouts still fire elsewhere
         assert slow.error is not None and slow.error.kind == "timeout"
     finally:

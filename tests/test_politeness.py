@@ -199,6 +199,8 @@ def test_a_redirect_waits_for_its_targets_turn(
         gaps = [round(b - a, 2) for a, b in itertools.pairwise(times)]
         print(f"gaps between the redirect target's requests: {gaps}")
         assert len(times) == 5 and min(gaps) >= 0.9, gaps
+        # The waits for the target's turn show in the results, as a direct URL's wait does.
+        assert max(r["politeness_wait_ms"] for r in results) >= 3000, results
         assert site.hits["/redirect"] == 5  # the first hops were not held back: another host
     finally:
         other.stop()

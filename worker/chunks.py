@@ -190,7 +190,9 @@ async def fetch_one(
             rt.metrics.retried(kind or "http_status")
             return 1  # handled: the next attempt waits in the queue, not in this worker
         outcome = final_outcome(outcome, rt.retry.statuses)
-        wait_ms = round((gate.waited_ms if gate is not None else 0.0) + (waited or 0.0), 3)
+        wait_ms = round(
+            (gate.waited_ms if gate is not None else 0.0) + (waited or 0.0) + outcome.hop_wait_ms, 3
+        )
         doc, body = await _doc_and_body(rt, index, outcome, attempts, wait_ms)
         payload = encode_doc(doc)
     except asyncio.CancelledError:

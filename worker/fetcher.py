@@ -67,6 +67,7 @@ class FetchOutcome:
     retry_after: str | None = None
     body_truncated: bool = False
     exchange: Exchange | None = None  # with a kept body: what a WARC record needs besides it
+    hop_wait_ms: float = 0.0  # waiting for redirect targets' turns (in politeness_wait_ms, not the server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +254,7 @@ class Fetcher:
                 redirects=state.redirects,
                 elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
                 error=err,
+                hop_wait_ms=state.hop_wait_ms,
             )
         finally:
             self.watchdog.end(d)
@@ -273,7 +275,8 @@ class Fetcher:
             async with contextlib.AsyncExitStack() as held:
                 if hop_slot is not None:  # the redirect target's turn, for this hop's request
                     with self.watchdog.paused(state):  # waiting for it is not the server being slow
-                        await held.enter_async_context(hop_slot)
+                        waited: float | None = await held.enter_async_context(hop_slot)
+                    state.hop_wait_ms += waited or 0.0
                     hop_slot = None
                 if state.redirects:  # a new hop: the read timeout counts from now
                     state.progress()
@@ -345,6 +348,7 @@ class Fetcher:
                         retry_after=resp.headers.get("Retry-After"),
                         body_truncated=truncated,
                         exchange=exchange,
+                        hop_wait_ms=state.hop_wait_ms,
                     )
 
     @staticmethod
@@ -444,6 +448,7 @@ class _Hop(Deadline):
     redirects: int = 0
     status: int | None = None
     size: int = 0
+    hop_wait_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
