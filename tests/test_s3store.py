@@ -51,6 +51,13 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The S3 credentials, in the environment every process of the test reads (workers, producer)."""
+    for name, value in AWS.items():
+        monkeypatch.setenv(name, value)
+
+
 def _answers(endpoint: str) -> bool:
     try:
         with urllib.request.urlopen(endpoint, timeout=1):
@@ -77,10 +84,8 @@ def download_all(endpoint: str, bucket: str, prefix: str, into: Path) -> list[Pa
 
 
 def test_segments_upload_and_references_resolve(
-    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    s3_endpoint: str, aws_credentials: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for name, value in AWS.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("FETCHFLEET_S3_ENDPOINT_URL", s3_endpoint)
     get_settings.cache_clear()
     make_bucket(s3_endpoint, "unit")
@@ -111,10 +116,8 @@ def test_worker_sigkilled_mid_batch_every_reference_resolves(
     http_target: HttpTarget,
     spawn_worker,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    aws_credentials: None,
 ) -> None:
-    for name, value in AWS.items():  # the workers' and the producer's credentials
-        monkeypatch.setenv(name, value)
     make_bucket(s3_endpoint, "fleet")
     n = 2000
     settings = {
@@ -165,11 +168,9 @@ def test_body_command_reads_one_body_back_from_s3(
     http_target: HttpTarget,
     spawn_worker,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    aws_credentials: None,
 ) -> None:
     """`fetchfleet body REF` (and `results --index N --body`) on an s3:// reference a worker wrote."""
-    for name, value in AWS.items():
-        monkeypatch.setenv(name, value)
     make_bucket(s3_endpoint, "single")
     settings = {
         "body_store": "s3://single/one",

@@ -29,8 +29,13 @@ async def stop_loop(task: asyncio.Task[None] | None) -> None:
     """
     if task is None:
         return
+    await cancel_until_done(task)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def cancel_until_done(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` every CANCEL_AGAIN_S until it has ended; its outcome is left to whoever awaits it."""
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

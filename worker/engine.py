@@ -21,6 +21,7 @@ from arq.worker import Retry, func
 from pydantic import ValidationError
 
 from worker.arqseam import FleetWorker
+from worker.background import cancel_until_done
 from worker.chunks import Runtime, run_chunk
 from worker.claimsize import chunks_held
 from worker.codec import dump_job, load_job
@@ -38,7 +39,6 @@ from worker.settings import Settings, is_sentinel_url, parse_sentinel_url
 log = logging.getLogger("fetchfleet.worker")
 
 RECONNECT_CAP_S = 5.0
-CANCEL_AGAIN_S = 1.0  # a stopping poll loop that outlived its cancel is cancelled again this often
 STILL_DOWN_EVERY_S = 60.0
 # arq's own try limit and job timeout, set out of reach: when arq reaches either it deletes the job
 # with no result for its URLs (ARQ-NOTES). fetch_chunk counts the tries that matter itself (a run
@@ -325,13 +325,10 @@ class Stopper:
         self._cancel_all()
         # One cancel is not always enough: a CancelledError that lands while a library is handling a
         # timeout of its own can be swallowed there, and arq's poll loop then runs on with nothing to
-        # claim (seen on a Ctrl-C just after start-up). Cancelled again until it ends.
-        main = self.worker.main_task
-        while main is not None and not main.done():
-            await asyncio.wait({main}, timeout=CANCEL_AGAIN_S)
-            if not main.done():
-                log.debug("arq's poll loop outlived its cancel: cancelling it again")
-                main.cancel()
+        # claim (seen on a Ctrl-C just after start-up). Cancelled again until it ends; its outcome is
+        # supervise's to read.
+        if self.worker.main_task is not None:
+            await cancel_until_done(self.worker.main_task)
 
     def _running(self) -> set[asyncio.Task[Any]]:
         return {t for t in self.worker.tasks.values() if not t.done()}

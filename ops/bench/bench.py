@@ -33,7 +33,6 @@ from ops.bench import target, web
 from ops.bench.harness import (
     BENCH_QUEUE,
     E2E,
-    IDLE_GAP_S,
     PROFILES,
     Bench,
     Profile,
@@ -41,6 +40,7 @@ from ops.bench.harness import (
     check_exactly_once,
     fetchfleet_run,
     percentile,
+    pickup_ms,
     print_table,
     target_cpu,
 )
@@ -206,20 +206,7 @@ async def collection_rates(b: Bench, batch_id: str, n: int) -> tuple[float, floa
 
 async def latency_samples(b: Bench, samples: int) -> tuple[list[float], list[float]]:
     """Milliseconds from submit to result for one URL at a time, and for one in-process GET."""
-    ours: list[float] = []
-    async with Client(b.settings()) as client:
-        for i in range(samples):
-            started = time.perf_counter()
-            batch_id = await client.submit([f"{b.base}/lat/{i}"])
-            gen = client.results(batch_id, follow=True)
-            async for _cursor, _doc in gen:
-                break
-            ours.append((time.perf_counter() - started) * 1000)
-            await gen.aclose()
-            # One URL now and then, as a user sends it: the worker has finished its last chunk and
-            # waits idle on the wake list. Back to back, the next submit would land while arq still
-            # finishes the last chunk, and wait for its next poll (FETCHFLEET_POLL_DELAY) instead.
-            await asyncio.sleep(IDLE_GAP_S)
+    ours = await pickup_ms(b.settings(), [f"{b.base}/lat/{i}" for i in range(samples)])
     plain: list[float] = []
     async with aiohttp.ClientSession() as session:
         for i in range(samples):

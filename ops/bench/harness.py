@@ -3,6 +3,7 @@ timed from the first submit to the last result written, each index checked exact
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,3 +235,24 @@ def print_table(b: Bench) -> None:
                 for i, (c, w) in enumerate(zip(row, widths, strict=True))
             )
         )
+
+
+async def pickup_ms(settings: Settings, urls: list[str]) -> list[float]:
+    """Milliseconds from `Client.submit` of one URL to its result, one URL at a time.
+
+    IDLE_GAP_S between them, as a user sends one URL now and then: the worker has finished its last
+    chunk and waits idle on the wake list. Back to back, the next submit would land while arq still
+    finishes the last chunk, and wait for its next poll (FETCHFLEET_POLL_DELAY) instead.
+    """
+    took: list[float] = []
+    async with Client(settings) as client:
+        for url in urls:
+            started = time.perf_counter()
+            batch_id = await client.submit([url])
+            gen = client.results(batch_id, follow=True)
+            async for _cursor, _doc in gen:
+                break
+            took.append((time.perf_counter() - started) * 1000)
+            await gen.aclose()
+            await asyncio.sleep(IDLE_GAP_S)
+    return took

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,35 +24,19 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from ops.bench import target
-from ops.bench.harness import percentile
+from ops.bench.harness import IDLE_GAP_S, percentile, pickup_ms
 from producer.client import Client
 from tests.support import procs
 from tests.support import redisserver as redisproc
 from worker.settings import load_settings
 
 QUEUE = "fetchfleet:pickup"
-GAP_S = 0.05  # between samples: the worker is idle on the wake list again
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def samples(redis_url: str, base: str, n: int) -> list[float]:
-    took: list[float] = []
-    async with Client(load_settings(redis_url=redis_url, queue_name=QUEUE)) as client:
-        for i in range(n):
-            started = time.perf_counter()
-            batch_id = await client.submit([f"{base}/p/{i}"])
-            gen = client.results(batch_id, follow=True)
-            async for _cursor, _doc in gen:
-                break
-            took.append((time.perf_counter() - started) * 1000)
-            await gen.aclose()
-            await asyncio.sleep(GAP_S)
-    return took
+    return await pickup_ms(
+        load_settings(redis_url=redis_url, queue_name=QUEUE), [f"{base}/p/{i}" for i in range(n)]
+    )
 
 
 async def traced(redis_url: str, base: str, n: int) -> None:
@@ -87,7 +70,7 @@ async def traced(redis_url: str, base: str, n: int) -> None:
                         break
                     who = c.get("client_port", "")
                     print(f"  {at:8.2f} ms  {who:>6}  {c['command'][:110]}", file=sys.stderr)
-                await asyncio.sleep(GAP_S)
+                await asyncio.sleep(IDLE_GAP_S)
             task.cancel()
         await mon_conn.aclose()
 
@@ -101,7 +84,7 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fetchfleet-pickup-"))
     red = redisproc.RedisProcess().start()
-    http = target.PythonTarget(free_port())
+    http = target.PythonTarget(redisproc.free_port())
     worker = None
     try:
         env = procs.fetchfleet_env(red.url, queue_name=QUEUE, allow_private_networks=True)
