@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from tests.support.polite_target import PoliteTarget
 from worker import errors
 from worker.contract import BatchOptions, robots_keys
-from worker.fetcher import FetchOutcome
-from worker.politeness import make_politeness
+from worker.fetcher import Fetcher, FetchOutcome
+from worker.politeness import HeldSlot, make_politeness
 from worker.robots import (
     ALLOW,
     DISALLOW,
@@ -291,6 +291,55 @@ async def test_a_cancelled_loader_does_not_fail_the_waiters(redis_url: str, site
     finally:
         await cache.close()
         await redis.aclose()
+
+
+async def test_the_url_loading_robots_txt_holds_a_slot_and_keeps_it(
+    redis_url: str, site: PoliteTarget
+) -> None:
+    """The URL that loads its origin's robots.txt does it in a fetch slot and fetches in that same slot;
+    URLs waiting for that load hold none; a refusal, or a Crawl-delay, gives the slot back."""
+    redis = Redis.from_url(redis_url)
+    settings = _settings(redis_url)
+    slots = asyncio.Semaphore(5)
+    held = HeldSlot(slots)
+    opts = BatchOptions()
+    closed = PoliteTarget(200, "User-agent: *\nDisallow: /\n").start()
+    delayed = PoliteTarget(200, "User-agent: *\nCrawl-delay: 1\n").start()
+    async with Fetcher(settings) as fetcher:
+        polite = make_politeness(settings, redis, "w", None, fetcher)
+        assert polite is not None and polite.robots is not None
+        try:
+            origin = origin_of(site.url("/"))
+            assert origin is not None
+            await redis.set(robots_keys(origin)[1], "someone-else", px=400)  # the load waits a while
+            loader = asyncio.create_task(polite.admit(site.url("/a"), opts, slots, held))
+            await asyncio.sleep(0.05)
+            waiters = [
+                asyncio.create_task(polite.admit(site.url(f"/b{i}"), opts, slots, held)) for i in range(3)
+            ]
+            await asyncio.sleep(0.1)
+            assert slots._value == 4  # the loader's slot only, while robots.txt is on its way
+            gate, slot = await asyncio.wait_for(loader, 10)
+            assert gate.refused is None and slot is held  # kept for the fetch
+            admitted = [slot, *(s for g, s in await asyncio.gather(*waiters) if g.refused is None)]
+            assert len(admitted) == 4 and all(s in (held, slots) for s in admitted)
+            for s in admitted:
+                if s is held:  # taken already (as with adaptive backoff on): given back at the fetch's end
+                    async with s:
+                        pass
+            assert slots._value == 5
+
+            gate, slot = await polite.admit(closed.url("/x"), opts, slots, held)
+            assert gate.refused is not None and slot is None and slots._value == 5
+
+            gate, slot = await polite.admit(delayed.url("/y"), opts, slots, held)
+            assert gate.interval_ms == 1000 and slot is not held and slot is not slots
+            assert slots._value == 5  # its turn is the host limiter's, taken when the fetch starts
+        finally:
+            await polite.close()
+            closed.stop()
+            delayed.stop()
+    await redis.aclose()
 
 
 async def test_robots_txt_and_the_pages_after_it_share_a_connection(redis_url: str) -> None:

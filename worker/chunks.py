@@ -166,13 +166,13 @@ async def fetch_one(
             # Without a host limit the bare semaphore is the slot (fetch_slot's wrapper costs ~3 us a URL).
             slot = rt.slots if rt.host_limiter is None else fetch_slot(rt.host_limiter, rt.slots, url)
         else:
-            # robots.txt is read (or waited for) before a slot is taken, so it holds none either.
-            gate = polite.gate(url, job.options) or await polite.gate_async(url, job.options)
-            if gate.refused is not None:
+            # robots.txt: see Politeness.admit for when its wait holds a slot.
+            gate, admitted = await polite.admit(url, job.options, rt.slots, rt.held)
+            if admitted is None:
                 rt.waiting -= 1
                 waiting = False
                 return await _refused(rt, job, index, req, attempts, gate)
-            slot = await polite.take_slot(gate, rt.slots, rt.held)
+            slot = admitted
         async with slot as waited:
             rt.waiting -= 1
             waiting = False

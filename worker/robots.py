@@ -225,6 +225,10 @@ class RobotsCache:
             return None
         return seen.rules, seen.until
 
+    def loading(self, origin: str) -> bool:
+        """Whether a URL of this process is loading `origin`'s verdict now (others wait for it)."""
+        return origin in self._loading
+
     async def rules(self, origin: str) -> RobotsRules:
         """The verdict for `origin`: memory, else Redis, else one fetch for the whole fleet."""
         while True:
