@@ -46,6 +46,22 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {3}
 """
 
+# The fetched verdict cached for the fleet and the fetch lock given back, in one script call (a
+# MULTI/EXEC pipeline before: four commands, and redis-py's transaction handling, a new origin).
+# An unreachable origin is also listed, for `fetchfleet stats`. KEYS: the cache key, the lock, the
+# list of unreachable origins; ARGV: the verdict, its lifetime in ms, the lock's owner, and for an
+# unreachable origin: the origin, its end of disallow and now (both ms since the epoch).
+STORE_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[4] then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
+  -- Every entry lasts as long as this newest one: the set expires with it.
+  redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[2]) + 60000)
+end
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+"""
+
 ALLOW, DISALLOW, RULES = "allow", "unreachable", "rules"
 
 
@@ -205,10 +221,12 @@ class RobotsCache:
     _loading: dict[str, asyncio.Future[RobotsRules]] = field(default_factory=dict, init=False, repr=False)
     _fetcher_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _read_or_lock: AsyncScript = field(init=False, repr=False)
+    _store: AsyncScript = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.token = product_token(self.settings.user_agent)
         self._read_or_lock = self.redis.register_script(READ_OR_LOCK_LUA)
+        self._store = self.redis.register_script(STORE_LUA)
 
     def cached(self, origin: str) -> RobotsRules | None:
         """The verdict held in memory, if still fresh."""
@@ -289,16 +307,11 @@ class RobotsCache:
         try:
             rules = await self._fetch(origin)
             ttl = self._ttl(rules)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(key, rules.dump(), px=int(ttl * 1000))
-                if rules.state == DISALLOW:
-                    now_ms = int(time.time() * 1000)
-                    pipe.zadd(ROBOTS_UNREACHABLE_KEY, {origin: now_ms + int(ttl * 1000)})
-                    pipe.zremrangebyscore(ROBOTS_UNREACHABLE_KEY, "-inf", now_ms)
-                    # Every entry lasts as long as this newest one: the set expires with it.
-                    pipe.pexpire(ROBOTS_UNREACHABLE_KEY, int(ttl * 1000) + 60_000)
-                pipe.delete(lock)
-                await pipe.execute()
+            args: list[str | int | bytes] = [rules.dump(), int(ttl * 1000), self.owner]
+            if rules.state == DISALLOW:
+                now_ms = int(time.time() * 1000)
+                args += [origin, now_ms + int(ttl * 1000), now_ms]
+            await self._store(keys=[key, lock, ROBOTS_UNREACHABLE_KEY], args=args)
         except RedisError as exc:
             log.warning("could not cache robots.txt of %s: %s", origin, exc)
         return rules, ttl
@@ -313,7 +326,14 @@ class RobotsCache:
         outcome = await fetcher.fetch(f"{origin}/robots.txt", keep_body=True)
         rules = rules_from_fetch(outcome, self.token)
         self.fetched[rules.state] = self.fetched.get(rules.state, 0) + 1
-        log.info("%s/robots.txt: %s", origin, rules.reason)
+        # One line a new origin is a flood on a crawl of many hosts: DEBUG, but for an origin whose
+        # URLs are all refused for a while (RFC 9309 2.3.1.4), which a user wants to hear of.
+        log.log(
+            logging.WARNING if rules.state == DISALLOW else logging.DEBUG,
+            "%s/robots.txt: %s",
+            origin,
+            rules.reason,
+        )
         return rules
 
     async def _robots_fetcher(self) -> Fetcher:
