@@ -329,6 +329,22 @@ async def test_the_url_loading_robots_txt_holds_a_slot_and_keeps_it(
                         pass
             assert slots._value == 5
 
+            # Two URLs of a new origin while every slot is taken: the first to ask loads it, in the
+            # first slot given back; the second waits for that load without taking the next one.
+            for _ in range(5):
+                await slots.acquire()
+            await redis.set(robots_keys(origin_of(closed.url("/")) or "")[1], "someone-else", px=300)
+            both = [asyncio.create_task(polite.admit(closed.url(f"/{p}"), opts, slots, held)) for p in "st"]
+            await asyncio.sleep(0.05)
+            slots.release()
+            slots.release()
+            await asyncio.sleep(0.1)
+            assert slots._value == 1
+            assert [g.refused is not None and s is None for g, s in await asyncio.gather(*both)] == [True] * 2
+            assert slots._value == 2 and closed.hits["/robots.txt"] == 1
+            for _ in range(3):
+                slots.release()
+
             gate, slot = await polite.admit(closed.url("/x"), opts, slots, held)
             assert gate.refused is not None and slot is None and slots._value == 5
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -151,13 +151,16 @@ class Politeness:
             self._fast.clear()
         self._fast[url if cut < 0 else url[:cut]] = (rules, gate, until)
 
-    async def gate_async(self, url: str, options: BatchOptions) -> Gate:
+    async def gate_async(
+        self, url: str, options: BatchOptions, before_load: Callable[[], Awaitable[None]] | None = None
+    ) -> Gate:
+        """The verdict, waiting for robots.txt when needed; `before_load` as in RobotsCache.rules."""
         known = self._origin(url)
         if known is None or self.robots is None:
             return Gate(host_of(url))
         origin, host = known
         started = time.monotonic()
-        rules = await self.robots.rules(origin)
+        rules = await self.robots.rules(origin, before_load)
         return self._decide(url, host, rules, round((time.monotonic() - started) * 1000, 3))
 
     def hop_check(self, options: BatchOptions) -> HopCheck | None:
@@ -230,20 +233,27 @@ class Politeness:
         TLS, and the page reuses that connection. Loaded outside a slot, the URLs of new hosts waited
         for robots.txt while the slots they were claimed for stood empty (ops/bench --profile web: 145
         of 500 fetches in flight on average, none in the run's first second). URLs waiting for another
-        URL's load, and hosts with a limit, a Crawl-delay or a backoff, still wait holding no slot.
+        URL's load, and hosts with a limit, a Crawl-delay or a backoff, still wait holding no slot. The
+        load is this URL's before it waits for its slot: a second URL of the host arriving meanwhile
+        waits for the verdict holding none (it took a slot of its own, then a second connection, for 370
+        of 1,000 hosts of the web profile).
         """
         gate = self.gate(url, options)
         if gate is None:
-            known = self._origin(url)
-            if self.robots is None or known is None or self.robots.loading(known[0]):
-                gate = await self.gate_async(url, options)
-            else:
+            took = False
+
+            async def take() -> None:  # called only when this URL loads the verdict itself
+                nonlocal took
                 await slots.acquire()
-                try:
-                    gate = await self.gate_async(url, options)
-                except BaseException:
+                took = True
+
+            try:
+                gate = await self.gate_async(url, options, take)
+            except BaseException:
+                if took:
                     slots.release()
-                    raise
+                raise
+            if took:
                 if gate.refused is None and self.slot(gate, slots) is slots:  # no limit, delay, backoff
                     return gate, held
                 slots.release()
