@@ -1,10 +1,18 @@
 -- Record fetch results exactly once per (batch, index).
 -- KEYS[1] done bitmap, KEYS[2] result stream, KEYS[3] batch hash
 -- ARGV[1] ttl seconds; ARGV[2] four numbers per result, space-separated: index, failed (0/1),
--- result JSON length, stored body length (0 for none); ARGV[3] every result's JSON then its body,
--- concatenated. Two arguments for the whole flush instead of four per result: redis-py packs every
+-- result JSON length, stored body length (0 for none); ARGV[3] every result's JSON, a newline, then its
+-- body, concatenated. Two arguments for the whole flush instead of four per result: redis-py packs every
 -- argument in Python (ops/bench: ~1.7 us a result), Lua slices a string for much less.
 -- ARGV[4] the batch's incarnation token, as the chunk job carries it.
+-- ARGV[5] the most results one stream entry holds (worker/resultstream.py RESULTS_PER_ENTRY).
+--
+-- The stream (worker/resultstream.py reads it): the fresh results of a flush that keep no body in Redis
+-- go into one entry, field `r` their JSON documents joined by newlines (a document is one line: the
+-- recorder refuses one with a newline), at most ARGV[5] to an entry. One XADD a flush, not one a result
+-- (issue 16: the XADDs were 1.00 of ~1.5 Redis commands a URL). A result with a kept body takes an entry
+-- of its own, `r` and `b`: bodies are bytes of any value, and dozens of times a document's size, so the
+-- XADD is little of their cost; an entry with one document is the one-line case of the same format.
 -- Returns one flag per result: 1 if it was the first result for its index; or -1, writing nothing, when
 -- the batch hash is gone or holds another incarnation (Redis lost the batch: never recreate it).
 -- The bitmap bit is the gate: a chunk that runs twice finds it set and adds nothing.
@@ -31,9 +39,9 @@ if done_type ~= 'none' and done_type ~= 'string' then return wrongtype(KEYS[1], 
 local stream_type = redis.call('TYPE', KEYS[2])['ok']
 if stream_type ~= 'none' and stream_type ~= 'stream' then return wrongtype(KEYS[2], stream_type, 'stream') end
 
--- Per result this script runs a few dozen Lua operations besides its XADD; they are most of its cost
--- (ops/bench: ~2 us of Redis CPU a result without the XADD), hence locals and counters below rather
--- than `#t` (a search in Lua 5.1) and calls per result.
+-- Per result this script runs a few dozen Lua operations and no Redis command (but for a kept body or
+-- a lone far index); they are most of its cost (ops/bench: ~2 us of Redis CPU a result), hence locals
+-- and counters below rather than `#t` (a search in Lua 5.1) and calls per result.
 local floor, sub, rcall = math.floor, string.sub, redis.call
 local nums, count = {}, 0
 for n in string.gmatch(ARGV[2], '%-?%d+') do
@@ -49,7 +57,7 @@ for i = 1, count, 4 do
   if index < 0 or index >= 4294967296 or nums[i + 2] < 0 or nums[i + 3] < 0 then
     return redis.error_reply('ERR fetchfleet result index or length out of range')
   end
-  total = total + nums[i + 2] + nums[i + 3]
+  total = total + nums[i + 2] + 1 + nums[i + 3]
   if index < lo then lo = index end
   if index > hi then hi = index end
 end
@@ -71,9 +79,14 @@ end
 -- A bit's mask in its byte, high-order bit first as SETBIT numbers them (arithmetic, not the bit
 -- library: not every Lua has one).
 local masks = {128, 64, 32, 16, 8, 4, 2, 1}
+local per_entry = tonumber(ARGV[5] or '')
+if not per_entry or per_entry < 1 then return redis.error_reply('ERR fetchfleet record arguments are malformed') end
 local changed = false
 local added, failed = 0, 0
 local fresh = {}
+-- The entry being filled: `parts` are runs of consecutive fresh documents without a body, each one
+-- slice of the blob where they already stand newline-separated; `run` is where the open run starts.
+local parts, nparts, in_entry, run = {}, 0, 0, nil
 local pos = 1
 for i = 1, count, 4 do
   local index, plen, blen = nums[i], nums[i + 2], nums[i + 3]
@@ -90,18 +103,37 @@ for i = 1, count, 4 do
       changed = true
     end
   end
-  if first then
-    if blen == 0 then
-      rcall('XADD', KEYS[2], '*', 'r', sub(blob, pos, pos + plen - 1))
-    else
-      rcall('XADD', KEYS[2], '*', 'r', sub(blob, pos, pos + plen - 1), 'b', sub(blob, pos + plen, pos + plen + blen - 1))
+  if first and blen == 0 then
+    if run == nil then run = pos end
+    in_entry = in_entry + 1
+    if in_entry == per_entry then
+      nparts = nparts + 1
+      parts[nparts] = sub(blob, run, pos + plen - 1)
+      rcall('XADD', KEYS[2], '*', 'r', table.concat(parts, '\n', 1, nparts))
+      nparts, in_entry, run = 0, 0, nil
     end
+  else
+    if run ~= nil then -- the run ends before this result, at the previous document's newline
+      nparts = nparts + 1
+      parts[nparts] = sub(blob, run, pos - 2)
+      run = nil
+    end
+    if first then
+      rcall('XADD', KEYS[2], '*', 'r', sub(blob, pos, pos + plen - 1), 'b', sub(blob, pos + plen + 1, pos + plen + blen))
+    end
+  end
+  if first then
     added = added + 1
     failed = failed + nums[i + 1]
   end
-  pos = pos + plen + blen
+  pos = pos + plen + 1 + blen
   fresh[(i + 3) / 4] = first and 1 or 0
 end
+if run ~= nil then
+  nparts = nparts + 1
+  parts[nparts] = sub(blob, run, pos - 2)
+end
+if nparts > 0 then rcall('XADD', KEYS[2], '*', 'r', table.concat(parts, '\n', 1, nparts)) end
 if changed then redis.call('SETRANGE', KEYS[1], base, string.char(unpack(bytes))) end
 if added > 0 then
   local ttl = tonumber(ARGV[1])

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from worker.contract import batch_keys
 from worker.pressure import RedisPressure
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
+from worker.resultstream import RESULTS_PER_ENTRY
 
 log = logging.getLogger("fetchfleet.recorder")
 
@@ -55,11 +56,12 @@ async def done_flags(redis: Redis, batch_id: str, indexes: list[int]) -> list[bo
 
 
 def script_args(ttl: int, group: list[Pending], incarnation: str = "") -> list[int | str | bytes]:
-    """record.lua's ARGV: the ttl, the numbers of every result in one string, their bytes in another,
-    and the batch incarnation the results belong to."""
+    """record.lua's ARGV: the ttl, the numbers of every result in one string, their bytes in another
+    (each document, a newline, its body: documents without a body stand as the stream entry's lines),
+    the batch incarnation the results belong to, and the most results one stream entry takes."""
     numbers = " ".join([f"{p.index} {p.failed:d} {len(p.payload)} {len(p.body)}" for p in group])
-    blob = b"".join([part for p in group for part in (p.payload, p.body)])
-    return [ttl, numbers, blob, incarnation]
+    blob = b"".join([part for p in group for part in (p.payload, b"\n", p.body)])
+    return [ttl, numbers, blob, incarnation, RESULTS_PER_ENTRY]
 
 
 class Recorder:
@@ -110,6 +112,10 @@ class Recorder:
         if not 0 <= index < MAX_INDEX:
             # record.lua refuses it too, but with the whole flush: refused here, it fails its chunk only.
             raise ValueError(f"result index {index} is outside 0..{MAX_INDEX - 1}")
+        if b"\n" in payload:
+            # A stream entry's documents are its lines (worker/resultstream.py); JSON escapes a newline
+            # in a string, so only a document that is not compact JSON can hold one.
+            raise ValueError(f"result document of index {index} is not one line")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append(Pending(batch_id, index, failed, payload, body or b"", fut, incarnation))
         self._wake.set()
