@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -21,6 +22,7 @@ log = logging.getLogger("fetchfleet.recorder")
 RECORD_LUA = files("worker").joinpath("record.lua").read_text()
 MAX_FLUSH = 1000
 MAX_INDEX = 2**32  # SETBIT's offsets: the done bitmap holds no index beyond
+NUMBERS = struct.Struct(">IBII")  # record.lua's ARGV[2]: index, failed, document and body lengths
 LOST = -1  # record.lua's answer when the batch hash is gone or holds another incarnation
 FULL_BACKOFF_CAP_S = 5.0
 
@@ -56,12 +58,14 @@ async def done_flags(redis: Redis, batch_id: str, indexes: list[int]) -> list[bo
 
 
 def script_args(ttl: int, group: list[Pending], incarnation: str = "") -> list[int | str | bytes]:
-    """record.lua's ARGV: the ttl, the numbers of every result in one string, their bytes in another
-    (each document, a newline, its body: documents without a body stand as the stream entry's lines),
-    the batch incarnation the results belong to, and the most results one stream entry takes."""
-    numbers = " ".join([f"{p.index} {p.failed:d} {len(p.payload)} {len(p.body)}" for p in group])
-    blob = b"".join([part for p in group for part in (p.payload, b"\n", p.body)])
-    return [ttl, numbers, blob, incarnation, RESULTS_PER_ENTRY]
+    """record.lua's ARGV: the ttl, the numbers of every result packed in one string, their bodies in
+    another, the batch incarnation the results belong to, the most results a stream entry takes, then
+    the documents, that many to an argument, joined by newlines (each argument an entry as it stands)."""
+    numbers = b"".join([NUMBERS.pack(p.index, p.failed, len(p.payload), len(p.body)) for p in group])
+    bodies = b"".join([p.body for p in group])
+    step = RESULTS_PER_ENTRY
+    documents = [b"\n".join([p.payload for p in group[i : i + step]]) for i in range(0, len(group), step)]
+    return [ttl, numbers, bodies, incarnation, step, *documents]
 
 
 class Recorder:
