@@ -114,7 +114,8 @@ class Recorder:
         if self._closed:
             raise RuntimeError("recorder is closed")
         if not 0 <= index < MAX_INDEX:
-            # record.lua refuses it too, but with the whole flush: refused here, it fails its chunk only.
+            # It does not fit record.lua's four bytes, and would fail the whole flush: refused here, it
+            # fails its chunk only.
             raise ValueError(f"result index {index} is outside 0..{MAX_INDEX - 1}")
         if b"\n" in payload:
             # A stream entry's documents are its lines (worker/resultstream.py); JSON escapes a newline
