@@ -8,6 +8,7 @@ from fetchfleet.result import Result
 from producer.client import BatchStatus
 from producer.client import Client as ProducerClient
 from worker.contract import FetchRequest
+from worker.resultstream import START
 from worker.settings import Settings
 
 FORGET_EVERY = 1000  # results taken between deletions of collected ones from Redis
@@ -42,7 +43,7 @@ class Client:
         return await self.producer.submit(urls, batch_id=batch_id, store_body=body)
 
     async def results(
-        self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", forget: bool | None = None
+        self, batch_id: str, *, follow: bool = False, cursor: str = START, forget: bool | None = None
     ) -> AsyncIterator[Result]:
         """Yield each result as a `Result`, in completion order; `result.cursor` resumes after it.
 

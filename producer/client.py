@@ -35,6 +35,7 @@ from worker.enqueue import enqueue_chunks, queue_depth, queue_redis
 from worker.errors import BatchError, BatchLost, InvalidBatchId, QueueUnavailable, UsageError
 from worker.redisconn import check_eviction_policy
 from worker.rediserrors import REDIS_DOWN, RedisProblem, classify
+from worker.resultstream import FORGET_LUA, START, entry_results, page_entries, parse_cursor
 from worker.settings import Settings, load_settings
 
 __all__ = ["REDIS_DOWN", "BatchStatus", "Client", "check_batch_id", "new_batch_id"]
@@ -175,6 +176,7 @@ class Client:
         self.settings = settings or load_settings()
         self.redis: Redis = queue_redis(self.settings)
         self._guarded_hset = self.redis.register_script(GUARDED_HSET_LUA)
+        self._forget = self.redis.register_script(FORGET_LUA)
         self._checked = False
 
     async def __aenter__(self) -> Client:
@@ -333,7 +335,7 @@ class Client:
         batch_id: str,
         *,
         follow: bool = False,
-        cursor: str = "0-0",
+        cursor: str = START,
         block_ms: int = 1000,
         inline_bodies: bool = False,
         drop_refs: bool = False,
@@ -386,49 +388,68 @@ class Client:
         )
 
     async def entries(
-        self, batch_id: str, *, follow: bool = False, cursor: str = "0-0", block_ms: int = 1000
+        self, batch_id: str, *, follow: bool = False, cursor: str = START, block_ms: int = 1000
     ) -> AsyncIterator[tuple[str, bytes, bytes | None]]:
-        """Yield (cursor, result JSON, stored body or None) as recorded: `results` without the merging.
+        """Yield (cursor, result JSON, stored body or None) as recorded, one per result: `results`
+        without the merging. A stream entry holds many results; a cursor may point inside one, and
+        resuming from it yields exactly the results after it (worker/resultstream.py).
 
         The body stays as the worker packed it (worker.bodies.pack), for callers that want its bytes.
         """
         stream = results_key(check_batch_id(batch_id))
+        position = parse_cursor(cursor)
         # A blocking read must end well inside the socket timeout, or the wait reads as a dead Redis.
         block_ms = max(min(block_ms, int(self.settings.redis_socket_timeout * 500)), 1)
         incarnation = await self._incarnation(batch_id) if follow else None
         seen = SeenIndexes()
+        # Every entry up to `after` is taken; `skip`: but for the first so many results of `after`
+        # itself, whose rest is read first (a cursor inside an entry).
+        after, skip = position.entry, position.taken
+        count = page_entries(0, 0)
+        while True:
+            page = await self._page(stream, after, skip is not None, follow, count, block_ms)
+            results = 0
+            for entry_id, fields in page:
+                items = entry_results(entry_id, fields, skip or 0)
+                results += len(items)
+                for item in items:
+                    if seen.first(item[1]):
+                        yield item
+                after = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            if skip is not None:  # the rest of the cursor's own entry (if it is still there) is out
+                skip = None
+                continue
+            full = len(page) >= count
+            if page:
+                count = page_entries(results, len(page))
+            if not follow:
+                if not page:
+                    return
+                continue
+            if not full and await self._all_recorded(batch_id, incarnation):
+                # Everything is recorded: drain what is left after the cursor, page by page, and stop.
+                follow = False
+
+    async def _page(
+        self, stream: str, after: str, inside: bool, follow: bool, count: int, block_ms: int
+    ) -> list[Any]:
+        """`count` entries after id `after` (following: waiting up to `block_ms` for one), or with
+        `inside` the entry `after` itself; retried while Redis is unreachable."""
         delay = 0.1
         while True:
             try:
+                if inside:
+                    return list(await self.redis.xrange(stream, min=after, max=after, count=1))
                 if follow:
-                    reply = await self.redis.xread({stream: cursor}, count=1000, block=block_ms)
-                    entries = reply[0][1] if reply else []
-                else:
-                    entries = await self.redis.xrange(stream, min=f"({cursor}", count=1000)
-                delay = 0.1
+                    reply = await self.redis.xread({stream: after}, count=count, block=block_ms)
+                    return list(reply[0][1]) if reply else []
+                return list(await self.redis.xrange(stream, min=f"({after}", count=count))
             except REDIS_DOWN as exc:
                 if classify(exc) is not RedisProblem.UNREACHABLE:
                     raise
                 log.warning("Redis unreachable while reading results (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, FOLLOW_RETRY_CAP_S if follow else 5.0)
-                continue
-            for entry_id, fields in entries:
-                cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                if seen.first(fields[b"r"]):
-                    yield cursor, fields[b"r"], fields.get(b"b")
-            if not follow:
-                if not entries:
-                    return
-                continue
-            if len(entries) < 1000 and await self._all_recorded(batch_id, incarnation):
-                # Everything is recorded; drain what is left after the cursor and stop.
-                rest = await self.redis.xrange(stream, min=f"({cursor}")
-                for entry_id, fields in rest:
-                    cursor = entry_id.decode()
-                    if seen.first(fields[b"r"]):
-                        yield cursor, fields[b"r"], fields.get(b"b")
-                return
 
     async def _incarnation(self, batch_id: str) -> str:
         """The batch's incarnation token ("" for a batch made before tokens); BatchError if none."""
@@ -468,21 +489,17 @@ class Client:
     async def forget_results(self, batch_id: str, cursor: str) -> int:
         """Delete the batch's results up to and including `cursor` (collected ones); returns how many.
 
-        The done bitmap and the counters stay until the TTL: status, and exactly-once recording of a
-        chunk that runs again, do not need the stream.
+        Whole stream entries only: with a cursor inside an entry, that entry stays until a later
+        cursor takes its last result. The `collected` counter grows by the results deleted, in the same
+        script. The done bitmap and the counters stay until the TTL: status, and exactly-once recording
+        of a chunk that runs again, do not need the stream.
         """
-        if cursor == "0-0":
+        position = parse_cursor(cursor)
+        if cursor == START:
             return 0
-        ms, _, seq = cursor.partition("-")
         try:
-            removed = int(
-                await self.redis.xtrim(
-                    results_key(batch_id), minid=f"{ms}-{int(seq or 0) + 1}", approximate=False
-                )
-            )
-            if removed:  # counted, so that a later reader is told why they are not there
-                await awaited(self.redis.hincrby(batch_key(batch_id), "collected", removed))
-            return removed
+            keys = [results_key(batch_id), batch_key(batch_id)]
+            return int(await self._forget(keys=keys, args=[position.trim_below]))
         except REDIS_DOWN as exc:  # the next trim takes these too
             log.warning("could not delete collected results (%s); they expire with the batch", exc)
             return 0

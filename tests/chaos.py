@@ -15,6 +15,7 @@ from aiohttp import web
 from tests.support.http_target import HttpTarget
 from tests.support.procs import WorkerProcess, fetchfleet_env
 from worker.contract import batch_key, results_key
+from worker.resultstream import entry_results
 
 
 class SlowTarget(HttpTarget):
@@ -63,7 +64,8 @@ def stream_results(r: redis.Redis, batch_id: str) -> list[tuple[int, dict[str, A
         if not page:
             return out
         for entry_id, fields in page:
-            out.append((int(entry_id.split(b"-")[0]), json.loads(fields[b"r"])))
+            ms = int(entry_id.split(b"-")[0])
+            out += [(ms, json.loads(doc)) for _, doc, _ in entry_results(entry_id, fields)]
         last = page[-1][0].decode()
         cursor = "(" + last
 

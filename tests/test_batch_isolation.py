@@ -127,11 +127,20 @@ async def test_out_of_range_index_fails_before_any_write(redis_url: str) -> None
         for bad in (2**32, -1):
             with pytest.raises(ValueError):  # refused by the recorder, before it joins a flush
                 await _record(r, "b", [(bad, b"{}")])
-            # and by the script itself, should arguments reach it some other way
-            script = r.register_script(RECORD_LUA)
-            args = script_args(600, [Pending("b", bad, False, b"{}", b"", asyncio.Future())])
-            with pytest.raises(redis.ResponseError):
-                await script(keys=reversed_keys("b"), args=[*args[:3], ""])
+        # and by the script itself, should malformed arguments reach it some other way
+        script = r.register_script(RECORD_LUA)
+        good = script_args(600, [Pending("b", i, False, b"{}", b"", asyncio.Future()) for i in (0, 1)])
+        broken = [
+            [*good[:1], good[1][:-1], *good[2:]],  # numbers cut short
+            [*good[:1], good[1][:4] + b"\x02" + good[1][5:], *good[2:]],  # failed neither 0 nor 1
+            [*good[:5], b'{}\n{"a":1}'],  # a document longer than its length says
+            [*good[:2], b"x", *good[3:]],  # a body nobody has
+            good[:5],  # no documents
+            [*good[:4], 0, *good[5:]],  # no results per entry
+        ]
+        for args in broken:
+            with pytest.raises(redis.ResponseError, match="malformed"):
+                await script(keys=reversed_keys("b"), args=args)
         assert await _snapshot(r) == before
     finally:
         await r.aclose()

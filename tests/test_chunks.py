@@ -13,6 +13,7 @@ from tests.support.http_target import HttpTarget
 from worker.chunks import Runtime, run_chunk
 from worker.contract import ChunkJob, batch_key, results_key
 from worker.lifecycle import worker_runtime
+from worker.resultstream import page_results
 from worker.settings import load_settings
 
 
@@ -39,8 +40,8 @@ async def test_same_chunk_twice(redis_url: str, http_target: HttpTarget) -> None
         both = await asyncio.gather(run_chunk(a, job2), run_chunk(b, job2))
         assert sum(s.recorded for s in both) == 40
 
-        entries = await a.redis.xrange(results_key("twice"))
-        indexes = Counter(orjson.loads(f[b"r"])["index"] for _, f in entries)
+        entries = page_results(await a.redis.xrange(results_key("twice")))
+        indexes = Counter(orjson.loads(doc)["index"] for _, doc, _ in entries)
         assert sorted(indexes) == list(range(80)) and set(indexes.values()) == {1}
         meta = await a.redis.hgetall(batch_key("twice"))
         assert int(meta[b"done"]) == 80

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from worker.contract import batch_key, done_key, results_key
 from worker.recorder import Recorder
+from worker.resultstream import page_results
 
 
 async def test_packed_results_and_bodies_round_trip(redis_url: str) -> None:
@@ -35,8 +36,8 @@ async def test_packed_results_and_bodies_round_trip(redis_url: str) -> None:
         await rec.close()
     try:
         assert firsts == [True] * 4 and again is False
-        entries = await r.xrange(results_key("b"))
-        got = {f[b"r"]: f.get(b"b") for _, f in entries}
+        entries = page_results(await r.xrange(results_key("b")))
+        got = {doc: body for _, doc, body in entries}
         assert got == {p: (b or None) for p, b, _ in docs.values()}
         meta = await r.hgetall(batch_key("b"))
         assert (meta[b"done"], meta[b"failed"]) == (b"4", b"2") and b"finished_ms" in meta

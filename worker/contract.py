@@ -392,7 +392,7 @@ def batch_key(batch_id: str) -> str:
 
 
 def results_key(batch_id: str) -> str:
-    """Stream of result JSON documents, field `r`; read with XREAD from a cursor."""
+    """Stream of result JSON documents, field `r` (one a line, many an entry: worker/resultstream.py)."""
     return f"{KEY_PREFIX}:results:{batch_id}"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -14,12 +15,14 @@ from redis.asyncio import Redis
 from worker.contract import batch_keys
 from worker.pressure import RedisPressure
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
+from worker.resultstream import RESULTS_PER_ENTRY
 
 log = logging.getLogger("fetchfleet.recorder")
 
 RECORD_LUA = files("worker").joinpath("record.lua").read_text()
 MAX_FLUSH = 1000
 MAX_INDEX = 2**32  # SETBIT's offsets: the done bitmap holds no index beyond
+NUMBERS = struct.Struct(">IBII")  # record.lua's ARGV[2]: index, failed, document and body lengths
 LOST = -1  # record.lua's answer when the batch hash is gone or holds another incarnation
 FULL_BACKOFF_CAP_S = 5.0
 
@@ -55,11 +58,14 @@ async def done_flags(redis: Redis, batch_id: str, indexes: list[int]) -> list[bo
 
 
 def script_args(ttl: int, group: list[Pending], incarnation: str = "") -> list[int | str | bytes]:
-    """record.lua's ARGV: the ttl, the numbers of every result in one string, their bytes in another,
-    and the batch incarnation the results belong to."""
-    numbers = " ".join([f"{p.index} {p.failed:d} {len(p.payload)} {len(p.body)}" for p in group])
-    blob = b"".join([part for p in group for part in (p.payload, p.body)])
-    return [ttl, numbers, blob, incarnation]
+    """record.lua's ARGV: the ttl, the numbers of every result packed in one string, their bodies in
+    another, the batch incarnation the results belong to, the most results a stream entry takes, then
+    the documents, that many to an argument, joined by newlines (each argument an entry as it stands)."""
+    numbers = b"".join([NUMBERS.pack(p.index, p.failed, len(p.payload), len(p.body)) for p in group])
+    bodies = b"".join([p.body for p in group])
+    step = RESULTS_PER_ENTRY
+    documents = [b"\n".join([p.payload for p in group[i : i + step]]) for i in range(0, len(group), step)]
+    return [ttl, numbers, bodies, incarnation, step, *documents]
 
 
 class Recorder:
@@ -108,8 +114,13 @@ class Recorder:
         if self._closed:
             raise RuntimeError("recorder is closed")
         if not 0 <= index < MAX_INDEX:
-            # record.lua refuses it too, but with the whole flush: refused here, it fails its chunk only.
+            # It does not fit record.lua's four bytes, and would fail the whole flush: refused here, it
+            # fails its chunk only.
             raise ValueError(f"result index {index} is outside 0..{MAX_INDEX - 1}")
+        if b"\n" in payload:
+            # A stream entry's documents are its lines (worker/resultstream.py); JSON escapes a newline
+            # in a string, so only a document that is not compact JSON can hold one.
+            raise ValueError(f"result document of index {index} is not one line")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append(Pending(batch_id, index, failed, payload, body or b"", fut, incarnation))
         self._wake.set()
