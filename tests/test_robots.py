@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tests.support.polite_target import PoliteTarget
 from worker import errors
@@ -396,4 +397,41 @@ async def test_robots_txt_and_the_pages_after_it_share_a_connection(redis_url: s
     finally:
         server.close()
         await server.wait_closed()
+        await redis.aclose()
+
+
+async def test_origins_asked_in_one_turn_go_to_redis_in_one_call(redis_url: str) -> None:
+    """A chunk of new hosts asks for 50 verdicts at once: one script call, each answered as its own
+    would have been; a lock this worker already holds (a cancelled load's) is taken again."""
+    redis = Redis.from_url(redis_url)
+    cache = RobotsCache(_settings(redis_url), redis, "w1")
+    origins = [f"http://h{i}.test:80" for i in range(50)]
+    try:
+        await redis.set(robots_keys(origins[0])[0], RobotsRules(ALLOW, "robots.txt 404").dump(), px=60_000)
+        await redis.set(robots_keys(origins[1])[1], "another-worker", px=60_000)
+        await redis.set(robots_keys(origins[2])[1], "w1", px=60_000)
+        before = (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+        answers = await asyncio.gather(*(cache._read_or_lock.ask(o) for o in origins))
+        after = (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+        assert after - before == 1
+        found, raw, pttl = answers[0]
+        assert found == 1 and RobotsRules.load(raw, "fetchfleet").state == ALLOW and 0 < pttl <= 60_000
+        assert answers[1] == (3, b"", 0)  # another worker fetches it
+        assert all(a == (2, b"", 0) for a in answers[2:])  # ours to fetch, the stale one of ours too
+        assert await redis.get(robots_keys(origins[9])[1]) == b"w1"
+    finally:
+        await cache.close()
+        await redis.aclose()
+
+
+async def test_a_redis_error_reaches_every_origin_of_the_call() -> None:
+    redis = Redis.from_url("redis://127.0.0.1:1/0")  # nothing listens there
+    cache = RobotsCache(_settings("redis://127.0.0.1:1/0"), redis, "w")
+    try:
+        answers = await asyncio.gather(
+            *(cache._read_or_lock.ask(f"http://h{i}.test:80") for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(a, RedisError) for a in answers), answers
+    finally:
+        await cache.close()
         await redis.aclose()

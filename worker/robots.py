@@ -37,14 +37,33 @@ MEMORY_SECONDS = 30.0
 MEMORY_ORIGINS = 10_000  # origins remembered per process; the least recently used go first
 WAIT_POLL_SECONDS = 0.05  # how often a worker waiting for another's fetch looks at the cache key
 LOCK_MARGIN_SECONDS = 5.0
-# The cached verdict with its time to live, or else the fleet's fetch lock, in one round trip (two
-# before: GET and PTTL, then SET NX). Replies {1, verdict, pttl}, {2} (locked: fetch it) or {3} (another
-# worker fetches it). KEYS: the cache key, the lock; ARGV: the lock's owner, its lease in ms.
+# For every origin asked: the cached verdict with its time to live, or else the fleet's fetch lock, in
+# one round trip for all the origins one turn of the event loop asks for (a chunk of new hosts asks for
+# as many at once). KEYS: each origin's cache key and lock, in pairs; ARGV: the locks' owner (this
+# worker), their lease in ms. Three values an origin: 1, verdict, pttl (cached); 2, '', 0 (locked:
+# fetch it); 3, '', 0 (another worker fetches it). A lock this worker holds already is stale (a load of
+# this process was cancelled before it gave it back; one load an origin runs here at a time): taken again.
 READ_OR_LOCK_LUA = """
-local raw = redis.call('GET', KEYS[1])
-if raw then return {1, raw, redis.call('PTTL', KEYS[1])} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {3}
+local out = {}
+for i = 1, #KEYS, 2 do
+  local raw = redis.call('GET', KEYS[i])
+  if raw then
+    out[#out + 1] = 1
+    out[#out + 1] = raw
+    out[#out + 1] = redis.call('PTTL', KEYS[i])
+  elseif redis.call('SET', KEYS[i + 1], ARGV[1], 'NX', 'PX', ARGV[2])
+      or redis.call('GET', KEYS[i + 1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
+    out[#out + 1] = 2
+    out[#out + 1] = ''
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = 3
+    out[#out + 1] = ''
+    out[#out + 1] = 0
+  end
+end
+return out
 """
 
 # The fetched verdict cached for the fleet and the fetch lock given back, in one script call (a
@@ -199,6 +218,56 @@ def rules_from_fetch(outcome: FetchOutcome, token: str) -> RobotsRules:
     return RobotsRules(ALLOW, f"robots.txt HTTP {status}", token=token)
 
 
+class _ReadOrLock:
+    """READ_OR_LOCK_LUA for many origins at once: the origins asked for in one turn of the event loop go
+    to Redis in one call (one round trip a new origin before: a chunk of 100 new hosts made 100)."""
+
+    def __init__(self, script: AsyncScript, owner: str, lease_ms: int) -> None:
+        self._script = script
+        self.lease_ms = lease_ms
+        self._args: list[str | int] = [owner, lease_ms]
+        self._asked: list[tuple[str, asyncio.Future[tuple[int, bytes, int]]]] = []
+        self._calls: set[asyncio.Task[None]] = set()  # running calls, referenced until they end
+
+    async def ask(self, origin: str) -> tuple[int, bytes, int]:
+        """(1, verdict, pttl), (2, b"", 0) or (3, b"", 0), as the script says; RedisError as Redis does."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int, bytes, int]] = loop.create_future()
+        self._asked.append((origin, answer))
+        if len(self._asked) == 1:  # the first of this turn: the call goes once the turn is over
+            loop.call_soon(self._send)
+        return await answer
+
+    def _send(self) -> None:
+        asked, self._asked = self._asked, []
+        call = asyncio.create_task(self._call(asked), name="fetchfleet-robots-read")
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+
+    async def _call(self, asked: list[tuple[str, asyncio.Future[tuple[int, bytes, int]]]]) -> None:
+        keys = [k for origin, _ in asked for k in robots_keys(origin)]
+        try:
+            flat = await self._script(keys=keys, args=self._args)
+        except BaseException as exc:  # each asker meets it as its own call would have
+            for _, answer in asked:
+                if not answer.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        answer.cancel()
+                    else:
+                        answer.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for i, (_, answer) in enumerate(asked):
+            if not answer.done():
+                answer.set_result((int(flat[3 * i]), flat[3 * i + 1], int(flat[3 * i + 2])))
+
+    async def close(self) -> None:
+        for call in list(self._calls):
+            call.cancel()
+        await asyncio.gather(*self._calls, return_exceptions=True)
+
+
 @dataclass(slots=True)
 class _Remembered:
     rules: RobotsRules
@@ -221,12 +290,13 @@ class RobotsCache:
     _memory: OrderedDict[str, _Remembered] = field(default_factory=OrderedDict, init=False, repr=False)
     _loading: dict[str, asyncio.Future[RobotsRules]] = field(default_factory=dict, init=False, repr=False)
     _fetcher_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
-    _read_or_lock: AsyncScript = field(init=False, repr=False)
+    _read_or_lock: _ReadOrLock = field(init=False, repr=False)
     _store: AsyncScript = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.token = product_token(self.settings.user_agent)
-        self._read_or_lock = self.redis.register_script(READ_OR_LOCK_LUA)
+        lease_ms = int((self.settings.total_timeout + LOCK_MARGIN_SECONDS) * 1000)
+        self._read_or_lock = _ReadOrLock(self.redis.register_script(READ_OR_LOCK_LUA), self.owner, lease_ms)
         self._store = self.redis.register_script(STORE_LUA)
 
     def cached(self, origin: str) -> RobotsRules | None:
@@ -293,14 +363,13 @@ class RobotsCache:
 
     async def _load(self, origin: str) -> tuple[RobotsRules, float]:
         key, lock = robots_keys(origin)
-        lease_ms = int((self.settings.total_timeout + LOCK_MARGIN_SECONDS) * 1000)
-        deadline = time.monotonic() + lease_ms / 1000 * 2
+        deadline = time.monotonic() + self._read_or_lock.lease_ms / 1000 * 2
         try:
             while True:
-                reply = await self._read_or_lock(keys=[key, lock], args=[self.owner, lease_ms])
-                if reply[0] == 1:
-                    return RobotsRules.load(reply[1], self.token), max(int(reply[2]), 0) / 1000
-                if reply[0] == 2:
+                found, raw, pttl = await self._read_or_lock.ask(origin)
+                if found == 1:
+                    return RobotsRules.load(raw, self.token), max(pttl, 0) / 1000
+                if found == 2:
                     break
                 if time.monotonic() > deadline:  # the holder is stuck beyond its lease: fetch ourselves
                     break
@@ -357,6 +426,7 @@ class RobotsCache:
             return self.fetcher
 
     async def close(self) -> None:
+        await self._read_or_lock.close()
         if self.fetcher is not None:
             await self.fetcher.close()
             self.fetcher = None
