@@ -24,7 +24,6 @@ from producer.bodycmd import EXAMPLE as BODY_EXAMPLE
 from producer.bodycmd import add_parser as add_body_parser
 from producer.bodycmd import cmd_body
 from producer.client import Client, check_batch_id, new_batch_id
-from producer.inputs import entries
 from producer.localruns import settings_for
 from producer.messages import say
 from producer.output import FORMATS, Output, open_output, printable
@@ -44,6 +43,7 @@ from producer.submitting import (  # noqa: F401  (re-exported: tests and callers
     _err,
     batch_options,
     check_input,
+    checked_requests,
     collect,
     outcome_code,
     prepare_input,
@@ -74,7 +74,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             started = time.monotonic()
             try:
                 batch_id = await client.submit(
-                    entries(path),
+                    checked_requests(path, label, digest),
                     batch_id=batch_id,
                     store_body=args.body,
                     ignore_robots=args.ignore_robots,

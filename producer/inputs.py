@@ -17,10 +17,10 @@ import orjson
 from pydantic import ValidationError
 
 from producer.output import printable
-from worker.contract import FetchRequest, body_too_long, url_problem
+from worker.contract import MAX_URL_BYTES, FetchRequest, RejectedRequest, body_too_long, url_problem
 from worker.settings import load_settings
 
-Entry = str | FetchRequest
+Entry = str | FetchRequest | RejectedRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +103,52 @@ def scan(
     return ScanReport(count=count, bad_lines=bad, digest=digest.hexdigest())
 
 
-def entries(path: Path) -> Iterator[Entry]:
-    """The requests of a file that `scan` passed, in order."""
-    for _number, text, _raw in _lines(path):
-        if text is None:
-            continue
-        entry, problem = _parse(text)
-        if entry is not None and not problem:
-            yield entry
+CHANGED = " (the line changed after the input was checked)"
+
+
+def entries(
+    path: Path, digest: str | None = None, changed: Callable[[], None] | None = None
+) -> Iterator[Entry]:
+    """The requests of a file that `scan` passed, in order: one per URL line, so one per index.
+
+    Bare URLs are not checked again: `scan` did, and a worker checks every bare URL before it fetches.
+    The file may have changed since `scan` read it: a line that no longer reads travels as a
+    RejectedRequest (an `invalid_url` result at its index), never dropped, so the lines after it keep
+    their indexes. With `digest` (scan's), `changed()` is called at the end if the file read differently.
+    """
+    hashed = hashlib.sha256()
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            hashed.update(raw)
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+            except UnicodeDecodeError:
+                yield RejectedRequest.of(raw.decode("utf-8", "replace").strip(), f"not valid UTF-8{CHANGED}")
+                continue
+            if not line or line[0] == "#":
+                continue
+            if line[0] != "{":
+                # Unchecked, but never unbounded: a URL line that grew past the limit is not sent whole.
+                yield (
+                    line if len(line) <= MAX_URL_BYTES else RejectedRequest.of(line, f"URL too long{CHANGED}")
+                )
+                continue
+            entry, problem = _parse(line)
+            if entry is not None:
+                yield entry
+            else:  # a JSON line that scan passed and that reads differently now
+                yield RejectedRequest.of(_request_of(line), f"{problem}{CHANGED}")
+    if digest is not None and changed is not None and hashed.hexdigest() != digest:
+        changed()
+
+
+def _request_of(line: str) -> object:
+    """A JSON line's object, for its `url` (RejectedRequest.of reads no other field); "" if it has none."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return ""
+    return data if isinstance(data, dict) else ""
 
 
 def spool_stdin() -> Path:

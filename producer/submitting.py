@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 from pydantic import ValidationError
 
 from producer.client import Client
-from producer.inputs import scan, spool_stdin
+from producer.inputs import Entry, entries, scan, spool_stdin
 from producer.messages import say
 from producer.output import OrderedWriter, Output, ResultWriter, open_output, printable
 from producer.progress import Progress
@@ -72,6 +73,18 @@ def check_input(path: Path, label: str) -> tuple[int, str]:
     if report_.count == 0:
         raise UsageError(f"{label}: no URLs to submit")
     return report_.count, report_.digest
+
+
+def checked_requests(path: Path, label: str, digest: str) -> Iterator[Entry]:
+    """The requests of an input that `check_input` passed, read again as they are queued."""
+
+    def changed() -> None:
+        say(
+            f"{label}: the file changed after it was checked: the batch holds it as read the second time "
+            "(each result names its URL; a line that no longer reads has an invalid_url result)"
+        )
+
+    return entries(path, digest, changed)
 
 
 FLUSH_EVERY = 0.1  # seconds: a killed collector loses at most this much of what it had received

@@ -229,8 +229,12 @@ class FetchRequest(BaseModel):
         return value
 
 
+MAX_REASON_CHARS = 500  # a rejected entry's reason, as a job carries it
+
+
 class RejectedRequest(BaseModel):
-    """An entry of a chunk job that is not a valid request (a job not written by our producer).
+    """An entry of a chunk job that is not a valid request: a job not written by our producer, or an input
+    line that changed between the producer's check and its submission (producer/inputs.py `entries`).
 
     Kept in the chunk so that its index gets an `invalid_url` result while the rest of the chunk runs.
     """
@@ -330,6 +334,11 @@ class ChunkJob(BaseModel):
         for entry in value:
             if isinstance(entry, str | FetchRequest | RejectedRequest):
                 out.append(entry)
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("reason"), str):
+                # A RejectedRequest as a job carries it (the producer's, for a line that changed after it
+                # was checked): its own reason, not "reason: extra inputs are not permitted".
+                out.append(RejectedRequest.of(entry, entry["reason"][:MAX_REASON_CHARS]))
                 continue
             try:
                 out.append(FetchRequest.model_validate(entry))
