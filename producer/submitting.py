@@ -91,13 +91,18 @@ FLUSH_EVERY = 0.1  # seconds: a killed collector loses at most this much of what
 NO_WORKER_AFTER = 5.0  # seconds without a live worker before `--wait` says so
 
 
-async def _flush_often(writer: ResultWriter, progress: Progress | None = None) -> None:
+async def _flush_often(writer: ResultWriter, progress: Progress | None, summary: Summary) -> None:
     # Writes and flushes both run on this event loop, so a flush never meets a half-written line.
+    # The progress display follows the counts here too, not per result: ten updates a second are what a
+    # terminal shows, and 30,000 per second would cost the collector more than writing the results.
     while True:
         await asyncio.sleep(FLUSH_EVERY)
         writer.flush()
         if progress is not None:
-            progress.tick()
+            if (progress.done, progress.failed) != (summary.done, summary.failed):
+                progress.update(summary.done, summary.failed)
+            else:
+                progress.tick()
 
 
 async def _watch_workers(client: Client, batch_id: str) -> None:
@@ -145,33 +150,35 @@ async def collect(
         output = open_output(output, fmt)
     summary = summary or Summary()
     writer = _result_writer(output, fmt, body=body, ordered=ordered)
-    background = [asyncio.ensure_future(_flush_often(writer, progress))]
+    background = [asyncio.ensure_future(_flush_often(writer, progress, summary))]
     if watch_workers:
         background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
     # A follower owns the batch's stream: what it has written out (and flushed) leaves Redis. In input
     # order, results wait in the writer's buffer, not the file: those leave Redis only once all are out.
     forget = follow and client.forgets_collected
+    forget_every = FORGET_EVERY if forget and not ordered else 0
     cursor, written, completed = "0-0", 0, False
+    # Per result, only what it needs: its index only for a resumed file or input order.
+    resumed = output.resumed
+    in_order = writer if isinstance(writer, OrderedWriter) else None
+    write, add, loads = writer.write, summary.add, orjson.loads
     await _say_what_was_collected(client, batch_id, output)
     try:
         async for cursor, document in client.results(
             batch_id, follow=follow, inline_bodies=body, drop_refs=drop_refs
         ):
-            doc = orjson.loads(document)
-            index = int(doc["index"])
-            if output.resumed and output.has(index):
+            doc = loads(document)
+            if resumed and output.has(int(doc["index"])):
                 continue  # already in the file from the run that was cut short
-            if isinstance(writer, OrderedWriter):
-                writer.write(document, index)
+            if in_order is not None:
+                in_order.write(document, int(doc["index"]))
             else:
-                writer.write(document)
+                write(document)
+            add(doc)
             written += 1
-            summary.add(doc)
-            if forget and not ordered and written % FORGET_EVERY == 0:
+            if forget_every and written % forget_every == 0:
                 writer.flush()
                 await client.forget_results(batch_id, cursor)
-            if progress is not None:
-                progress.update(summary.done, summary.failed)
         completed = True
     finally:
         await _finish_writing(background, writer, progress, summary)
