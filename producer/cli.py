@@ -65,7 +65,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     output: Output | None = None
     options = batch_options(args)
     try:
-        total, digest = check_input(path, label)
+        total, digest = check_input(path, label, settings.max_request_body_bytes)
         if args.wait:  # opened now: an unwritable output must not leave a batch queued with no reader
             output = open_output(args.output, args.format)
         async with Client(settings) as client:

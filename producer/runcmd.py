@@ -88,7 +88,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     output: Output | None = None
     try:
-        total, digest = check_input(path, label)  # bad input: exit 2 before anything starts
+        # bad input: exit 2 before anything starts
+        total, digest = check_input(path, label, settings.max_request_body_bytes)
         # Opened (so checked: a directory, no permission) before any server or worker starts.
         output = open_output(args.output, args.format)
         with terminations_interrupt(), LocalCluster(settings, workers, bodies=args.body) as cluster:

@@ -54,8 +54,10 @@ def prepare_input(source: str) -> tuple[Path, str, bool]:
 BAD_LINES_SHOWN = 20  # 5,000 bad lines must not scroll the one that explains them off the screen
 
 
-def check_input(path: Path, label: str) -> tuple[int, str]:
-    """Count and digest the input; on any bad line, name the first ones on stderr and stop with exit 2."""
+def check_input(path: Path, label: str, max_body_bytes: int) -> tuple[int, str]:
+    """Count and digest the input; on any bad line, name the first ones on stderr and stop with exit 2.
+
+    `max_body_bytes`: the settings' max_request_body_bytes (the caller's, so they are not read twice)."""
     shown = 0
 
     def report(line: str) -> None:
@@ -64,7 +66,7 @@ def check_input(path: Path, label: str) -> tuple[int, str]:
         if shown <= BAD_LINES_SHOWN:
             say(line, prefix="")
 
-    report_ = scan(path, label, report)
+    report_ = scan(path, label, report, max_body_bytes)
     if report_.bad_lines:
         if report_.bad_lines > BAD_LINES_SHOWN:
             say(f"... and {report_.bad_lines - BAD_LINES_SHOWN} more bad lines not shown", prefix="")
