@@ -28,8 +28,6 @@ from producer.localruns import settings_for
 from producer.messages import say
 from producer.output import FORMATS, Output, open_output, printable
 from producer.progress import Progress
-from producer.runcmd import run
-from producer.stats import cluster_stats, show
 from producer.submitting import (  # noqa: F401  (re-exported: tests and callers name them here)
     BAD_LINES_SHOWN,
     EXIT_FAILED,
@@ -192,6 +190,8 @@ async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here, listed in tests/test_import_graph.py: `stats` alone needs it (issue 16: start-up).
+    from producer.stats import cluster_stats, show
 
     async with Client(settings) as client:
         stats = await cluster_stats(client)
@@ -212,6 +212,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here, listed in tests/test_import_graph.py: the local cluster (child processes, the
+    # embedded server) is `run`'s alone, and every other command starts without it (issue 16).
+    from producer.runcmd import run
 
     return run(args, settings)
 

@@ -15,11 +15,11 @@ import orjson
 from pydantic import ValidationError
 
 from producer.client import Client
+from producer.heartbeats import live_workers
 from producer.inputs import Entry, entries, scan, spool_stdin
 from producer.messages import say
 from producer.output import OrderedWriter, Output, ResultWriter, open_output, printable
 from producer.progress import Progress
-from producer.stats import live_workers
 from producer.summary import Summary
 from worker.contract import BatchOptions
 from worker.errors import BatchError, UsageError
