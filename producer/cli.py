@@ -24,13 +24,10 @@ from producer.bodycmd import EXAMPLE as BODY_EXAMPLE
 from producer.bodycmd import add_parser as add_body_parser
 from producer.bodycmd import cmd_body
 from producer.client import Client, check_batch_id, new_batch_id
-from producer.inputs import entries
 from producer.localruns import settings_for
 from producer.messages import say
 from producer.output import FORMATS, Output, open_output, printable
 from producer.progress import Progress
-from producer.runcmd import run
-from producer.stats import cluster_stats, show
 from producer.submitting import (  # noqa: F401  (re-exported: tests and callers name them here)
     BAD_LINES_SHOWN,
     EXIT_FAILED,
@@ -44,6 +41,7 @@ from producer.submitting import (  # noqa: F401  (re-exported: tests and callers
     _err,
     batch_options,
     check_input,
+    checked_requests,
     collect,
     outcome_code,
     prepare_input,
@@ -65,7 +63,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     output: Output | None = None
     options = batch_options(args)
     try:
-        total, digest = check_input(path, label)
+        total, digest = check_input(path, label, settings.max_request_body_bytes)
         if args.wait:  # opened now: an unwritable output must not leave a batch queued with no reader
             output = open_output(args.output, args.format)
         async with Client(settings) as client:
@@ -74,7 +72,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             started = time.monotonic()
             try:
                 batch_id = await client.submit(
-                    entries(path),
+                    checked_requests(path, label, digest),
                     batch_id=batch_id,
                     store_body=args.body,
                     ignore_robots=args.ignore_robots,
@@ -192,6 +190,8 @@ async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here, listed in tests/test_import_graph.py: `stats` alone needs it (issue 16: start-up).
+    from producer.stats import cluster_stats, show
 
     async with Client(settings) as client:
         stats = await cluster_stats(client)
@@ -212,6 +212,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here, listed in tests/test_import_graph.py: the local cluster (child processes, the
+    # embedded server) is `run`'s alone, and every other command starts without it (issue 16).
+    from producer.runcmd import run
 
     return run(args, settings)
 

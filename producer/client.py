@@ -213,7 +213,7 @@ class Client:
 
     async def submit(
         self,
-        requests: Iterable[str | FetchRequest],
+        requests: Iterable[str | FetchRequest | RejectedRequest],
         *,
         batch_id: str | None = None,
         store_body: bool = False,

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from producer.client import Client
-from producer.inputs import entries
 from producer.local import LocalCluster, default_workers, guarded, terminations_interrupt
 from producer.messages import say
 from producer.output import Output, open_output
@@ -17,6 +16,7 @@ from producer.submitting import (
     EXIT_FAILED,
     batch_options,
     check_input,
+    checked_requests,
     collect,
     outcome_code,
     prepare_input,
@@ -31,6 +31,7 @@ from worker.settings import Settings
 async def submit_and_collect(
     settings: Settings,
     path: Path,
+    label: str,
     total: int,
     digest: str,
     args: argparse.Namespace,
@@ -46,7 +47,11 @@ async def submit_and_collect(
         await client.ping()
         options = batch_options(args)
         batch_id = await client.submit(
-            entries(path), total=total, digest=digest, options=options, store_body=args.body
+            checked_requests(path, label, digest),
+            total=total,
+            digest=digest,
+            options=options,
+            store_body=args.body,
         )
         progress = Progress(total, f"batch {batch_id}", enabled=not args.quiet)
         return await collect(
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     output: Output | None = None
     try:
-        total, digest = check_input(path, label)  # bad input: exit 2 before anything starts
+        # bad input: exit 2 before anything starts
+        total, digest = check_input(path, label, settings.max_request_body_bytes)
         # Opened (so checked: a directory, no permission) before any server or worker starts.
         output = open_output(args.output, args.format)
         with terminations_interrupt(), LocalCluster(settings, workers, bodies=args.body) as cluster:
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 _say(f"{total} URLs, {cluster.describe()}")
             install_event_loop()
             work = submit_and_collect(
-                cluster.settings, path, total, digest, args, output, own_store=cluster.body_dir
+                cluster.settings, path, label, total, digest, args, output, own_store=cluster.body_dir
             )
             output = None  # the collector owns it now
             summary = asyncio.run(guarded(work, cluster))

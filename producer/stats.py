@@ -4,67 +4,23 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
-
 from producer.client import BatchStatus, Client, status_from_meta
+from producer.heartbeats import WorkerInfo, live_hashes, live_workers
 from producer.output import printable
 from worker.contract import (
     BATCHES_KEY,
     ROBOTS_UNREACHABLE_KEY,
     THROTTLED_KEY,
-    WORKERS_KEY,
     BatchState,
     batch_key,
     throttle_key,
-    worker_key,
 )
 
 RECENT_BATCHES = 200  # newest batches looked at; older ones in progress are still in `status BATCH`
 POLITENESS_ROWS = 20  # throttled hosts and unreachable robots.txt shown: the ones that last longest
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    id: str
-    host: str
-    pid: int
-    in_flight: int
-    concurrency: int
-    fetches: int
-    fetches_per_s: float
-    started_ms: int
-    seen_ms: int
-
-    @classmethod
-    def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerInfo:
-        """From a heartbeat hash; whatever else a Redis writer left there reads as 0 or text, no crash."""
-        d = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
-        return cls(
-            id=d.get("id", "?"),
-            host=d.get("host", "?"),
-            pid=_number(d, "pid", int),
-            in_flight=_number(d, "in_flight", int),
-            concurrency=_number(d, "concurrency", int),
-            fetches=_number(d, "fetches", int),
-            fetches_per_s=_number(d, "fetches_per_s", float),
-            started_ms=_number(d, "started_ms", int),
-            seen_ms=_number(d, "seen_ms", int),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__slots__}
-
-
-def _number(d: dict[str, str], key: str, kind: type[int] | type[float]) -> Any:
-    try:
-        value = kind(d.get(key, 0))
-    except (ValueError, OverflowError):
-        return kind(0)
-    return value if value == value and abs(value) != float("inf") else kind(0)  # no NaN or infinity
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,34 +56,9 @@ class ClusterStats:
         }
 
 
-async def _live_hashes(
-    redis: Redis, index_key: str, members: list[bytes], key_of: Callable[[str], str]
-) -> dict[str, dict[bytes, bytes]]:
-    """The hashes of an index zset's members, in order; members whose hash expired leave the index."""
-    ids = [m.decode(errors="replace") for m in members]
-    if not ids:
-        return {}
-    async with redis.pipeline(transaction=False) as pipe:
-        for member in ids:
-            pipe.hgetall(key_of(member))
-        docs = await pipe.execute()
-    gone = [member for member, doc in zip(ids, docs, strict=True) if not doc]
-    if gone:
-        await redis.zrem(index_key, *gone)
-    return {member: doc for member, doc in zip(ids, docs, strict=True) if doc}
-
-
-async def live_workers(client: Client) -> list[WorkerInfo]:
-    """Workers whose heartbeat has not expired; ids left behind by dead workers are dropped."""
-    ids = await client.redis.zrange(WORKERS_KEY, 0, -1)
-    found = await _live_hashes(client.redis, WORKERS_KEY, ids, worker_key)
-    workers = [WorkerInfo.from_hash(doc) for doc in found.values()]
-    return sorted(workers, key=lambda w: (w.host, w.id))
-
-
 async def batches_in_progress(client: Client) -> list[BatchStatus]:
     ids = await client.redis.zrevrange(BATCHES_KEY, 0, RECENT_BATCHES - 1)
-    found = await _live_hashes(client.redis, BATCHES_KEY, ids, batch_key)
+    found = await live_hashes(client.redis, BATCHES_KEY, ids, batch_key)
     statuses = [status_from_meta(bid, meta) for bid, meta in found.items()]
     running = (BatchState.QUEUED, BatchState.SUBMITTING)
     return sorted((s for s in statuses if s.state in running), key=lambda s: s.created_ms)
@@ -143,7 +74,7 @@ async def politeness(client: Client) -> tuple[list[ThrottledHost], list[tuple[st
     )
     unreachable = [(o.decode(), int(score)) for o, score in rows]
     bad_hosts = {o.partition("://")[2].rpartition(":")[0].strip("[]") for o, _ in unreachable}
-    found = await _live_hashes(r, THROTTLED_KEY, hosts, throttle_key)
+    found = await live_hashes(r, THROTTLED_KEY, hosts, throttle_key)
     throttled = []
     for host, doc in found.items():
         d = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in doc.items()}

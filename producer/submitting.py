@@ -8,17 +8,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 from pydantic import ValidationError
 
 from producer.client import Client
-from producer.inputs import scan, spool_stdin
+from producer.heartbeats import live_workers
+from producer.inputs import Entry, entries, scan, spool_stdin
 from producer.messages import say
 from producer.output import OrderedWriter, Output, ResultWriter, open_output, printable
 from producer.progress import Progress
-from producer.stats import live_workers
 from producer.summary import Summary
 from worker.contract import BatchOptions
 from worker.errors import BatchError, UsageError
@@ -53,8 +54,10 @@ def prepare_input(source: str) -> tuple[Path, str, bool]:
 BAD_LINES_SHOWN = 20  # 5,000 bad lines must not scroll the one that explains them off the screen
 
 
-def check_input(path: Path, label: str) -> tuple[int, str]:
-    """Count and digest the input; on any bad line, name the first ones on stderr and stop with exit 2."""
+def check_input(path: Path, label: str, max_body_bytes: int) -> tuple[int, str]:
+    """Count and digest the input; on any bad line, name the first ones on stderr and stop with exit 2.
+
+    `max_body_bytes`: the settings' max_request_body_bytes (the caller's, so they are not read twice)."""
     shown = 0
 
     def report(line: str) -> None:
@@ -63,7 +66,7 @@ def check_input(path: Path, label: str) -> tuple[int, str]:
         if shown <= BAD_LINES_SHOWN:
             say(line, prefix="")
 
-    report_ = scan(path, label, report)
+    report_ = scan(path, label, report, max_body_bytes)
     if report_.bad_lines:
         if report_.bad_lines > BAD_LINES_SHOWN:
             say(f"... and {report_.bad_lines - BAD_LINES_SHOWN} more bad lines not shown", prefix="")
@@ -74,17 +77,34 @@ def check_input(path: Path, label: str) -> tuple[int, str]:
     return report_.count, report_.digest
 
 
+def checked_requests(path: Path, label: str, digest: str) -> Iterator[Entry]:
+    """The requests of an input that `check_input` passed, read again as they are queued."""
+
+    def changed() -> None:
+        say(
+            f"{label}: the file changed after it was checked: the batch holds it as read the second time "
+            "(each result names its URL; a line that no longer reads has an invalid_url result)"
+        )
+
+    return entries(path, digest, changed)
+
+
 FLUSH_EVERY = 0.1  # seconds: a killed collector loses at most this much of what it had received
 NO_WORKER_AFTER = 5.0  # seconds without a live worker before `--wait` says so
 
 
-async def _flush_often(writer: ResultWriter, progress: Progress | None = None) -> None:
+async def _flush_often(writer: ResultWriter, progress: Progress | None, summary: Summary) -> None:
     # Writes and flushes both run on this event loop, so a flush never meets a half-written line.
+    # The progress display follows the counts here too, not per result: ten updates a second are what a
+    # terminal shows, and 30,000 per second would cost the collector more than writing the results.
     while True:
         await asyncio.sleep(FLUSH_EVERY)
         writer.flush()
         if progress is not None:
-            progress.tick()
+            if (progress.done, progress.failed) != (summary.done, summary.failed):
+                progress.update(summary.done, summary.failed)
+            else:
+                progress.tick()
 
 
 async def _watch_workers(client: Client, batch_id: str) -> None:
@@ -132,33 +152,35 @@ async def collect(
         output = open_output(output, fmt)
     summary = summary or Summary()
     writer = _result_writer(output, fmt, body=body, ordered=ordered)
-    background = [asyncio.ensure_future(_flush_often(writer, progress))]
+    background = [asyncio.ensure_future(_flush_often(writer, progress, summary))]
     if watch_workers:
         background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
     # A follower owns the batch's stream: what it has written out (and flushed) leaves Redis. In input
     # order, results wait in the writer's buffer, not the file: those leave Redis only once all are out.
     forget = follow and client.forgets_collected
+    forget_every = FORGET_EVERY if forget and not ordered else 0
     cursor, written, completed = "0-0", 0, False
+    # Per result, only what it needs: its index only for a resumed file or input order.
+    resumed = output.resumed
+    in_order = writer if isinstance(writer, OrderedWriter) else None
+    write, add, loads = writer.write, summary.add, orjson.loads
     await _say_what_was_collected(client, batch_id, output)
     try:
         async for cursor, document in client.results(
             batch_id, follow=follow, inline_bodies=body, drop_refs=drop_refs
         ):
-            doc = orjson.loads(document)
-            index = int(doc["index"])
-            if output.resumed and output.has(index):
+            doc = loads(document)
+            if resumed and output.has(int(doc["index"])):
                 continue  # already in the file from the run that was cut short
-            if isinstance(writer, OrderedWriter):
-                writer.write(document, index)
+            if in_order is not None:
+                in_order.write(document, int(doc["index"]))
             else:
-                writer.write(document)
+                write(document)
+            add(doc)
             written += 1
-            summary.add(doc)
-            if forget and not ordered and written % FORGET_EVERY == 0:
+            if forget_every and written % forget_every == 0:
                 writer.flush()
                 await client.forget_results(batch_id, cursor)
-            if progress is not None:
-                progress.update(summary.done, summary.failed)
         completed = True
     finally:
         await _finish_writing(background, writer, progress, summary)

@@ -78,15 +78,26 @@ class Summary:
     examples: dict[str, str] = field(default_factory=dict)
 
     def add(self, doc: dict[str, Any]) -> None:
-        outcome = outcome_of(doc)
+        # Once per result written (30,000 a second and more): the fields read once each, outcome_of's
+        # rule inlined for the common case, the example's redaction only for an outcome's first result.
+        error, ok = doc.get("error"), doc.get("ok")
         self.done += 1
-        if not doc.get("ok"):
-            self.failed += 1
-        if doc.get("error"):
+        if error:
             self.errors += 1
+            outcome = str(error.get("kind", "internal"))
+        elif ok:
+            outcome = "ok"
+        else:
+            outcome = outcome_of(doc)
+        if not ok:
+            self.failed += 1
         if doc.get("body_truncated"):
             self.truncated += 1
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        counts = self.counts
+        if outcome in counts:
+            counts[outcome] += 1
+            return
+        counts[outcome] = 1
         if outcome not in self.examples:
             self.examples[outcome] = redact(str(doc.get("url", "")))
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 
-from tests.support.procs import fetchfleet_env, run_cli_in_process
+from producer import cli, submitting
+from tests.support.http_target import HttpTarget
+from tests.support.procs import WorkerProcess, fetchfleet_env, run_cli_in_process
 
 
 def test_bad_lines_named_and_nothing_written(
@@ -89,3 +93,49 @@ def test_unwritable_output_refused_before_anything_is_queued(
     assert "does not exist" in err and "Traceback" not in err
     with redis.Redis.from_url(redis_url) as c:
         assert c.dbsize() == 0
+
+
+@pytest.mark.slow
+def test_a_file_changed_between_check_and_queueing_keeps_one_result_per_index(
+    redis_url: str,
+    http_target: HttpTarget,
+    spawn_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    """The second read queues without checking each URL again. A file edited in between: the line that
+    went bad gets an invalid_url result at its own index (it was dropped before, and every later line
+    took the index of the one before it), and submit says that the file changed."""
+    spawn_worker(redis_url)
+    f = tmp_path / "urls.txt"
+    urls = [http_target.url(f"/ok/{i}") for i in range(6)]
+    f.write_text("\n".join(urls) + "\n")
+    real_check = submitting.check_input
+
+    def check_then_edit(path: Path, label: str, max_body_bytes: int) -> tuple[int, str]:
+        checked = real_check(path, label, max_body_bytes)
+        edited = [*urls]
+        edited[2] = "not a url any more"
+        edited[3] = '{"url": "http://u:secret@example.com/", "bad": 1}'
+        path.write_text("\n".join(edited) + "\n")
+        return checked
+
+    monkeypatch.setattr(cli, "check_input", check_then_edit)
+    out = tmp_path / "out.jsonl"
+    env = fetchfleet_env(redis_url, allow_private_networks=True)
+    proc = run_cli_in_process(
+        ["submit", str(f), "--wait", "-q", "-o", str(out)], env, monkeypatch, capfdbinary
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "changed after it was checked" in err, err
+    results = sorted((orjson.loads(line) for line in out.read_bytes().splitlines()), key=lambda r: r["index"])
+    assert [r["index"] for r in results] == list(range(6))
+    assert [r["url"] for r in results] == [
+        urls[0], urls[1], "not a url any more", "http://u:***@example.com/", urls[4], urls[5]
+    ]  # fmt: skip
+    assert [r["ok"] for r in results] == [True, True, False, False, True, True]
+    assert results[2]["error"]["kind"] == results[3]["error"]["kind"] == "invalid_url"
+    assert "changed after" in results[3]["error"]["message"]
+    assert "secret" not in out.read_text()

@@ -28,6 +28,10 @@ LAZY_ALLOWED = {
     "contract or settings through `worker` must not load arq or aiohttp",
     ("worker.bodies", "worker.warcstore"): "loads warcio, only for batches that keep bodies",
     ("fetchfleet.result", "worker.warcstore"): "loads warcio, only where a store is used",
+    ("producer.cli", "producer.runcmd"): "`run` only: its local cluster (child processes, an embedded "
+    "server, ctypes) stays out of the start-up of `submit` and every other command (issue 16)",
+    ("producer.cli", "producer.stats"): "`stats` only: its tables and dataclasses stay out of the "
+    "start-up of `submit` and every other command (issue 16)",
 }
 # Function-level imports of other packages, each with why it is lazy: each keeps a large package out
 # of processes that do not use it. Anything else moves to the top.
@@ -244,4 +248,20 @@ def test_import_producer_loads_neither_aiohttp_nor_arqs_worker() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     print("loaded by `import producer, producer.cli, fetchfleet`:", out.stdout.strip())
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_the_cli_starts_without_the_modules_of_run_and_stats() -> None:
+    """Every command starts with `import producer.cli`: `submit` must not pay for `run`'s local cluster
+    or `stats`' tables (issue 16: the producer's start-up is part of its CPU per URL)."""
+    code = (
+        "import sys, producer.cli\n"
+        "others = ('producer.runcmd', 'producer.local', 'producer.children', 'producer.embedded',\n"
+        "          'producer.stats', 'rich', 'ctypes')\n"
+        "print(sorted(m for m in others if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FETCHFLEET_")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import orjson
@@ -10,6 +11,7 @@ import redis
 
 from producer.inputs import scan
 from tests.support.procs import fetchfleet_env, run_cli
+from worker import contract
 from worker.contract import ChunkJob, FetchRequest, RejectedRequest, headers_problem, url_problem
 from worker.fetcher import Fetcher
 from worker.settings import load_settings
@@ -65,6 +67,72 @@ def test_bad_hosts_and_ports_are_named(url: str) -> None:
 @pytest.mark.parametrize("url", GOOD_URLS)
 def test_good_urls_pass(url: str) -> None:
     assert url_problem(url) is None
+
+
+# Parts of URLs around every edge of the shortcut (worker.contract._PLAIN_URL) and of the full checks.
+SCHEMES = ["hTtP://", "HTTPS://", "ftp://", "http:/", "https//", "httpss://", "http://"]
+USERINFO = ["", "u:p@"]
+HOSTS = [
+    "example.com", "a", "A-b_c.d", "ex!ample.com", "example..com", ".example.com", "example.com.",
+    "example.com..", "-", "_", "1a.com", "com1", "a.b1", "example.1", "example.0x", "example.0xg",
+    "9" * 12, "127.0.0.1", "255.255.255.255", "256.0.0.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "0x7f.0.0.1",
+    "127.0.0.1.", "1.2.3.4a", "1.2.3.-4", "xn--bcher-kva.example", "XN--zz.com", "a.xN--zz", "axn--b.com",
+    "a" * 63 + ".com", "a" * 64 + ".com", "b" + "a" * 62, "b" + "a" * 63,
+    ("a" * 63 + ".") * 3 + "b" * 61, ("a" * 63 + ".") * 3 + "b" * 62, ("a" * 63 + ".") * 3 + "b" * 61 + ".",
+    "[::1]", "[::1", "", "bücher.example", "exa%6dple.com", "a\\b.com",
+]  # fmt: skip
+PORTS = [
+    "",
+    ":",
+    ":0",
+    ":00",
+    ":1",
+    ":80",
+    ":08",
+    ":65535",
+    ":65536",
+    ":99999",
+    ":123456",
+    ":8o",
+    ":-1",
+    ":\u0661",
+]
+RESTS = [
+    "", "/", "/p?q#f", "?q", "#f", "/a b", "/a\tb", "/a\x7f", "/\x00", "/ü", "/a@b", "\\x", " ", "/\u2028",
+    "/" + "x" * 8100,
+]  # fmt: skip
+
+
+def test_the_plain_url_shortcut_agrees_with_the_full_checks() -> None:
+    """url_problem decides most URLs with one regex: it must accept exactly what the step-by-step checks
+    accept, over every combination of the edge cases above and random texts."""
+    urls = [
+        s + u + h + p + r for s in SCHEMES[:2] for u in USERINFO for h in HOSTS for p in PORTS for r in RESTS
+    ]
+    urls += [s + "example.com/" for s in SCHEMES]
+    urls += ["http://example.com/" + "x" * n for n in (8192 - 20, 8192 - 19, 8192 - 18)]
+    rng = random.Random(16)
+    alphabet = "ahtpsx:/.120956-_@[]?#% \tnX\u00fc"
+    urls += ["http://" + "".join(rng.choices(alphabet, k=rng.randint(0, 24))) for _ in range(10_000)]
+    disagree = [u for u in urls if (url_problem(u) is None) != (contract._url_problem(u) is None)]
+    assert disagree == []
+    accepted = [u for u in urls if url_problem(u) is None]
+    assert 5_000 < len(accepted) < len(urls) - 5_000  # both sides of every edge were tried
+    assert any(len(u) == 8192 for u in accepted) and not any(len(u) > 8192 for u in accepted)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:38211/ok/1",
+        "https://www.example.com/a/b?c=d#e",
+        "HTTP://Example.COM.",
+        "http://a:65535",
+    ],
+)
+def test_common_urls_take_the_shortcut(url: str) -> None:
+    """One regex instead of the steps: ~1 us less per URL in the producer's check and in each worker."""
+    assert contract._PLAIN_URL.fullmatch(url) is not None and url_problem(url) is None
 
 
 @pytest.mark.parametrize(

@@ -161,7 +161,8 @@ async def fetch_one(
         if rt.recorder.pressure.full:
             # Redis is full: a fetch now would only add a result that cannot be recorded (memory).
             await rt.recorder.pressure.wait_room()
-        if polite is None:
+        if polite is None or isinstance(req, RejectedRequest):
+            # A rejected entry is refused by the fetcher and sends nothing: no robots.txt read for it.
             # Waiting for a polite host holds no slot: other hosts' URLs keep flowing meanwhile.
             # Without a host limit the bare semaphore is the slot (fetch_slot's wrapper costs ~3 us a URL).
             slot = rt.slots if rt.host_limiter is None else fetch_slot(rt.host_limiter, rt.slots, url)

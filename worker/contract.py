@@ -66,8 +66,31 @@ def batch_id_problem(batch_id: str) -> str | None:
     return None
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# The common URL in one match: http(s), a dotted-quad IPv4 address or a host name whose last label starts
+# with a letter and that holds no "xn--", a port without leading zeros, printable ASCII after. Whatever it
+# matches passes the full checks of `url_problem` too (tests/test_input_fields.py compares the two);
+# everything else, userinfo, [IPv6], IDNA and odd IPv4 notations included, takes those checks.
+_PLAIN_URL = re.compile(
+    r"[hH][tT][tT][pP][sS]?://"
+    r"(?![^/?#:]*[xX][nN]--)(?=[^/?#:]{1,254}(?:[/?#:]|\Z))"
+    rf"(?:(?:{_OCTET}\.){{3}}{_OCTET}|(?:[A-Za-z0-9_-]{{1,63}}\.)*[A-Za-z][A-Za-z0-9_-]{{0,62}}\.?)"
+    r"(?::([1-9][0-9]{0,4}))?"
+    r"(?:[/?#][!-~]*)?"
+)
+
+
 def url_problem(url: str) -> str | None:
     """Why `url` cannot be fetched, or None. Pure string checks: cheap enough for 10 million lines."""
+    # Once per URL in the producer's check and again in the worker: most URLs take one regex match.
+    plain = _PLAIN_URL.fullmatch(url) if len(url) <= MAX_URL_BYTES else None
+    if plain is not None and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+        return None
+    return _url_problem(url)
+
+
+def _url_problem(url: str) -> str | None:
+    """`url_problem` for every URL, step by step: the reason where there is one."""
     if len(url) > MAX_URL_BYTES or len(url.encode("utf-8", "surrogatepass")) > MAX_URL_BYTES:
         return f"URL longer than {MAX_URL_BYTES} bytes"
     if _BAD_CHAR.search(url):
@@ -229,8 +252,12 @@ class FetchRequest(BaseModel):
         return value
 
 
+MAX_REASON_CHARS = 500  # a rejected entry's reason, as a job carries it
+
+
 class RejectedRequest(BaseModel):
-    """An entry of a chunk job that is not a valid request (a job not written by our producer).
+    """An entry of a chunk job that is not a valid request: a job not written by our producer, or an input
+    line that changed between the producer's check and its submission (producer/inputs.py `entries`).
 
     Kept in the chunk so that its index gets an `invalid_url` result while the rest of the chunk runs.
     """
@@ -330,6 +357,11 @@ class ChunkJob(BaseModel):
         for entry in value:
             if isinstance(entry, str | FetchRequest | RejectedRequest):
                 out.append(entry)
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("reason"), str):
+                # A RejectedRequest as a job carries it (the producer's, for a line that changed after it
+                # was checked): its own reason, not "reason: extra inputs are not permitted".
+                out.append(RejectedRequest.of(entry, entry["reason"][:MAX_REASON_CHARS]))
                 continue
             try:
                 out.append(FetchRequest.model_validate(entry))
