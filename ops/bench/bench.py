@@ -41,6 +41,7 @@ from ops.bench.harness import (
     fetchfleet_run,
     percentile,
     pickup_ms,
+    precompile,
     print_table,
     target_cpu,
 )
@@ -450,6 +451,7 @@ def main() -> int:
         "--robots-only", action="store_true", help="only the robots.txt rows: obey against ignore"
     )
     args = parser.parse_args()
+    precompile()
     profile = PROFILES["quick" if args.quick else "full"]
     overrides = {k: v for k, v in (("rounds", args.rounds), ("urls", args.urls)) if v}
     profile = Profile(**{**profile.__dict__, **overrides})

@@ -31,6 +31,7 @@ from pathlib import Path
 import orjson
 
 from ops.bench import target
+from ops.bench.harness import precompile
 from producer.cli import collect
 from producer.client import Client
 from tests.support import procs
@@ -216,6 +217,7 @@ def main() -> int:
     parser.add_argument("--urls", type=int, help="URLs per throughput run")
     parser.add_argument("--rounds", type=int, help="throughput runs per side (best counts)")
     args = parser.parse_args()
+    precompile()
     p = PROFILES["quick" if args.quick else "full"]
     p = Profile(args.urls or p.urls, args.rounds or p.rounds, p.big)
     big = args.big or p.big

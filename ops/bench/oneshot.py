@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 
+from ops.bench.harness import precompile
 from tests.support.http_target import HttpTarget
 from tests.support.procs import ROOT
 
@@ -54,6 +55,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="fresh processes to time (default 7)")
     parser.add_argument("--urls", type=int, default=100, help="URLs per call (default 100)")
     args = parser.parse_args()
+    precompile()
     target = HttpTarget().start()
     try:
         urls = [target.url(f"/ok/{100 + i}") for i in range(args.urls)]

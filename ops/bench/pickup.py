@@ -24,7 +24,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from ops.bench import target
-from ops.bench.harness import IDLE_GAP_S, percentile, pickup_ms
+from ops.bench.harness import IDLE_GAP_S, percentile, pickup_ms, precompile
 from producer.client import Client
 from tests.support import procs
 from tests.support import redisserver as redisproc
@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--trace", type=int, default=0, help="samples to trace with MONITOR")
     args = parser.parse_args()
+    precompile()
     workdir = Path(tempfile.mkdtemp(prefix="fetchfleet-pickup-"))
     red = redisproc.RedisProcess().start()
     http = target.PythonTarget(redisproc.free_port())

@@ -22,7 +22,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from ops.bench import target
-from ops.bench.harness import Bench, Profile, fetchfleet_run
+from ops.bench.harness import Bench, Profile, fetchfleet_run, precompile
 from producer.client import Client
 from tests.support import redisserver as redisproc
 
@@ -156,6 +156,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--chunk-size", type=int, default=100)
     args = parser.parse_args()
+    precompile()
     profile = Profile(
         urls=args.urls, rounds=1, latency_samples=0, inflight=0, slow_ms=1000, enqueue_urls=0,
         redis_workers=args.workers, redis_urls=args.urls,
