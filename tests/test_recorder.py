@@ -51,3 +51,27 @@ async def test_concurrent_recorders_one_winner(redis_client: Redis) -> None:
     await redis_client.hset(batch_key("c"), mapping={"submitted": 50})
     await asyncio.gather(*(_record_all(redis_client, "c", list(range(50))) for _ in range(4)))
     assert len(page_results(await redis_client.xrange(results_key("c")))) == 50
+
+
+async def test_indexes_far_apart_in_one_flush(redis_client: Redis) -> None:
+    """Results of chunks far apart in a batch (and an index twice) in one flush: each index once, the
+    second time around none (the BITFIELD path of record.lua, beside the GETRANGE one)."""
+    indexes = [i * 5_003 for i in range(1_300)] + [5_003, 0]  # past one call's 1,000 bits; two repeats
+    await redis_client.hset(batch_key("far"), mapping={"submitted": 2**32 - 1})
+    for attempt in range(2):
+        rec = Recorder(redis_client, ttl=3600)
+        rec.start()  # waits for its first result: then every one below is queued, one flush of 1,000
+        flags = await asyncio.gather(
+            *(rec.record("far", i, False, orjson.dumps({"index": i}), incarnation="") for i in indexes)
+        )
+        await rec.close()
+        if attempt == 0:
+            assert flags == [True] * 1_300 + [False, False]
+        else:
+            assert not any(flags)
+    meta = await redis_client.hgetall(batch_key("far"))
+    assert int(meta[b"done"]) == 1_300
+    entries = page_results(await redis_client.xrange(results_key("far")))
+    assert sorted(orjson.loads(doc)["index"] for _, doc, _ in entries) == sorted(set(indexes))
+    probes = [0, 5_003, 5_004, 1_299 * 5_003]
+    assert await done_flags(redis_client, "far", probes) == [True, True, False, True]
