@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 
 from worker.charsets import codec_for
-from worker.deflate import deflate
 from worker.errors import BodyUnavailable
 
 # Past this, the producer refuses to inflate a stored body: a hostile Redis writer cannot make a
@@ -24,7 +23,7 @@ MAX_INFLATED = 1 << 30
 def pack(body: bytes, truncated: bool = False) -> bytes:
     """One flag byte (1: cut at the stored-body cap), then the body zlib-compressed."""
     # Level 6 is zlib's default trade; bodies are mostly text and shrink 4 to 10 times.
-    return (b"\x01" if truncated else b"\x00") + deflate(body, 6)
+    return (b"\x01" if truncated else b"\x00") + zlib.compress(body, 6)
 
 
 def unpack(stored: bytes) -> tuple[bytes, bool]:
