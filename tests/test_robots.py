@@ -359,6 +359,40 @@ async def test_the_url_loading_robots_txt_holds_a_slot_and_keeps_it(
     await redis.aclose()
 
 
+async def test_redirected_fetches_holding_every_slot_do_not_wait_for_a_url_without_one(
+    redis_url: str, site: PoliteTarget
+) -> None:
+    """Every slot is held by a fetch redirected to a new origin, and a URL of that origin waits for a slot:
+    the redirects load the origin's verdict themselves. (A URL that claimed the load while waiting for
+    its slot left them waiting for it, and the slot never came.)"""
+    redis = Redis.from_url(redis_url)
+    settings = _settings(redis_url)
+    slots = asyncio.Semaphore(2)
+    held = HeldSlot(slots)
+    opts = BatchOptions()
+    async with Fetcher(settings) as fetcher:
+        polite = make_politeness(settings, redis, "w", None, fetcher)
+        assert polite is not None
+        check = polite.hop_check(opts)
+        assert check is not None
+        try:
+            for _ in range(2):  # two fetches elsewhere, each holding a slot
+                await slots.acquire()
+            page = asyncio.create_task(polite.admit(site.url("/public"), opts, slots, held))
+            await asyncio.sleep(0.05)
+            hops = [check(site.url(f"/private/{i}"), "http://elsewhere.test/") for i in range(2)]
+            verdicts = await asyncio.wait_for(asyncio.gather(*hops), 10)
+            assert all(v.refusal is not None for v in verdicts)  # robots.txt read, by the redirects
+            slots.release()
+            slots.release()
+            gate, slot = await asyncio.wait_for(page, 10)
+            assert gate.refused is None and slot is not None
+            assert site.hits["/robots.txt"] == 1
+        finally:
+            await polite.close()
+    await redis.aclose()
+
+
 async def test_robots_txt_and_the_pages_after_it_share_a_connection(redis_url: str) -> None:
     """Through the worker's fetcher (pool_of), robots.txt leaves its connection, and its DNS answer, to
     the host's pages: a new host costs one TLS handshake, not two. Closing the cache leaves the

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -314,14 +313,12 @@ class RobotsCache:
             return None
         return seen.rules, seen.until
 
-    async def rules(
-        self, origin: str, before_load: Callable[[], Awaitable[None]] | None = None
-    ) -> RobotsRules:
-        """The verdict for `origin`: memory, else Redis, else one fetch for the whole fleet.
+    def loading(self, origin: str) -> bool:
+        """Whether a URL of this process is loading `origin`'s verdict now (others wait for it)."""
+        return origin in self._loading
 
-        `before_load`: awaited only when this call loads the verdict itself, once the load is its own (URLs
-        asking meanwhile wait for it, rather than load it too), before any Redis read or fetch.
-        """
+    async def rules(self, origin: str) -> RobotsRules:
+        """The verdict for `origin`: memory, else Redis, else one fetch for the whole fleet."""
         while True:
             seen = self.cached(origin)
             if seen is not None:
@@ -339,8 +336,6 @@ class RobotsCache:
         future: asyncio.Future[RobotsRules] = asyncio.get_running_loop().create_future()
         self._loading[origin] = future
         try:
-            if before_load is not None:
-                await before_load()
             rules, ttl = await self._load(origin)
             self._remember(origin, rules, min(MEMORY_SECONDS, ttl))
             future.set_result(rules)
