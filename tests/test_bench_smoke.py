@@ -62,6 +62,10 @@ def test_bench_quick_prints_every_row(tmp_path: Path) -> None:
         assert rows[name]["value"] > 0, rows[name]
     [idle] = [n for n in rows if n.startswith("idle Redis commands/s per worker (12 idle)")]
     assert rows[idle]["value"] >= 0, rows[idle]
+    # robots.txt was fetched (workers obey it by default), once per origin: counted from the workers'
+    # log lines, so a quieter log would read 0 of 0 and pass the row's own check.
+    robots = rows["robots.txt requests, whole benchmark"]
+    assert robots["value"] == robots["baseline"] >= 1, robots
 
 
 BENCH = (sys.executable, "-m", "ops.bench.bench")

@@ -395,10 +395,10 @@ class RobotsCache:
         outcome = await fetcher.fetch(f"{origin}/robots.txt", keep_body=True)
         rules = rules_from_fetch(outcome, self.token)
         self.fetched[rules.state] = self.fetched.get(rules.state, 0) + 1
-        # One line a new origin is a flood on a crawl of many hosts: DEBUG, but for an origin whose
-        # URLs are all refused for a while (RFC 9309 2.3.1.4), which a user wants to hear of.
+        # One line for each robots.txt the fleet fetches (ops/bench counts them: one per origin), a
+        # WARNING when its origin's URLs are all refused for a while (RFC 9309 2.3.1.4).
         log.log(
-            logging.WARNING if rules.state == DISALLOW else logging.DEBUG,
+            logging.WARNING if rules.state == DISALLOW else logging.INFO,
             "%s/robots.txt: %s",
             origin,
             rules.reason,
