@@ -237,31 +237,27 @@ def test_key_prefixes_repeated_in_enqueue_match_arq() -> None:
     assert ours == theirs
 
 
-@pytest.mark.slow
-def test_import_producer_loads_neither_aiohttp_nor_arqs_worker() -> None:
-    code = (
-        "import sys, producer, producer.cli, fetchfleet\n"
-        "heavy = ('aiohttp', 'arq', 'arq.worker', 'worker.fetcher', 'warcio')\n"
-        "print(sorted(m for m in heavy if m in sys.modules))"
-    )
+def loaded_by(imports: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has loaded after `import <imports>`."""
+    code = f"import sys, {imports}\nprint(sorted(m for m in {modules!r} if m in sys.modules))"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FETCHFLEET_")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    print("loaded by `import producer, producer.cli, fetchfleet`:", out.stdout.strip())
-    assert out.stdout.strip() == "[]"
+    loaded: list[str] = ast.literal_eval(out.stdout.strip())
+    return loaded
+
+
+@pytest.mark.slow
+def test_import_producer_loads_neither_aiohttp_nor_arqs_worker() -> None:
+    heavy = ("aiohttp", "arq", "arq.worker", "worker.fetcher", "warcio")
+    loaded = loaded_by("producer, producer.cli, fetchfleet", heavy)
+    print("loaded by `import producer, producer.cli, fetchfleet`:", loaded)
+    assert loaded == []
 
 
 @pytest.mark.slow
 def test_the_cli_starts_without_the_modules_of_run_and_stats() -> None:
     """Every command starts with `import producer.cli`: `submit` must not pay for `run`'s local cluster
     or `stats`' tables (issue 16: the producer's start-up is part of its CPU per URL)."""
-    code = (
-        "import sys, producer.cli\n"
-        "others = ('producer.runcmd', 'producer.local', 'producer.children', 'producer.embedded',\n"
-        "          'producer.stats', 'rich', 'ctypes')\n"
-        "print(sorted(m for m in others if m in sys.modules))"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FETCHFLEET_")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    others = ("producer.runcmd", "producer.local", "producer.children", "producer.embedded", "producer.stats")
+    assert loaded_by("producer.cli", (*others, "rich", "ctypes")) == []
