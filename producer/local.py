@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from producer.children import Child, stop_all
 from producer.embedded import EmbeddedServer
 from producer.localruns import DIR_PREFIX, write_connection
+from worker.background import stop_tasks
 from worker.errors import LocalRunError
 from worker.settings import Settings, env_name
 
@@ -221,6 +222,4 @@ async def guarded(work: Awaitable[T], cluster: LocalCluster) -> T:
             watcher.result()
         return await main
     finally:
-        for task in (main, watcher):
-            task.cancel()
-        await asyncio.gather(main, watcher, return_exceptions=True)
+        await stop_tasks((main, watcher))  # `work` follows results from Redis: a cancel can be lost there

@@ -21,6 +21,7 @@ from producer.messages import say
 from producer.output import OrderedWriter, Output, ResultWriter, open_output, printable
 from producer.progress import Progress
 from producer.summary import Summary
+from worker.background import stop_tasks
 from worker.contract import BatchOptions
 from worker.errors import BatchError, UsageError
 from worker.redisconn import redact
@@ -203,9 +204,7 @@ async def _finish_writing(
     background: list[asyncio.Task[None]], writer: ResultWriter, progress: Progress | None, summary: Summary
 ) -> None:
     """Stop the helpers, close the writer (its last flush) and show the final counts."""
-    for task in background:
-        task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
+    await stop_tasks(background)  # the worker watcher may be inside a Redis call
     writer.close()
     if progress is not None:
         progress.update(summary.done, summary.failed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 
@@ -34,8 +34,25 @@ async def stop_loop(task: asyncio.Task[None] | None) -> None:
         await task
 
 
-async def cancel_until_done(task: asyncio.Task[Any]) -> None:
+async def cancel_until_done(task: asyncio.Future[Any]) -> None:
     """Cancel `task` every CANCEL_AGAIN_S until it has ended; its outcome is left to whoever awaits it."""
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel every task, again until each has ended, and wait for them all; their outcomes are dropped.
+
+    For helper tasks that may be inside a Redis call when they are stopped: redis-py (5.3, with a
+    socket timeout set, as ours always is) loses about a third of the cancels that land in a command
+    (measured: a task looping over ZRANGE, cancelled at a random moment, ran on 503 times in 1,500), and
+    one `cancel()` followed by a wait then waits for ever (seen: `submit --wait` had written every
+    result and never exited, its worker watcher still polling).
+    """
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        await cancel_until_done(task)
+    await asyncio.gather(*pending, return_exceptions=True)

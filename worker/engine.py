@@ -325,8 +325,11 @@ class Stopper:
         self._cancel_all()
         # One cancel is not always enough: a CancelledError that lands while a library is handling a
         # timeout of its own can be swallowed there, and arq's poll loop then runs on with nothing to
-        # claim (seen on a Ctrl-C just after start-up). Cancelled again until it ends; its outcome is
+        # claim (seen on a Ctrl-C just after start-up); redis-py loses some that land in a command
+        # (worker/background.py stop_tasks). Cancelled again until they end; the outcomes are arq's and
         # supervise's to read.
+        for task in self._running():
+            await cancel_until_done(task)
         if self.worker.main_task is not None:
             await cancel_until_done(self.worker.main_task)
 

@@ -14,7 +14,7 @@ from typing import Self
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from worker.background import stop_loop
+from worker.background import stop_loop, stop_tasks
 from worker.contract import WORKERS_KEY, worker_key
 from worker.metrics import WorkerMetrics
 from worker.redisconn import make_pool, pool_kwargs
@@ -114,9 +114,8 @@ class Monitor:
                     pipe.delete(worker_key(self.worker_id))
                     pipe.zrem(WORKERS_KEY, self.worker_id)
                     await pipe.execute()
-        if self._ping_task is not None and not self._ping_task.done():
-            self._ping_task.cancel()
-            await asyncio.gather(self._ping_task, return_exceptions=True)
+        if self._ping_task is not None:
+            await stop_tasks([self._ping_task])
         await self.redis.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> Self:

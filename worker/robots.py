@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from worker import errors
+from worker.background import stop_tasks
 from worker.contract import ROBOTS_UNREACHABLE_KEY, robots_keys
 from worker.fetcher import Fetcher, FetchOutcome
 from worker.settings import Settings
@@ -262,9 +263,7 @@ class _ReadOrLock:
                 answer.set_result((int(flat[3 * i]), flat[3 * i + 1], int(flat[3 * i + 2])))
 
     async def close(self) -> None:
-        for call in list(self._calls):
-            call.cancel()
-        await asyncio.gather(*self._calls, return_exceptions=True)
+        await stop_tasks(list(self._calls))  # Redis script calls: a cancel can be lost in one
 
 
 @dataclass(slots=True)
