@@ -16,10 +16,11 @@ import trustme
 
 from tests.support.fetch_target import BINARY, TEXT, FetchTarget, sha256
 from tests.support.procs import fetchfleet_env, peak_rss_kib, run_cli
+from tests.support.raw_target import RawTarget
 from worker.bodies import merge_body
 from worker.contract import FetchRequest
 from worker.fetcher import Fetcher, FetchOutcome
-from worker.results import build_result, stored_body
+from worker.results import build_result, result_doc, stored_body
 from worker.settings import load_settings
 
 MiB = 1 << 20
@@ -203,6 +204,37 @@ async def test_connection_reset_mid_body(fetcher: Fetcher, target: FetchTarget) 
 async def test_invalid_http(fetcher: Fetcher, target: FetchTarget) -> None:
     o = await fetcher.fetch(target.url("/invalid"))
     assert kind(o) == "protocol" and o.status is None
+
+
+def _raw(status_line: bytes, rest: bytes = b"Content-Length: 2\r\nConnection: close\r\n\r\nok") -> bytes:
+    return status_line + b"\r\n" + rest
+
+
+ODD_STATUSES = {
+    "/000": (_raw(b"HTTP/1.1 000 Zero"), 0, "protocol"),
+    "/099": (_raw(b"HTTP/1.1 099 Low"), 99, "protocol"),
+    "/101": (
+        _raw(b"HTTP/1.1 101 Switching Protocols", b"Upgrade: x\r\nConnection: Upgrade\r\n\r\nzz"),
+        101,
+        "protocol",
+    ),
+    "/103": (_raw(b"HTTP/1.1 103 Early Hints", b"Link: </a>\r\n\r\n" + _raw(b"HTTP/1.1 200 OK")), 200, None),
+    "/999": (_raw(b"HTTP/1.1 999 Request denied"), 999, None),  # LinkedIn's; shown as sent, not ok
+}
+
+
+async def test_a_status_that_is_no_final_status_is_a_protocol_error(fetcher: Fetcher) -> None:
+    """aiohttp hands on `HTTP/1.1 000` and an unasked-for 101 as final responses: they were results with
+    `ok: true`. Interim 1xx before a final response, and 6xx-9xx, are read as before."""
+    raw = RawTarget({path: response for path, (response, _, _) in ODD_STATUSES.items()}).start()
+    try:
+        for path, (_, status, want) in ODD_STATUSES.items():
+            o = await fetcher.fetch(raw.url(path))
+            doc = result_doc(0, o, 1, "w")
+            assert (o.status, kind(o)) == (status, want), (path, o)
+            assert doc["ok"] is (status < 400 and want is None), (path, doc)
+    finally:
+        raw.stop()
 
 
 async def test_self_signed_tls_is_refused_by_default(tls_target: FetchTarget) -> None:

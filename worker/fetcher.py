@@ -309,6 +309,10 @@ class Fetcher:
                     **_connect_timeout(state.batch, self.limits.connect_timeout),
                 ) as resp:
                     state.status = resp.status
+                    if resp.status < 200:
+                        # Below 100 is no HTTP status (RFC 9110 15), and a 1xx is never final: aiohttp
+                        # passes 101 (no upgrade was asked for) and 000-099 on, which read as `ok`.
+                        raise errors.ProtocolFailed(f"status {resp.status} is not a final HTTP status")
                     location = resp.headers.get("Location")
                     if resp.status in REDIRECT_STATUSES and location:
                         if state.redirects >= self.limits.max_redirects:
