@@ -60,7 +60,7 @@ def test_retry_after_is_honoured_up_to_a_cap() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["\u00b2", "\u2460", "\u00b9\u00b2", "-5", "1.5", "1e9", "0x10", "\udcff", "Fri, 31 Dec 99999 23:59:59 GMT"],
+    ["\u00b2", "\u2460", "\u00b9\u00b2", "-5", "1.5", "1e9", "0x10", "\udcff", "Fri, 31 Dec 99999 0:0:0 GMT"],
 )
 def test_any_retry_after_a_server_sends_is_read_or_ignored(value: str) -> None:
     """str.isdigit() holds for superscript and circled digits that float() refuses: a 429 with

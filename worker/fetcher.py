@@ -309,10 +309,7 @@ class Fetcher:
                     **_connect_timeout(state.batch, self.limits.connect_timeout),
                 ) as resp:
                     state.status = resp.status
-                    if resp.status < 200:
-                        # Below 100 is no HTTP status (RFC 9110 15), and a 1xx is never final: aiohttp
-                        # passes 101 (no upgrade was asked for) and 000-099 on, which read as `ok`.
-                        raise errors.ProtocolFailed(f"status {resp.status} is not a final HTTP status")
+                    _check_final(resp.status)
                     location = resp.headers.get("Location")
                     if resp.status in REDIRECT_STATUSES and location:
                         if state.redirects >= self.limits.max_redirects:
@@ -425,6 +422,13 @@ def describe_policy(s: Settings) -> str:
         + (f"; CA file {s.ca_file} trusted too" if s.ca_file else "")
         + (f"; name servers {','.join(s.dns_servers)}" if s.dns_servers else "")
     )
+
+
+def _check_final(status: int) -> None:
+    """ProtocolFailed unless a final response may have `status`. Below 100 is no HTTP status (RFC 9110 15)
+    and a 1xx is never final: aiohttp passes 000-099 and 101 (no upgrade was asked for) on, read as `ok`."""
+    if status < 200:
+        raise errors.ProtocolFailed(f"status {status} is not a final HTTP status")
 
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
