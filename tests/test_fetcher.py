@@ -8,6 +8,7 @@ import socket
 import ssl
 import time
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from worker.contract import FetchRequest
 from worker.fetcher import Fetcher, FetchOutcome
 from worker.results import build_result, result_doc, stored_body
 from worker.settings import load_settings
+from worker.warcrecords import build_records
 
 MiB = 1 << 20
 
@@ -316,6 +318,27 @@ async def test_kept_bodies_are_capped_compressed_and_decoded(target: FetchTarget
     assert docs["cut"]["size"] == 500 and docs["cut"]["sha256"] == sha256(b"x" * 500)
     assert docs["binary"]["body_encoding"] == "base64"
     assert base64.b64decode(docs["binary"]["body"]) == BINARY[:100] and len(cut.body or b"") == 100
+
+
+async def test_kept_request_records_show_no_credentials(fetcher: Fetcher, target: FetchTarget) -> None:
+    """A WARC request record (FETCHFLEET_BODY_STORE) held the URL's password as `Authorization: Basic`
+    (base64 of user:password) and the input's Authorization and Cookie values as sent."""
+    secret = "s3cr3t-" + "pw9"
+    url = target.url("/ok/5").replace("http://", f"http://bob:{secret}@")
+    headers = {"Cookie": f"session={secret}", "Proxy-Authorization": secret, "X-Kept": "visible"}
+    outcomes = [
+        await fetcher.fetch(url, keep_body=True),
+        await fetcher.fetch(FetchRequest(url=target.url("/ok/5"), headers=headers), keep_body=True),
+        await fetcher.fetch(FetchRequest(url=target.url("/ok/5"), headers={"Authorization": secret}), True),
+    ]
+    hidden = (secret, base64.b64encode(f"bob:{secret}".encode()).decode())
+    for o in outcomes:
+        assert o.status == 200 and o.exchange is not None and o.body is not None
+        response, request = build_records(o.exchange, o.body, o.sha256)
+        written = zlib.decompress(response, 47).decode() + zlib.decompress(request, 47).decode()
+        assert not [h for h in hidden if h in written], written
+        assert "***" in written
+    assert ("X-Kept", "visible") in (outcomes[1].exchange.request_headers if outcomes[1].exchange else ())
 
 
 @pytest.mark.slow

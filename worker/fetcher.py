@@ -11,7 +11,7 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Self, TypedDict
@@ -330,7 +330,7 @@ class Fetcher:
                         exchange = Exchange(
                             url=str(resp.url),
                             method=method,
-                            request_headers=tuple(resp.request_info.headers.items()),
+                            request_headers=_masked(resp.request_info.headers.items()),
                             status=resp.status,
                             reason=resp.reason or "",
                             version=f"{resp.version.major}.{resp.version.minor}" if resp.version else "",
@@ -432,6 +432,12 @@ def _check_final(status: int) -> None:
 
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+def _masked(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Request headers as a WARC request record keeps them: credentials shown as `***`, like the URL's
+    password in results (aiohttp turns `user:password@` into `Authorization: Basic`, which is base64)."""
+    return tuple((k, "***" if k.lower() in _CREDENTIAL_HEADERS else v) for k, v in headers)
 
 
 def _origin(url: URL) -> tuple[str, str | None, int | None]:
