@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url
 
 from worker.contract import headers_problem
 from worker.errors import SettingsError
@@ -261,9 +262,7 @@ def redis_url_problem(url: str) -> None:
     for name, values in parse_qs(parts.query).items():
         if name == "db" and not values[-1].isdigit():
             raise ValueError("the db= option is not a number")
-    from redis.connection import parse_url  # redis-py's reading of the other options (socket_timeout= ...)
-
-    try:
+    try:  # redis-py's reading of the other options (socket_timeout= ...)
         parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     except ValueError as exc:
         raise ValueError(redact(str(exc))) from None
