@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from producer.output import printable
 from worker.contract import MAX_URL_BYTES, FetchRequest, RejectedRequest, body_too_long, url_problem
+from worker.redact import redact
 from worker.settings import load_settings
 
 Entry = str | FetchRequest | RejectedRequest
@@ -96,7 +97,8 @@ def scan(
                 problem = _parse_json(line, max_body_bytes)[1]
             if problem:
                 bad += 1
-                report(f"{label}:{number}: {printable(problem)}")  # input text may hold escapes
+                # Input text may hold escapes, and a password (the did-you-mean hint repeats the line).
+                report(f"{label}:{number}: {printable(redact(problem))}")
             else:
                 count += 1
     return ScanReport(count=count, bad_lines=bad, digest=digest.hexdigest())

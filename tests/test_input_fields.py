@@ -280,3 +280,15 @@ def test_reasons_show_input_text_escaped(tmp_path: Path) -> None:
     reported: list[str] = []
     scan(f, "in.jsonl", reported.append, max_body_bytes=10)
     assert len(reported) == 1 and reported[0].isprintable() and "\\x1b[2J\\nforged" in reported[0]
+
+
+def test_reasons_never_show_a_password(tmp_path: Path) -> None:
+    """The did-you-mean hint repeated a line without a scheme whole: `user:PASSWORD@example.com/x` came
+    back as `(did you mean https://user:PASSWORD@example.com/x ?)` on stderr."""
+    secret = "hunter2-" + "Qz8"
+    f = tmp_path / "in.txt"
+    f.write_text(f"user:{secret}@example.com/x\nhttps://user:{secret}@exa mple.com/\n")
+    reported: list[str] = []
+    scan(f, "in.txt", reported.append, max_body_bytes=10)
+    assert len(reported) == 2 and not [r for r in reported if secret in r], reported
+    assert "did you mean https://user:***@example.com/x ?" in reported[0]
