@@ -19,7 +19,7 @@ from tests.support.fetch_target import BINARY, TEXT, FetchTarget, sha256
 from tests.support.procs import fetchfleet_env, peak_rss_kib, run_cli
 from tests.support.raw_target import RawTarget
 from worker.bodies import merge_body
-from worker.contract import FetchRequest
+from worker.contract import FetchRequest, url_problem
 from worker.fetcher import Fetcher, FetchOutcome
 from worker.results import build_result, result_doc, stored_body
 from worker.settings import load_settings
@@ -415,6 +415,14 @@ async def test_unfetchable_urls_fail_as_invalid_url(fetcher: Fetcher, target: Fe
     for o in (bad_idna, not_a_url, to_file):
         assert kind(o) == "invalid_url" and o.status is None, o.error
     assert to_file.redirects == 1
+
+
+async def test_a_bare_url_the_worker_refuses_says_why(fetcher: Fetcher) -> None:
+    """A bare string in a chunk (Client.submit, a line changed after the check, a planted job) that fails
+    the URL checks had pydantic's last line as its message: 'For further information visit https://...'."""
+    for url in ("ftp://x/", "not a url", "http://exa mple.com/", "http://h:0/", "http://" + "x" * 9000):
+        o = await fetcher.fetch(url)
+        assert kind(o) == "invalid_url" and str(o.error) == url_problem(url), (url[:40], str(o.error))
 
 
 @pytest.mark.slow

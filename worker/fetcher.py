@@ -202,14 +202,7 @@ class Fetcher:
         before each redirect is followed (robots.txt of the new URL's origin); a refusal ends the fetch."""
         started = time.perf_counter()
         try:
-            if isinstance(request, str) and url_problem(request) is None:
-                req: FetchRequest | _PlainGet = _PlainGet(request)  # the model's checks, ~1 us cheaper
-            elif isinstance(request, RejectedRequest):  # a job not written by our producer
-                raise ValueError(request.reason)
-            else:
-                req = FetchRequest(url=request) if isinstance(request, str) else request
-                if req.body is not None and body_too_long(req.body, self.settings.max_request_body_bytes):
-                    raise ValueError(f"body longer than {self.settings.max_request_body_bytes} bytes")
+            req = self._checked(request)
         except ValueError as exc:  # a job not written by our producer: fail the URL, not the chunk
             err: errors.FetchError = errors.InvalidURL(str(exc).splitlines()[-1].strip())
             url = mask_password(request if isinstance(request, str) else request.url)
@@ -258,6 +251,19 @@ class Fetcher:
             )
         finally:
             self.watchdog.end(d)
+
+    def _checked(self, request: FetchRequest | RejectedRequest | str) -> FetchRequest | _PlainGet:
+        """The request to send, or ValueError with why not (a job not written by our producer)."""
+        if isinstance(request, str):
+            problem = url_problem(request)  # the model's checks, ~1 us cheaper
+            if problem is not None:  # its reason: a ValidationError's last line is a link to pydantic's docs
+                raise ValueError(problem)
+            return _PlainGet(request)
+        if isinstance(request, RejectedRequest):
+            raise ValueError(request.reason)
+        if request.body is not None and body_too_long(request.body, self.settings.max_request_body_bytes):
+            raise ValueError(f"body longer than {self.settings.max_request_body_bytes} bytes")
+        return request
 
     async def _follow(
         self,
