@@ -148,9 +148,14 @@ def _request_of(line: str) -> object:
     return data if isinstance(data, dict) else ""
 
 
-def spool_stdin() -> Path:
-    """Standard input copied to a temporary file, so it can be checked and then read again."""
+def spool_stdin(source: Path | None = None) -> Path:
+    """Standard input (or `source`, a pipe) copied to a temporary file, so it can be checked and then
+    read again."""
     tmp = tempfile.NamedTemporaryFile(prefix="fetchfleet-stdin-", suffix=".txt", delete=False)  # noqa: SIM115
     with tmp:
-        shutil.copyfileobj(sys.stdin.buffer, tmp, length=1024 * 1024)
+        if source is None:
+            shutil.copyfileobj(sys.stdin.buffer, tmp, length=1024 * 1024)
+        else:
+            with source.open("rb") as fh:
+                shutil.copyfileobj(fh, tmp, length=1024 * 1024)
     return Path(tmp.name)

@@ -46,8 +46,12 @@ def prepare_input(source: str) -> tuple[Path, str, bool]:
     path = Path(source)
     if path.is_dir():
         raise UsageError(f"{source}: is a directory; give a file with one URL (or JSON object) per line")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{source}: no such file")
+    if not path.is_file():
+        # A pipe (`submit <(cmd)`, /dev/stdin) reads once, and the input is read twice: it was refused
+        # as "no such file". Copied first, as standard input is.
+        return spool_stdin(path), source, True
     return path, source, False
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import redis
 from producer import cli, submitting
 from tests.support.http_target import HttpTarget
 from tests.support.procs import WorkerProcess, fetchfleet_env, run_cli_in_process
+from worker.contract import batch_key
 from worker.engine import arq_redis_settings
 from worker.settings import load_settings
 
@@ -126,6 +129,25 @@ def test_missing_file_is_usage_error(
     )
     assert proc.returncode == 2
     assert "no such file" in proc.stderr.decode()
+
+
+def test_a_pipe_is_read_as_standard_input_is(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """`submit <(cmd)` names a pipe, which reads once while the input is read twice (checked, then
+    queued): it was refused as 'no such file', and so was /dev/null."""
+    fifo = tmp_path / "urls.fifo"
+    os.mkfifo(fifo)
+    lines = b"http://example.com/a\n# a comment\nhttp://example.com/b\nhttp://example.com/c\n"
+    writer = threading.Thread(target=fifo.write_bytes, args=(lines,), daemon=True)
+    writer.start()
+    proc = run_cli_in_process(["submit", str(fifo)], fetchfleet_env(redis_url), monkeypatch, capfdbinary)
+    writer.join(5)
+    assert proc.returncode == 0, proc.stderr.decode()
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.hget(batch_key(proc.stdout.decode().strip()), "submitted") == b"3"
+    empty = run_cli_in_process(["submit", os.devnull], fetchfleet_env(redis_url), monkeypatch, capfdbinary)
+    assert empty.returncode == 2 and "no URLs to submit" in empty.stderr.decode(), empty.stderr
 
 
 def test_unwritable_output_refused_before_anything_is_queued(
