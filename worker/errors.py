@@ -7,6 +7,7 @@ FetchfleetError
 ├── SettingsError           a FETCHFLEET_* variable holds a bad value (exit code 2)
 ├── BatchError              a batch id is unknown, or reused for different input
 │   └── BatchLost               a followed batch's keys vanished from Redis or were recreated
+├── OutputFailed            results could not be written out (a full disk): nothing left Redis
 ├── QueueUnavailable        Redis cannot be reached (transient: reconnect and retry)
 ├── UnsafeRedis             Redis is set up to lose data (maxmemory-policy evicts keys)
 ├── ServerUnavailable       `fetchfleet run`: no Redis-compatible server to start, or it would not start
@@ -67,6 +68,11 @@ class BatchLost(BatchError):
 
 class UnsafeRedis(FetchfleetError):
     """Redis would silently drop fetchfleet's keys (an evicting maxmemory-policy)."""
+
+
+class OutputFailed(FetchfleetError):
+    """Writing results failed (ENOSPC, EIO ...). An OSError like Redis's own connection errors, it was
+    reported as "cannot reach Redis"; the results it did not write are still in Redis."""
 
 
 class QueueUnavailable(FetchfleetError):
