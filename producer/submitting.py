@@ -194,7 +194,7 @@ async def collect(
         again = f"fetchfleet results {batch_id} --follow" + (
             f" -o {shlex.quote(output.path)} --resume" if output.file is not None else ""
         )
-        raise OutputFailed(f"{exc}; the results not written are still in Redis: {again}") from None
+        raise OutputFailed(exc.reason, f"the results not written are still in Redis: {again}") from None
     if forget and completed:  # only after a complete, flushed write: a failed one leaves all in Redis
         await client.forget_results(batch_id, cursor)
     return summary

@@ -72,7 +72,11 @@ class UnsafeRedis(FetchfleetError):
 
 class OutputFailed(FetchfleetError):
     """Writing results failed (ENOSPC, EIO ...). An OSError like Redis's own connection errors, it was
-    reported as "cannot reach Redis"; the results it did not write are still in Redis."""
+    reported as "cannot reach Redis". `reason`: what failed; `then`: what became of the results."""
+
+    def __init__(self, reason: str, then: str = "") -> None:
+        super().__init__(f"{reason}; {then}" if then else reason)
+        self.reason = reason
 
 
 class QueueUnavailable(FetchfleetError):
