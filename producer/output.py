@@ -19,6 +19,7 @@ from typing import IO, Protocol
 
 import orjson
 
+from worker.contract import MAX_INDEX
 from worker.errors import OutputFailed, UsageError
 
 CSV_FIELDS = (
@@ -252,23 +253,42 @@ def open_output(path: str, fmt: str = "jsonl", resume: bool = False) -> Output:
 
 
 def _read_back(out: Output) -> None:
-    """Note every complete line's index; cut a half-written last line (the process was killed mid-line)."""
+    """Note every complete line's index; cut a half-written last line (the process was killed mid-line).
+
+    A complete line that is not a result refuses the file, changed in nothing: it was cut there, so
+    `-o urls.txt --resume` (the input file by mistake) emptied it before writing results into it."""
     assert out.file is not None
     out.resumed = True
     good = 0
     out.file.seek(0)
-    for line in out.file:
+    for number, line in enumerate(out.file, start=1):
         if not line.endswith(b"\n"):
             break
-        try:
-            index = orjson.loads(line)["index"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            break  # not one of ours from here on: keep what came before
-        out.mark(int(index))
+        index = _result_index(line)
+        if index is None:
+            out.abandon()
+            raise UsageError(
+                f"{out.path}:{number}: not a result line; --resume adds to a JSON lines file of results "
+                "(nothing was changed)"
+            )
+        out.mark(index)
         good += len(line)
         out.resumed_lines += 1
     out.file.seek(good)
     out.file.truncate()
+
+
+def _result_index(line: bytes) -> int | None:
+    """The `index` of a result line, or None if the line is not one (an index past Redis's bitmaps,
+    2^32 - 1, is none either: marking it would allocate gigabytes)."""
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    index = doc.get("index") if isinstance(doc, dict) else None
+    if type(index) is not int or not 0 <= index <= MAX_INDEX:
+        return None
+    return index
 
 
 class OrderedWriter:
