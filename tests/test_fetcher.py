@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import socket
 import ssl
@@ -18,9 +19,10 @@ import trustme
 from tests.support.fetch_target import BINARY, TEXT, FetchTarget, sha256
 from tests.support.procs import fetchfleet_env, peak_rss_kib, run_cli
 from tests.support.raw_target import RawTarget
+from worker.batchpolicy import BatchPolicy
 from worker.bodies import merge_body
 from worker.contract import FetchRequest, url_problem
-from worker.fetcher import Fetcher, FetchOutcome
+from worker.fetcher import MAX_NARROW_SESSIONS, Fetcher, FetchOutcome
 from worker.results import build_result, result_doc, stored_body
 from worker.settings import load_settings
 from worker.warcrecords import build_records
@@ -415,6 +417,19 @@ async def test_unfetchable_urls_fail_as_invalid_url(fetcher: Fetcher, target: Fe
     for o in (bad_idna, not_a_url, to_file):
         assert kind(o) == "invalid_url" and o.status is None, o.error
     assert to_file.redirects == 1
+
+
+async def test_batches_with_their_own_networks_never_use_up_a_worker(
+    fetcher: Fetcher, target: FetchTarget
+) -> None:
+    """Each distinct --only-networks list gets its own session, and they were never closed: after 64
+    lists in a worker's life, every URL of every new such batch was `blocked` ("too many distinct batch
+    network lists"), whoever submitted it, until the worker restarted. Idle ones are closed now."""
+    lists = [(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network(f"10.{i}.0.0/16")) for i in range(80)]
+    for networks in lists:
+        o = await fetcher.fetch(target.url("/ok/3"), batch=BatchPolicy(networks=networks))
+        assert (o.status, kind(o)) == (200, None), (networks, o.error)
+    assert len(fetcher._narrow) <= MAX_NARROW_SESSIONS
 
 
 async def test_a_bare_url_the_worker_refuses_says_why(fetcher: Fetcher) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import ssl
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -112,7 +113,9 @@ class Fetcher:
         self.watchdog = Watchdog(self.limits.read_timeout, self.limits.total_timeout)
         # Sessions of batches that narrow the networks (BatchOptions.only_networks): their connections
         # are checked against both rules and never shared with other batches' pooled connections.
-        self._narrow: dict[tuple[IPNetwork, ...], aiohttp.ClientSession] = {}
+        self._narrow: OrderedDict[tuple[IPNetwork, ...], aiohttp.ClientSession] = OrderedDict()
+        self._narrow_users: Counter[tuple[IPNetwork, ...]] = Counter()  # fetches running, per list
+        self._closing: set[asyncio.Future[None]] = set()
         self._tls: ssl.SSLContext | bool = settings.verify_tls
         # Resolvers we made for FETCHFLEET_DNS_SERVERS: a connector closes only the ones it made itself.
         self._resolvers: list[aiohttp.abc.AbstractResolver] = []
@@ -157,6 +160,7 @@ class Fetcher:
         for narrow in self._narrow.values():
             await narrow.close()
         self._narrow.clear()
+        await asyncio.gather(*self._closing)
         if self._session is not None:
             if self._pool_of is None:
                 await self._session.close()
@@ -182,12 +186,33 @@ class Fetcher:
         if batch is None or batch.networks is None:
             return self.session
         narrow = self._narrow.get(batch.networks)
-        if narrow is None:
-            if len(self._narrow) >= MAX_NARROW_SESSIONS:
-                raise errors.Blocked("too many distinct batch network lists on this worker at once")
-            policy = NarrowedPolicy(self.policy.allow_all, self.policy.allowed, networks=batch.networks)
-            narrow = self._narrow[batch.networks] = self._new_session(policy.socket_factory)
+        if narrow is not None:
+            self._narrow.move_to_end(batch.networks)  # least recently used first
+            return narrow
+        if len(self._narrow) >= MAX_NARROW_SESSIONS:
+            self._close_idle_narrow()
+        policy = NarrowedPolicy(self.policy.allow_all, self.policy.allowed, networks=batch.networks)
+        narrow = self._narrow[batch.networks] = self._new_session(policy.socket_factory)
         return narrow
+
+    def _close_idle_narrow(self) -> None:
+        """Close the least recently used batch session no fetch is using. They were never closed: after
+        64 network lists in a worker's life, every URL of every new such batch was `blocked`."""
+        idle = next((key for key in self._narrow if not self._narrow_users[key]), None)
+        if idle is None:
+            raise errors.Blocked("too many distinct batch network lists in flight on this worker at once")
+        closing = asyncio.ensure_future(self._narrow.pop(idle).close())
+        self._closing.add(closing)  # referenced until done; close() waits for the rest
+        closing.add_done_callback(self._closing.discard)
+        del self._narrow_users[idle]
+
+    def _end(self, d: _Hop) -> None:
+        self.watchdog.end(d)
+        if d.batch is not None and d.batch.networks is not None:
+            key = d.batch.networks
+            self._narrow_users[key] -= 1
+            if not self._narrow_users[key] and key not in self._narrow:  # its session was closed
+                del self._narrow_users[key]
 
     async def fetch(
         self,
@@ -212,6 +237,8 @@ class Fetcher:
         if batch is not None:  # tighten this fetch's deadlines; the watchdog reads them per fetch
             d.read_timeout = batch.timeout(d.read_timeout, batch.read_timeout)
             d.end = min(d.end, d.last + batch.timeout(self.limits.total_timeout, batch.total_timeout))
+            if batch.networks is not None:  # its session is not closed while this fetch runs
+                self._narrow_users[batch.networks] += 1
         try:
             outcome = await self._follow(req, state, started, keep_body, hop_check)
             if d.fired is not None and d.task is not None:  # the cancel was swallowed on the way
@@ -250,7 +277,7 @@ class Fetcher:
                 hop_wait_ms=state.hop_wait_ms,
             )
         finally:
-            self.watchdog.end(d)
+            self._end(d)
 
     def _checked(self, request: FetchRequest | RejectedRequest | str) -> FetchRequest | _PlainGet:
         """The request to send, or ValueError with why not (a job not written by our producer)."""
