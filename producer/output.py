@@ -327,11 +327,15 @@ class OrderedWriter:
         if len(self._waiting) < self.memory_limit:
             self._waiting[index] = document or b""
             return
-        if self._spill is None:
-            self._spill_dir = tempfile.TemporaryDirectory(prefix="fetchfleet-ordered-")
-            self._spill = sqlite3.connect(Path(self._spill_dir.name) / "wait.db")
-            self._spill.execute("CREATE TABLE wait (i INTEGER PRIMARY KEY, doc BLOB)")
-        self._spill.execute("INSERT OR REPLACE INTO wait VALUES (?, ?)", (index, document or b""))
+        try:
+            if self._spill is None:
+                self._spill_dir = tempfile.TemporaryDirectory(prefix="fetchfleet-ordered-")
+                self._spill = sqlite3.connect(Path(self._spill_dir.name) / "wait.db")
+                self._spill.execute("CREATE TABLE wait (i INTEGER PRIMARY KEY, doc BLOB)")
+            self._spill.execute("INSERT OR REPLACE INTO wait VALUES (?, ?)", (index, document or b""))
+        except (sqlite3.Error, OSError) as exc:  # a full temporary directory: a traceback before
+            where = self._spill_dir.name if self._spill_dir is not None else tempfile.gettempdir()
+            raise OutputFailed(f"{where}: cannot hold results for --ordered: {exc}") from None
         self.spilled += 1
 
     def _take(self, index: int) -> bytes | None:
