@@ -432,6 +432,22 @@ async def test_batches_with_their_own_networks_never_use_up_a_worker(
     assert len(fetcher._narrow) <= MAX_NARROW_SESSIONS
 
 
+async def test_url_credentials_follow_a_redirect_within_their_origin_only(
+    fetcher: Fetcher, target: FetchTarget
+) -> None:
+    """A relative redirect was joined to aiohttp's response URL, which has no userinfo: the next hop of
+    `http://user:pw@host/a` -> `Location: /b` went without credentials (a 401 where curl gets the page)."""
+    creds = base64.b64encode(b"bob:pw-1").decode()
+    start = target.url("/redirect-to?url=/echo").replace("http://", "http://bob:pw-1@", 1)
+    o = await fetcher.fetch(start, keep_body=True)
+    assert o.status == 200 and o.redirects == 1, o.error
+    assert json.loads(o.body or b"")["headers"].get("Authorization") == f"Basic {creds}"
+    assert build_result(0, o, 1, "w").final_url == target.url("/echo")  # as answered: no userinfo
+    other = target.url(f"/redirect-to?url={target.url('/echo').replace('127.0.0.1', 'localhost')}")
+    o = await fetcher.fetch(other.replace("http://", "http://bob:pw-1@", 1), keep_body=True)  # cross-origin
+    assert o.status == 200 and "Authorization" not in json.loads(o.body or b"")["headers"]
+
+
 async def test_a_bare_url_the_worker_refuses_says_why(fetcher: Fetcher) -> None:
     """A bare string in a chunk (Client.submit, a line changed after the check, a planted job) that fails
     the URL checks had pydantic's last line as its message: 'For further information visit https://...'."""

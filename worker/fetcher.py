@@ -350,7 +350,9 @@ class Fetcher:
                                 f"more than {self.limits.max_redirects} redirects (last to {location})"
                             )
                         state.redirects += 1
-                        state.url = str(resp.url.join(URL(location)))
+                        # Joined to the URL asked for, not resp.url: aiohttp takes a user:password@ off
+                        # that, and a relative hop (same origin) went without the credentials.
+                        state.url = str(url.join(URL(location)))
                         if hop_check is not None:
                             hop_slot = await self._hop_verdict(hop_check, state.url, req.url)
                         if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
