@@ -8,10 +8,17 @@ from fetchfleet.result import Result
 from producer.client import BatchStatus
 from producer.client import Client as ProducerClient
 from worker.contract import FetchRequest
+from worker.errors import UsageError
 from worker.resultstream import START
 from worker.settings import Settings
 
 FORGET_EVERY = 1000  # results taken between deletions of collected ones from Redis
+
+
+def refuse_one_string(urls: object) -> None:
+    """A str (or bytes) where a list of URLs goes is iterated character by character: one URL a letter."""
+    if isinstance(urls, str | bytes):
+        raise UsageError(f"urls is one {type(urls).__name__}, not a list of URLs: pass [url]")
 
 
 class Client:
@@ -40,6 +47,7 @@ class Client:
         self, urls: Iterable[str | FetchRequest], *, body: bool = False, batch_id: str | None = None
     ) -> str:
         """Queue the URLs as a batch and return its id; `body=True` keeps every response body."""
+        refuse_one_string(urls)
         return await self.producer.submit(urls, batch_id=batch_id, store_body=body)
 
     async def results(

@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Iterable
 
-from fetchfleet.client import Client
+from fetchfleet.client import Client, refuse_one_string
 from fetchfleet.result import Result
 from producer.local import REDIS_URL_ENV, LocalCluster, default_workers, guarded
 from worker.contract import FetchRequest, url_problem
@@ -19,6 +19,7 @@ MAX_PROBLEMS_SHOWN = 5
 
 def _checked(urls: Iterable[str | FetchRequest]) -> list[str | FetchRequest]:
     """The URLs as a list; any that cannot be fetched as written stops the call before anything runs."""
+    refuse_one_string(urls)
     items = list(urls)
     problems = []
     for i, item in enumerate(items):

@@ -48,7 +48,14 @@ from producer.submitting import (  # noqa: F401  (re-exported: tests and callers
     report,
 )
 from producer.summary import FAIL_ON
-from worker.errors import BatchError, QueueUnavailable, SettingsError, UnsafeRedis, UsageError
+from worker.errors import (
+    BatchError,
+    OutputFailed,
+    QueueUnavailable,
+    SettingsError,
+    UnsafeRedis,
+    UsageError,
+)
 from worker.loop import install_event_loop
 from worker.redisconn import redact
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
@@ -474,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, UsageError) as exc:
         _err(str(exc))
         return EXIT_USAGE
-    except (BatchError, QueueUnavailable, UnsafeRedis) as exc:
+    # OutputFailed before REDIS_ERRORS, which holds OSError: a full disk is no Redis problem.
+    except (BatchError, OutputFailed, QueueUnavailable, UnsafeRedis) as exc:
         message = str(exc)
         if "cannot reach Redis" in message:
             message += "; " + redis_hint(args.command)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from producer.output import printable
 from worker.contract import MAX_URL_BYTES, FetchRequest, RejectedRequest, body_too_long, url_problem
+from worker.redact import redact
 from worker.settings import load_settings
 
 Entry = str | FetchRequest | RejectedRequest
@@ -96,7 +97,8 @@ def scan(
                 problem = _parse_json(line, max_body_bytes)[1]
             if problem:
                 bad += 1
-                report(f"{label}:{number}: {printable(problem)}")  # input text may hold escapes
+                # Input text may hold escapes, and a password (the did-you-mean hint repeats the line).
+                report(f"{label}:{number}: {printable(redact(problem))}")
             else:
                 count += 1
     return ScanReport(count=count, bad_lines=bad, digest=digest.hexdigest())
@@ -146,9 +148,14 @@ def _request_of(line: str) -> object:
     return data if isinstance(data, dict) else ""
 
 
-def spool_stdin() -> Path:
-    """Standard input copied to a temporary file, so it can be checked and then read again."""
+def spool_stdin(source: Path | None = None) -> Path:
+    """Standard input (or `source`, a pipe) copied to a temporary file, so it can be checked and then
+    read again."""
     tmp = tempfile.NamedTemporaryFile(prefix="fetchfleet-stdin-", suffix=".txt", delete=False)  # noqa: SIM115
     with tmp:
-        shutil.copyfileobj(sys.stdin.buffer, tmp, length=1024 * 1024)
+        if source is None:
+            shutil.copyfileobj(sys.stdin.buffer, tmp, length=1024 * 1024)
+        else:
+            with source.open("rb") as fh:
+                shutil.copyfileobj(fh, tmp, length=1024 * 1024)
     return Path(tmp.name)

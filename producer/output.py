@@ -19,7 +19,8 @@ from typing import IO, Protocol
 
 import orjson
 
-from worker.errors import UsageError
+from worker.contract import MAX_INDEX
+from worker.errors import OutputFailed, UsageError
 
 CSV_FIELDS = (
     "index",
@@ -72,25 +73,50 @@ class ResultWriter(Protocol):
     def close(self) -> None: ...
 
 
-class JsonLinesWriter:
-    def __init__(self, out: IO[bytes], owned: bool) -> None:
-        self._out, self._owned = out, owned
+def _failed(label: str, exc: OSError) -> OutputFailed:
+    return OutputFailed(f"{label}: cannot write results: {exc.strerror or exc}")
 
+
+class JsonLinesWriter:
+    def __init__(self, out: IO[bytes], owned: bool, label: str = "standard output") -> None:
+        self._out, self._owned, self._label = out, owned, label
+
+    # BrokenPipeError passes: a reader that stopped (`| head`) is no failure (producer.cli).
     def write(self, document: bytes) -> None:
-        self._out.write(document + b"\n")
+        try:
+            self._out.write(document + b"\n")
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _failed(self._label, exc) from None
 
     def flush(self) -> None:
-        self._out.flush()
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _failed(self._label, exc) from None
 
     def close(self) -> None:
-        self._out.flush()
-        if self._owned:
-            self._out.close()
+        try:
+            self.flush()
+        finally:
+            if self._owned:
+                with contextlib.suppress(OSError):  # its failed flush is the one reported
+                    self._out.close()
 
 
 class CsvWriter:
-    def __init__(self, out: IO[bytes], owned: bool, header: bool = True, body: bool = False) -> None:
-        self._raw, self._owned = out, owned
+    def __init__(
+        self,
+        out: IO[bytes],
+        owned: bool,
+        header: bool = True,
+        body: bool = False,
+        label: str = "standard output",
+    ) -> None:
+        self._raw, self._owned, self._label = out, owned, label
         self._text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
         self._csv = csv.writer(self._text)
         self._fields = CSV_FIELDS + CSV_BODY_FIELDS if body else CSV_FIELDS
@@ -101,29 +127,43 @@ class CsvWriter:
         r = orjson.loads(document)
         err = r.get("error") or {}
         row = {**r, "error_kind": err.get("kind"), "error_message": err.get("message")}
-        self._csv.writerow([csv_cell(row.get(f)) for f in self._fields])
+        try:
+            self._csv.writerow([csv_cell(row.get(f)) for f in self._fields])
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _failed(self._label, exc) from None
 
     def flush(self) -> None:
-        self._text.flush()
-        self._raw.flush()
+        try:
+            self._text.flush()
+            self._raw.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _failed(self._label, exc) from None
 
     def close(self) -> None:
-        self._text.flush()
-        if self._owned:
-            self._text.close()
-        else:
-            self._text.detach()
+        try:
+            self.flush()
+        finally:
+            if self._owned:
+                with contextlib.suppress(OSError):  # its failed flush is the one reported
+                    self._text.close()
+            else:
+                with contextlib.suppress(OSError):  # standard output stays open whatever happened
+                    self._text.detach()
 
 
 def open_writer(path: str, fmt: str = "jsonl", body: bool = False) -> ResultWriter:
     """`path` "-" means standard output; `body`: CSV gets the body columns."""
     if path == "-":
-        out, owned = sys.stdout.buffer, False
+        out, owned, label = sys.stdout.buffer, False, "standard output"
     else:
-        out, owned = open(path, "wb"), True  # noqa: SIM115
+        out, owned, label = open(path, "wb"), True, path  # noqa: SIM115
     if fmt == "csv":
-        return CsvWriter(out, owned, body=body)
-    return JsonLinesWriter(out, owned)
+        return CsvWriter(out, owned, body=body, label=label)
+    return JsonLinesWriter(out, owned, label)
 
 
 # ---- an output opened before any work is queued ---------------------------------------------------
@@ -177,9 +217,10 @@ class Output:
             if not self.resumed and stat.S_ISREG(os.fstat(out.fileno()).st_mode):
                 out.seek(0)
                 out.truncate()
+        label = self.path if self.file is not None else "standard output"
         if fmt == "csv":
-            return CsvWriter(out, owned, header=not self.resumed_lines, body=body)
-        return JsonLinesWriter(out, owned)
+            return CsvWriter(out, owned, header=not self.resumed_lines, body=body, label=label)
+        return JsonLinesWriter(out, owned, label)
 
 
 def open_output(path: str, fmt: str = "jsonl", resume: bool = False) -> Output:
@@ -212,23 +253,42 @@ def open_output(path: str, fmt: str = "jsonl", resume: bool = False) -> Output:
 
 
 def _read_back(out: Output) -> None:
-    """Note every complete line's index; cut a half-written last line (the process was killed mid-line)."""
+    """Note every complete line's index; cut a half-written last line (the process was killed mid-line).
+
+    A complete line that is not a result refuses the file, changed in nothing: it was cut there, so
+    `-o urls.txt --resume` (the input file by mistake) emptied it before writing results into it."""
     assert out.file is not None
     out.resumed = True
     good = 0
     out.file.seek(0)
-    for line in out.file:
+    for number, line in enumerate(out.file, start=1):
         if not line.endswith(b"\n"):
             break
-        try:
-            index = orjson.loads(line)["index"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            break  # not one of ours from here on: keep what came before
-        out.mark(int(index))
+        index = _result_index(line)
+        if index is None:
+            out.abandon()
+            raise UsageError(
+                f"{out.path}:{number}: not a result line; --resume adds to a JSON lines file of results "
+                "(nothing was changed)"
+            )
+        out.mark(index)
         good += len(line)
         out.resumed_lines += 1
     out.file.seek(good)
     out.file.truncate()
+
+
+def _result_index(line: bytes) -> int | None:
+    """The `index` of a result line, or None if the line is not one (an index past Redis's bitmaps,
+    2^32 - 1, is none either: marking it would allocate gigabytes)."""
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    index = doc.get("index") if isinstance(doc, dict) else None
+    if type(index) is not int or not 0 <= index <= MAX_INDEX:
+        return None
+    return index
 
 
 class OrderedWriter:
@@ -267,11 +327,15 @@ class OrderedWriter:
         if len(self._waiting) < self.memory_limit:
             self._waiting[index] = document or b""
             return
-        if self._spill is None:
-            self._spill_dir = tempfile.TemporaryDirectory(prefix="fetchfleet-ordered-")
-            self._spill = sqlite3.connect(Path(self._spill_dir.name) / "wait.db")
-            self._spill.execute("CREATE TABLE wait (i INTEGER PRIMARY KEY, doc BLOB)")
-        self._spill.execute("INSERT OR REPLACE INTO wait VALUES (?, ?)", (index, document or b""))
+        try:
+            if self._spill is None:
+                self._spill_dir = tempfile.TemporaryDirectory(prefix="fetchfleet-ordered-")
+                self._spill = sqlite3.connect(Path(self._spill_dir.name) / "wait.db")
+                self._spill.execute("CREATE TABLE wait (i INTEGER PRIMARY KEY, doc BLOB)")
+            self._spill.execute("INSERT OR REPLACE INTO wait VALUES (?, ?)", (index, document or b""))
+        except (sqlite3.Error, OSError) as exc:  # a full temporary directory: a traceback before
+            where = self._spill_dir.name if self._spill_dir is not None else tempfile.gettempdir()
+            raise OutputFailed(f"{where}: cannot hold results for --ordered: {exc}") from None
         self.spilled += 1
 
     def _take(self, index: int) -> bytes | None:

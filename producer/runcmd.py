@@ -23,7 +23,7 @@ from producer.submitting import (
     report,
 )
 from producer.summary import Summary
-from worker.errors import LocalRunError, ServerUnavailable, UsageError
+from worker.errors import LocalRunError, OutputFailed, ServerUnavailable, UsageError
 from worker.loop import install_event_loop
 from worker.settings import Settings
 
@@ -100,7 +100,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 cluster.settings, path, label, total, digest, args, output, own_store=cluster.body_dir
             )
             output = None  # the collector owns it now
-            summary = asyncio.run(guarded(work, cluster))
+            try:
+                summary = asyncio.run(guarded(work, cluster))
+            except OutputFailed as exc:
+                if cluster.external:
+                    raise
+                raise OutputFailed(
+                    exc.reason, "run's private server stops with the rest: make room, run again"
+                ) from None
         report(summary, started, "", args.quiet)
         return outcome_code(summary, args.fail_on)
     except (LocalRunError, ServerUnavailable) as exc:

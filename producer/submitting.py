@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from producer.progress import Progress
 from producer.summary import Summary
 from worker.background import stop_tasks
 from worker.contract import BatchOptions
-from worker.errors import BatchError, UsageError
+from worker.errors import BatchError, OutputFailed, UsageError
 from worker.redisconn import redact
 from worker.rediserrors import REDIS_DOWN, REDIS_ERRORS
 from worker.settings import worker_only_variables
@@ -47,8 +48,12 @@ def prepare_input(source: str) -> tuple[Path, str, bool]:
     path = Path(source)
     if path.is_dir():
         raise UsageError(f"{source}: is a directory; give a file with one URL (or JSON object) per line")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{source}: no such file")
+    if not path.is_file():
+        # A pipe (`submit <(cmd)`, /dev/stdin) reads once, and the input is read twice: it was refused
+        # as "no such file". Copied first, as standard input is.
+        return spool_stdin(path), source, True
     return path, source, False
 
 
@@ -167,24 +172,30 @@ async def collect(
     write, add, loads = writer.write, summary.add, orjson.loads
     await _say_what_was_collected(client, batch_id, output)
     try:
-        async for cursor, document in client.results(
-            batch_id, follow=follow, inline_bodies=body, drop_refs=drop_refs
-        ):
-            doc = loads(document)
-            if resumed and output.has(int(doc["index"])):
-                continue  # already in the file from the run that was cut short
-            if in_order is not None:
-                in_order.write(document, int(doc["index"]))
-            else:
-                write(document)
-            add(doc)
-            written += 1
-            if forget_every and written % forget_every == 0:
-                writer.flush()
-                await client.forget_results(batch_id, cursor)
-        completed = True
-    finally:
-        await _finish_writing(background, writer, progress, summary)
+        try:
+            async for cursor, document in client.results(
+                batch_id, follow=follow, inline_bodies=body, drop_refs=drop_refs
+            ):
+                doc = loads(document)
+                if resumed and output.has(int(doc["index"])):
+                    continue  # already in the file from the run that was cut short
+                if in_order is not None:
+                    in_order.write(document, int(doc["index"]))
+                else:
+                    write(document)
+                add(doc)
+                written += 1
+                if forget_every and written % forget_every == 0:
+                    writer.flush()
+                    await client.forget_results(batch_id, cursor)
+            completed = True
+        finally:
+            await _finish_writing(background, writer, progress, summary)
+    except OutputFailed as exc:  # a full disk: what was not written stays in Redis; say how to get it
+        again = f"fetchfleet results {batch_id} --follow" + (
+            f" -o {shlex.quote(output.path)} --resume" if output.file is not None else ""
+        )
+        raise OutputFailed(exc.reason, f"the results not written are still in Redis: {again}") from None
     if forget and completed:  # only after a complete, flushed write: a failed one leaves all in Redis
         await client.forget_results(batch_id, cursor)
     return summary

@@ -85,6 +85,21 @@ def test_bad_urls_stop_fetch_before_anything_starts() -> None:
         fetchfleet.fetch(["http://a.test/", "ftp://x/", "not a url"])
 
 
+def test_one_string_for_the_url_list_is_refused() -> None:
+    """`fetch("https://...")` named every character a bad URL: a str is iterable."""
+    for one in ("https://example.com/", b"https://example.com/"):
+        with pytest.raises(fetchfleet.UsageError, match=r"urls is one (str|bytes), not a list of URLs"):
+            fetchfleet.fetch(one)  # type: ignore[arg-type]
+
+
+async def test_one_string_is_not_submitted_as_a_batch_of_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Client.submit("https://...")` queued a batch of 20 one-character URLs."""
+    monkeypatch.setenv("FETCHFLEET_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # never reached
+    async with fetchfleet.Client() as client:
+        with pytest.raises(fetchfleet.UsageError, match=r"urls is one str, not a list of URLs: pass \[url\]"):
+            await client.submit("https://example.com/")
+
+
 async def test_fetch_inside_a_loop_points_at_afetch() -> None:
     with pytest.raises(fetchfleet.UsageError, match="afetch"):
         fetchfleet.fetch(["http://a.test/"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import gzip
 import json
 import random
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from tests.chaos import assert_each_index_once, write_urls
 from tests.support.procs import fetchfleet_env, run_cli
-from tests.support.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget
+from tests.support.raw_target import HOSTILE_RESPONSES, PUNY_BODY, RawTarget, response
 from worker.bodies import body_fields, merge_body, pack, result_body
 from worker.charsets import CHARSETS
 from worker.errors import BodyUnavailable
@@ -140,6 +141,57 @@ def test_hostile_bodies_through_a_worker_and_the_cli(
     print(f"\n{len(paths)} hostile responses: submit --wait {took:.1f}s, results {took_results:.1f}s")
     # Three 300 KB punycode bodies alone took about a minute to collect before the allow-list.
     assert took < 30 and took_results < 10
+
+
+SECRET = "s3cr3t-" + "Pw7"
+# Status lines and headers of hostile servers that cost a result, or read as `ok`, before:
+# path -> (response, status, error kind, body).
+STATUS_LINES = {
+    "/reason-bytes": (response(b"", b"a", b"200 \xff\xfe\x01OK"), 200, None, "a"),
+    "/reason-utf8": (response(b"", b"b", "200 Très bien".encode()), 200, None, "b"),
+    "/status-000": (response(b"", b"c", b"000 Zero"), 0, "protocol", None),
+    "/status-101": (response(b"Upgrade: x", b"", b"101 Switching Protocols"), 101, "protocol", None),
+    "/retry-after": (response("Retry-After: ²".encode(), b"", b"429 Slow"), 429, "http_status", None),
+    "/auth": (response(b"", b"d"), 200, None, "d"),  # fetched with a password in the URL
+}
+
+
+@pytest.mark.slow
+def test_hostile_status_lines_through_a_worker_with_a_body_store(
+    redis_url: str, spawn_worker, tmp_path: Path
+) -> None:
+    """With FETCHFLEET_BODY_STORE: every index once with its own outcome, no traceback in the worker's
+    log, no password in the store. Before: the reason phrases were `internal` results (warcio), the
+    Retry-After an `internal` result (float('²')), status 000 and 101 `ok`, and the store's request
+    record held the URL's password as base64."""
+    raw = RawTarget({path: case[0] for path, case in STATUS_LINES.items()}).start()
+    paths = sorted(STATUS_LINES) * 2
+    urls = [raw.url(p) for p in paths]
+    urls = [u.replace("http://", f"http://user:{SECRET}@") if u.endswith("/auth") else u for u in urls]
+    store = tmp_path / "store"
+    settings = {"body_store": store.as_uri(), "max_attempts": 2, "retry_backoff_base": 0.05}
+    worker = spawn_worker(redis_url, concurrency=8, **settings)
+    out = tmp_path / "out.jsonl"
+    args = ["submit", str(write_urls(tmp_path / "urls.txt", urls)), "--body", "--wait", "-q", "-o", str(out)]
+    try:
+        done = run_cli(args, fetchfleet_env(redis_url, **settings), timeout=120)
+    finally:
+        raw.stop()
+    assert done.returncode == 0, done.stderr.decode()
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert_each_index_once(results, len(paths))
+    for r in results:
+        _, status, kind, body = STATUS_LINES[paths[r["index"]]]
+        assert (r["status"], (r["error"] or {}).get("kind"), r["ok"]) == (status, kind, kind is None), r
+        assert r.get("body") == body and bool(r.get("body_ref")) is (body is not None), r
+    log = worker.log()
+    assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+    written = "".join(
+        gzip.decompress(f.read_bytes()).decode("utf-8", "replace") for f in store.rglob("*.warc.gz")
+    )
+    assert "Tr%C3%A8s bien" in written
+    assert SECRET not in written and base64.b64encode(f"user:{SECRET}".encode()).decode() not in written
+    assert SECRET not in out.read_text() + log
 
 
 def test_result_body_of_inline_bodies_and_results_without_one() -> None:

@@ -21,6 +21,7 @@ from tests.support.http_target import HttpTarget
 from tests.support.procs import ROOT, fetchfleet_env, run_cli, start_cli
 from tests.support.redisserver import free_port
 from worker.contract import results_key
+from worker.errors import UsageError
 
 
 def indexes_of(path: Path) -> list[int]:
@@ -221,3 +222,24 @@ def test_resume_reads_indexes_and_cuts_a_half_line(tmp_path: Path) -> None:
     assert out.read_bytes() == b'{"index":5}\n{"index":2}\n'
     with pytest.raises(Exception, match="--format jsonl"):
         open_output(str(out), fmt="csv", resume=True)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"http://example.com/a\nhttp://example.com/b\n",  # the input file, given as -o by mistake
+        b'{"index":5}\nnot a result\n{"index":6}\n',
+        b'{"index":"5"}\n',
+        b'{"index":-1}\n',
+        b'{"index":1000000000000}\n',  # marked in a bitmap: 125 GB
+        b"[1, 2]\n",
+    ],
+)
+def test_resume_refuses_a_file_of_something_else_and_changes_nothing(tmp_path: Path, content: bytes) -> None:
+    """A complete line that is no result cut the file there: `-o urls.txt --resume` emptied the input
+    file, and `{"index": "5"}` or a huge index raised (a traceback, or gigabytes allocated)."""
+    out = tmp_path / "urls.txt"
+    out.write_bytes(content)
+    with pytest.raises(UsageError, match=r"urls\.txt:\d: not a result line; .*\(nothing was changed\)"):
+        open_output(str(out), resume=True)
+    assert out.read_bytes() == content

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +14,9 @@ import redis
 from producer import cli, submitting
 from tests.support.http_target import HttpTarget
 from tests.support.procs import WorkerProcess, fetchfleet_env, run_cli_in_process
+from worker.contract import batch_key
+from worker.engine import arq_redis_settings
+from worker.settings import load_settings
 
 
 def test_bad_lines_named_and_nothing_written(
@@ -69,6 +74,53 @@ def test_bad_setting_names_the_variable(
     assert "FETCHFLEET_CONCURRENCY" in err and "Traceback" not in err
 
 
+SECRET = "Pw-" + "hunter2-Zq"
+ABSURD_SETTINGS = [
+    ("redis_url", f"redis://:{SECRET}@[::1"),  # urlsplit: Invalid IPv6 URL
+    ("redis_url", f"redis://:{SECRET}@h:99999/0"),
+    ("redis_url", f"redis://:{SECRET}@h:abc/0"),
+    ("redis_url", f"redis://:{SECRET}@h/notadb"),  # redis-py read it as db 0, arq as a traceback
+    ("redis_url", f"redis://:{SECRET}@h/0?db=x"),
+    ("redis_url", f"unix://:{SECRET}@/tmp/r.sock?db=x"),
+    ("redis_url", f"redis://:{SECRET}@h/0?socket_timeout=soon"),
+    ("total_timeout", "inf"),  # passed gt=0, then int(inf) in the worker
+    ("connect_timeout", "inf"),
+    ("result_ttl", "99999999999999999999"),  # Redis: "value is not an integer or out of range"
+    ("user_agent", "fetchfleet\r\nX-Injected: 1"),  # aiohttp refuses it: every fetch failed
+]
+
+
+@pytest.mark.parametrize(("field", "value"), ABSURD_SETTINGS)
+# Every command, `worker` and `python -m worker` too, reads the settings with load_settings before anything.
+@pytest.mark.parametrize("command", [["submit", "-"], ["stats"]], ids=["submit", "stats"])
+def test_absurd_settings_are_named_in_one_line(
+    field: str,
+    value: str,
+    command: list[str],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    """Each of these was a traceback (or a Redis error naming no setting) from every command."""
+    env = {**fetchfleet_env(redis_url), f"FETCHFLEET_{field.upper()}": value}
+    proc = run_cli_in_process(command, env, monkeypatch, capfdbinary)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert f"FETCHFLEET_{field.upper()}" in err and "Traceback" not in err, err
+    assert SECRET not in err + proc.stdout.decode()
+
+
+def test_a_redis_url_ending_in_a_slash_is_database_0_for_arq_too() -> None:
+    """`redis://host:6379/` is db 0 to redis-py; arq's from_dsn read it as int("") and the worker died."""
+    for url, db in [
+        ("redis://h:6379/", 0),
+        ("redis://h:6379", 0),
+        ("redis://h/3", 3),
+        ("redis://h/?db=2", 2),
+    ]:
+        assert arq_redis_settings(load_settings(redis_url=url)).database == db, url
+
+
 def test_missing_file_is_usage_error(
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
 ) -> None:
@@ -77,6 +129,25 @@ def test_missing_file_is_usage_error(
     )
     assert proc.returncode == 2
     assert "no such file" in proc.stderr.decode()
+
+
+def test_a_pipe_is_read_as_standard_input_is(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """`submit <(cmd)` names a pipe, which reads once while the input is read twice (checked, then
+    queued): it was refused as 'no such file', and so was /dev/null."""
+    fifo = tmp_path / "urls.fifo"
+    os.mkfifo(fifo)
+    lines = b"http://example.com/a\n# a comment\nhttp://example.com/b\nhttp://example.com/c\n"
+    writer = threading.Thread(target=fifo.write_bytes, args=(lines,), daemon=True)
+    writer.start()
+    proc = run_cli_in_process(["submit", str(fifo)], fetchfleet_env(redis_url), monkeypatch, capfdbinary)
+    writer.join(5)
+    assert proc.returncode == 0, proc.stderr.decode()
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.hget(batch_key(proc.stdout.decode().strip()), "submitted") == b"3"
+    empty = run_cli_in_process(["submit", os.devnull], fetchfleet_env(redis_url), monkeypatch, capfdbinary)
+    assert empty.returncode == 2 and "no URLs to submit" in empty.stderr.decode(), empty.stderr
 
 
 def test_unwritable_output_refused_before_anything_is_queued(

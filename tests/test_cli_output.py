@@ -15,6 +15,7 @@ import pytest
 from producer.output import CSV_FIELDS, FORMATS, open_writer
 from tests.support.http_target import HttpTarget
 from tests.support.procs import ROOT, fetchfleet_env, run_cli
+from worker.errors import OutputFailed
 
 OK = {
     "index": 0,
@@ -128,3 +129,37 @@ def test_submit_wait_csv_to_stdout_puts_the_batch_id_on_stderr(
     again = run_cli(["results", batch_id, "--format", "jsonl"], env)  # default -o is stdout too
     assert again.returncode == 0, again.stderr.decode()
     assert sorted(json.loads(line)["size"] for line in again.stdout.splitlines()) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_full_disk_is_an_output_failure_not_a_redis_one(fmt: str) -> None:
+    """An OSError from writing results (ENOSPC) reached the CLI's Redis handler, which holds OSError:
+    `cannot reach Redis at ... (No space left on device); start Redis there ...`."""
+    writer = open_writer("/dev/full", fmt)
+    with pytest.raises(OutputFailed, match=r"^/dev/full: cannot write results: No space left on device$"):
+        for _ in range(2000):  # past the buffer: the write or the flush meets the full device
+            writer.write(DOCS[0])
+        writer.flush()
+    with pytest.raises(OutputFailed):
+        writer.close()
+
+
+@pytest.mark.slow
+def test_submit_wait_to_a_full_disk_says_so_and_loses_nothing(
+    redis_url: str, http_target: HttpTarget, spawn_worker
+) -> None:
+    urls = [http_target.url(f"/ok/{n}") for n in range(1, 41)]
+    spawn_worker(redis_url)
+    env = fetchfleet_env(redis_url, allow_private_networks=True)
+    stdin = "\n".join(urls).encode()
+    proc = run_cli(
+        ["submit", "-", "--wait", "-q", "--batch-id", "full-disk", "-o", "/dev/full"], env, stdin=stdin
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert "Redis at" not in err and "Traceback" not in err, err
+    assert "/dev/full: cannot write results: No space left on device" in err, err
+    assert "fetchfleet results full-disk --follow -o /dev/full --resume" in err, err
+    again = run_cli(["results", "full-disk", "--follow", "-q"], env)  # every result still in Redis
+    assert again.returncode == 0, again.stderr.decode()
+    assert sorted(json.loads(line)["size"] for line in again.stdout.splitlines()) == list(range(1, 41))

@@ -8,6 +8,7 @@ import os
 import re
 import select
 import signal
+import sqlite3
 import struct
 import subprocess
 import termios
@@ -18,6 +19,7 @@ import orjson
 import pyte
 import pytest
 
+from producer import output as output_module
 from producer.cli import EXIT_FETCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from producer.output import OrderedWriter, open_output
 from producer.summary import Summary
@@ -25,6 +27,7 @@ from tests.chaos import write_urls
 from tests.support.http_target import HttpTarget
 from tests.support.procs import fetchfleet_env, restore_sigint, run_cli, start_cli
 from tests.support.redisserver import free_port
+from worker.errors import OutputFailed
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 PROGRESS = re.compile(r"(\d+)/(\d+)\b.*?\b(\d+) failed")
@@ -422,6 +425,25 @@ def test_ordered_writer_spills_to_disk_past_its_memory_limit(tmp_path: Path) -> 
         gappy.write(orjson.dumps({"index": i}))
     gappy.close()  # `results` of an unfinished batch: what there is, in order
     assert [json.loads(x)["index"] for x in out.read_text().splitlines()] == [1, 3, 5, 7, 9]
+
+
+def test_a_full_temporary_directory_for_ordered_results_is_an_output_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spill's sqlite3 error ("database or disk is full") escaped every handler: a traceback."""
+    real_connect = sqlite3.connect
+
+    def full_disk(path: Path) -> sqlite3.Connection:
+        conn = real_connect(path)
+        conn.execute("PRAGMA max_page_count = 2")  # a disk that holds two pages
+        return conn
+
+    monkeypatch.setattr(output_module.sqlite3, "connect", full_disk)
+    writer = OrderedWriter(open_output(str(tmp_path / "o.jsonl")).writer("jsonl"), memory_limit=1)
+    with pytest.raises(OutputFailed, match=r"cannot hold results for --ordered: database or disk is full"):
+        for i in range(100, 0, -1):
+            writer.write(orjson.dumps({"index": i, "pad": "x" * 2000}))
+    writer.close()
 
 
 # ---- item 2: batch limits, applied as the stricter of batch and worker ----------------------------------

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import socket
 import ssl
 import time
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,11 +18,14 @@ import trustme
 
 from tests.support.fetch_target import BINARY, TEXT, FetchTarget, sha256
 from tests.support.procs import fetchfleet_env, peak_rss_kib, run_cli
+from tests.support.raw_target import RawTarget
+from worker.batchpolicy import BatchPolicy
 from worker.bodies import merge_body
-from worker.contract import FetchRequest
-from worker.fetcher import Fetcher, FetchOutcome
-from worker.results import build_result, stored_body
+from worker.contract import FetchRequest, url_problem
+from worker.fetcher import MAX_NARROW_SESSIONS, Fetcher, FetchOutcome
+from worker.results import build_result, result_doc, stored_body
 from worker.settings import load_settings
+from worker.warcrecords import build_records
 
 MiB = 1 << 20
 
@@ -205,6 +210,37 @@ async def test_invalid_http(fetcher: Fetcher, target: FetchTarget) -> None:
     assert kind(o) == "protocol" and o.status is None
 
 
+def _raw(status_line: bytes, rest: bytes = b"Content-Length: 2\r\nConnection: close\r\n\r\nok") -> bytes:
+    return status_line + b"\r\n" + rest
+
+
+ODD_STATUSES = {
+    "/000": (_raw(b"HTTP/1.1 000 Zero"), 0, "protocol"),
+    "/099": (_raw(b"HTTP/1.1 099 Low"), 99, "protocol"),
+    "/101": (
+        _raw(b"HTTP/1.1 101 Switching Protocols", b"Upgrade: x\r\nConnection: Upgrade\r\n\r\nzz"),
+        101,
+        "protocol",
+    ),
+    "/103": (_raw(b"HTTP/1.1 103 Early Hints", b"Link: </a>\r\n\r\n" + _raw(b"HTTP/1.1 200 OK")), 200, None),
+    "/999": (_raw(b"HTTP/1.1 999 Request denied"), 999, None),  # LinkedIn's; shown as sent, not ok
+}
+
+
+async def test_a_status_that_is_no_final_status_is_a_protocol_error(fetcher: Fetcher) -> None:
+    """aiohttp hands on `HTTP/1.1 000` and an unasked-for 101 as final responses: they were results with
+    `ok: true`. Interim 1xx before a final response, and 6xx-9xx, are read as before."""
+    raw = RawTarget({path: response for path, (response, _, _) in ODD_STATUSES.items()}).start()
+    try:
+        for path, (_, status, want) in ODD_STATUSES.items():
+            o = await fetcher.fetch(raw.url(path))
+            doc = result_doc(0, o, 1, "w")
+            assert (o.status, kind(o)) == (status, want), (path, o)
+            assert doc["ok"] is (status < 400 and want is None), (path, doc)
+    finally:
+        raw.stop()
+
+
 async def test_self_signed_tls_is_refused_by_default(tls_target: FetchTarget) -> None:
     f = await _fetcher()
     g = await _fetcher(verify_tls=False)
@@ -286,6 +322,27 @@ async def test_kept_bodies_are_capped_compressed_and_decoded(target: FetchTarget
     assert base64.b64decode(docs["binary"]["body"]) == BINARY[:100] and len(cut.body or b"") == 100
 
 
+async def test_kept_request_records_show_no_credentials(fetcher: Fetcher, target: FetchTarget) -> None:
+    """A WARC request record (FETCHFLEET_BODY_STORE) held the URL's password as `Authorization: Basic`
+    (base64 of user:password) and the input's Authorization and Cookie values as sent."""
+    secret = "s3cr3t-" + "pw9"
+    url = target.url("/ok/5").replace("http://", f"http://bob:{secret}@")
+    headers = {"Cookie": f"session={secret}", "Proxy-Authorization": secret, "X-Kept": "visible"}
+    outcomes = [
+        await fetcher.fetch(url, keep_body=True),
+        await fetcher.fetch(FetchRequest(url=target.url("/ok/5"), headers=headers), keep_body=True),
+        await fetcher.fetch(FetchRequest(url=target.url("/ok/5"), headers={"Authorization": secret}), True),
+    ]
+    hidden = (secret, base64.b64encode(f"bob:{secret}".encode()).decode())
+    for o in outcomes:
+        assert o.status == 200 and o.exchange is not None and o.body is not None
+        response, request = build_records(o.exchange, o.body, o.sha256)
+        written = zlib.decompress(response, 47).decode() + zlib.decompress(request, 47).decode()
+        assert not [h for h in hidden if h in written], written
+        assert "***" in written
+    assert ("X-Kept", "visible") in (outcomes[1].exchange.request_headers if outcomes[1].exchange else ())
+
+
 @pytest.mark.slow
 def test_worker_survives_every_hostile_endpoint_in_one_batch(
     redis_url: str, spawn_worker, target: FetchTarget, tls_target: FetchTarget, tmp_path: Path
@@ -360,6 +417,43 @@ async def test_unfetchable_urls_fail_as_invalid_url(fetcher: Fetcher, target: Fe
     for o in (bad_idna, not_a_url, to_file):
         assert kind(o) == "invalid_url" and o.status is None, o.error
     assert to_file.redirects == 1
+
+
+async def test_batches_with_their_own_networks_never_use_up_a_worker(
+    fetcher: Fetcher, target: FetchTarget
+) -> None:
+    """Each distinct --only-networks list gets its own session, and they were never closed: after 64
+    lists in a worker's life, every URL of every new such batch was `blocked` ("too many distinct batch
+    network lists"), whoever submitted it, until the worker restarted. Idle ones are closed now."""
+    lists = [(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network(f"10.{i}.0.0/16")) for i in range(80)]
+    for networks in lists:
+        o = await fetcher.fetch(target.url("/ok/3"), batch=BatchPolicy(networks=networks))
+        assert (o.status, kind(o)) == (200, None), (networks, o.error)
+    assert len(fetcher._narrow) <= MAX_NARROW_SESSIONS
+
+
+async def test_url_credentials_follow_a_redirect_within_their_origin_only(
+    fetcher: Fetcher, target: FetchTarget
+) -> None:
+    """A relative redirect was joined to aiohttp's response URL, which has no userinfo: the next hop of
+    `http://user:pw@host/a` -> `Location: /b` went without credentials (a 401 where curl gets the page)."""
+    creds = base64.b64encode(b"bob:pw-1").decode()
+    start = target.url("/redirect-to?url=/echo").replace("http://", "http://bob:pw-1@", 1)
+    o = await fetcher.fetch(start, keep_body=True)
+    assert o.status == 200 and o.redirects == 1, o.error
+    assert json.loads(o.body or b"")["headers"].get("Authorization") == f"Basic {creds}"
+    assert build_result(0, o, 1, "w").final_url == target.url("/echo")  # as answered: no userinfo
+    other = target.url(f"/redirect-to?url={target.url('/echo').replace('127.0.0.1', 'localhost')}")
+    o = await fetcher.fetch(other.replace("http://", "http://bob:pw-1@", 1), keep_body=True)  # cross-origin
+    assert o.status == 200 and "Authorization" not in json.loads(o.body or b"")["headers"]
+
+
+async def test_a_bare_url_the_worker_refuses_says_why(fetcher: Fetcher) -> None:
+    """A bare string in a chunk (Client.submit, a line changed after the check, a planted job) that fails
+    the URL checks had pydantic's last line as its message: 'For further information visit https://...'."""
+    for url in ("ftp://x/", "not a url", "http://exa mple.com/", "http://h:0/", "http://" + "x" * 9000):
+        o = await fetcher.fetch(url)
+        assert kind(o) == "invalid_url" and str(o.error) == url_problem(url), (url[:40], str(o.error))
 
 
 @pytest.mark.slow

@@ -9,9 +9,11 @@ import orjson
 import pytest
 import redis
 
+import fetchfleet
 from producer.inputs import scan
 from tests.support.procs import fetchfleet_env, run_cli
 from worker import contract
+from worker.codec import dump_job, load_job
 from worker.contract import ChunkJob, FetchRequest, RejectedRequest, headers_problem, url_problem
 from worker.fetcher import Fetcher
 from worker.settings import load_settings
@@ -280,3 +282,39 @@ def test_reasons_show_input_text_escaped(tmp_path: Path) -> None:
     reported: list[str] = []
     scan(f, "in.jsonl", reported.append, max_body_bytes=10)
     assert len(reported) == 1 and reported[0].isprintable() and "\\x1b[2J\\nforged" in reported[0]
+
+
+def test_reasons_never_show_a_password(tmp_path: Path) -> None:
+    """The did-you-mean hint repeated a line without a scheme whole: `user:PASSWORD@example.com/x` came
+    back as `(did you mean https://user:PASSWORD@example.com/x ?)` on stderr."""
+    secret = "hunter2-" + "Qz8"
+    f = tmp_path / "in.txt"
+    f.write_text(f"user:{secret}@example.com/x\nhttps://user:{secret}@exa mple.com/\n")
+    reported: list[str] = []
+    scan(f, "in.txt", reported.append, max_body_bytes=10)
+    assert len(reported) == 2 and not [r for r in reported if secret in r], reported
+    assert "did you mean https://user:***@example.com/x ?" in reported[0]
+
+
+def test_lone_surrogates_are_refused_where_they_are_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A str from Python code may hold a lone surrogate (a file or JSON line cannot): it passed every
+    check, then msgpack could not encode the chunk job, so Client.submit and fetch() failed with a bare
+    UnicodeEncodeError, fetch() after starting its cluster, submit after creating the batch."""
+    url = "http://example.com/caf\udce9"
+    assert url_problem(url) == "URL is not valid Unicode (it holds a lone surrogate)"
+    assert headers_problem({"X-A": "\udcff"}) and headers_problem({"X-\udcff": "v"})
+    for bad in (
+        {"url": url},
+        {"url": "http://a.test/", "headers": {"X": "\ud800"}},
+        {"url": "http://a.test/", "body": "\udcff"},
+    ):
+        with pytest.raises(ValueError, match="not valid Unicode"):
+            FetchRequest.model_validate(bad)
+    # A bare string in a chunk, as Client.submit sends it: an invalid_url entry that can travel.
+    job = ChunkJob(batch_id="b", requests=[url, "http://a.test/"])
+    assert isinstance(job.requests[0], RejectedRequest) and "not valid Unicode" in job.requests[0].reason
+    assert job.requests[1] == "http://a.test/"
+    assert load_job(dump_job({"a": [job.model_dump(mode="json")]}))
+    monkeypatch.setenv("FETCHFLEET_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
+    with pytest.raises(fetchfleet.UsageError, match=r"urls\[0\]: URL is not valid Unicode"):
+        fetchfleet.fetch([url])

@@ -56,6 +56,18 @@ def test_text_format_appends_ids() -> None:
     assert out.getvalue().rstrip().endswith("hello [batch=b9]")
 
 
+def test_text_lines_carry_no_control_characters_of_a_server() -> None:
+    """A robots.txt that redirected too often logged its Location as sent: a fetched server wrote
+    ESC sequences (clear the screen, colours) and line ends (a forged record) into the worker's log."""
+    logger, out = capture(TextFormatter())
+    location = "/robots.txt#\x1b[2J\x1b[31m\nFAKE 2026 ERROR fetchfleet.worker: gone\u202e"
+    logger.info("robots.txt: more than 5 redirects (last to %s)", location)
+    logger.info("tab\tkept as an escape too, like the CLI's")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and all(line.isprintable() for line in lines), lines
+    assert "\\x1b[2J\\x1b[31m\\nFAKE" in lines[0] and lines[0].endswith("\\u202e)")
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

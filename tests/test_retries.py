@@ -58,6 +58,18 @@ def test_retry_after_is_honoured_up_to_a_cap() -> None:
     assert parse_retry_after(None) is None and parse_retry_after("12") == 12
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["\u00b2", "\u2460", "\u00b9\u00b2", "-5", "1.5", "1e9", "0x10", "\udcff", "Fri, 31 Dec 99999 0:0:0 GMT"],
+)
+def test_any_retry_after_a_server_sends_is_read_or_ignored(value: str) -> None:
+    """str.isdigit() holds for superscript and circled digits that float() refuses: a 429 with
+    `Retry-After: ²` raised in the worker and the URL's result became `internal`."""
+    p = RetryPolicy(backoff_base=0.01, backoff_cap=0.01, retry_after_max=30)
+    assert parse_retry_after(value) is None
+    assert p.delay(1, value) <= 0.01
+
+
 SETTINGS = {"retry_backoff_base": 0.05, "retry_backoff_cap": 0.2, "chunk_size": 10}
 
 

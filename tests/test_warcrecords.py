@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import uuid
@@ -59,6 +60,26 @@ def test_every_exchange_reads_back_through_warcio(case: int) -> None:
     assert got.http_headers.get_header("Content-Length") == str(len(body))
     assert records[1].http_headers.protocol == ex.method
     assert records[1].rec_headers.get_header("WARC-Payload-Digest") == f"sha256:{EMPTY_SHA256}"
+
+
+@pytest.mark.parametrize(
+    ("reason", "shown"),
+    [
+        ("\udcff\udcfeOK", "%FF%FEOK"),  # bytes that are not UTF-8, as aiohttp decodes them
+        ("Tr\u00e8s bien", "Tr%C3%A8s bien"),
+        ("O\x01K\x1b[31m", "O%01K%1B[31m"),
+        ("50% off", "50% off"),  # printable ASCII is kept as sent
+        ("Not Found", "Not Found"),
+    ],
+)
+def test_any_reason_phrase_a_server_sends_is_written(reason: str, shown: str) -> None:
+    """warcio writes the status line as ASCII: a server's non-ASCII reason failed the record, and with it
+    the URL's result (`internal`, with a traceback in the worker's log) when a body store was set."""
+    ex = dataclasses.replace(CASES[0][0], reason=reason)
+    response, request = build_records(ex, b"body")
+    record = next(iter(ArchiveIterator(io.BytesIO(response + request), check_digests="raise")))
+    assert record.http_headers.statusline == f"200 {shown}"
+    assert record.content_stream().read() == b"body"
 
 
 def test_warcio_reads_the_records_back_with_their_digests_checked() -> None:

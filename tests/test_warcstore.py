@@ -20,7 +20,7 @@ from tests.chaos import assert_each_index_once, wait_started, wait_until, write_
 from tests.support.http_target import HttpTarget
 from tests.support.procs import fetchfleet_env, run_cli, start_cli
 from worker.bodies import inline_ref
-from worker.errors import BodyStoreError
+from worker.errors import BodyStoreError, BodyUnavailable
 from worker.warcstore import Exchange, WarcStore, read_body, read_record, sha256_digest_header
 
 WARCIO = str(Path(sys.executable).parent / "warcio")
@@ -224,3 +224,18 @@ def test_worker_sigkilled_mid_batch_loses_no_body(
     by_worker = {w: sum(r["worker"] == w for r in results) for w in ("victim", "survivor")}
     print(f"{n} results after a SIGKILL, every reference resolved; results per worker: {by_worker}")
     assert by_worker["victim"] > 0 and by_worker["survivor"] > 0
+
+
+def test_a_forged_reference_reads_nothing_and_shows_nothing(tmp_path: Path) -> None:
+    """A body_ref is a result's (Redis) or the user's (`fetchfleet body REF`): one naming any file had
+    its first bytes quoted in the error (file:///proc/self/environ: the environment, passwords too,
+    into the result's body_error), and 10**12 bytes of /dev/zero was a MemoryError."""
+    secret = "FETCHFLEET_REDIS_URL=redis://:hunter2-" + "Zq@h/0"
+    plain = tmp_path / "environ"
+    plain.write_text(secret + "\n")
+    with pytest.raises(BodyUnavailable) as caught:
+        read_body({"uri": plain.as_uri(), "offset": 0, "length": len(secret)}, None)
+    assert "not a WARC record" in str(caught.value) and "hunter2" not in str(caught.value)
+    for offset, length in ((0, 10**12), (-5, 10), (0, 0), (0, -1)):
+        with pytest.raises(BodyUnavailable, match="out of range"):
+            read_body({"uri": "file:///dev/zero", "offset": offset, "length": length}, None)

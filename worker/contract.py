@@ -51,6 +51,17 @@ class BatchState(str, Enum):
 _BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
+# A lone surrogate: a str from Python code may hold one (a UTF-8 file or a JSON line cannot), and no
+# chunk job can carry it (msgpack encodes text as UTF-8).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+NOT_UNICODE = "not valid Unicode (it holds a lone surrogate)"
+
+
+def not_unicode(text: str) -> bool:
+    """Whether `text` holds a lone surrogate; ASCII (nearly every URL) is answered in one C-level pass."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
 # Batch ids become parts of Redis key names: letters, digits, "_" and "-" only, so that no id can name
 # another batch's key (a ":" would let `nightly:done` be the done bitmap of `nightly`).
 BATCH_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -95,6 +106,8 @@ def _url_problem(url: str) -> str | None:
         return f"URL longer than {MAX_URL_BYTES} bytes"
     if _BAD_CHAR.search(url):
         return "URL contains whitespace or a control character"
+    if not_unicode(url):
+        return f"URL is {NOT_UNICODE}"
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
         return "not an http or https URL"
@@ -176,6 +189,8 @@ def headers_problem(headers: dict[str, str]) -> str | None:
     for name, value in headers.items():
         if not name:
             return "empty header name"
+        if not_unicode(name) or not_unicode(value):
+            return f"header {name!r}: {NOT_UNICODE}"
         if len(name) > 256 or _TOKEN.fullmatch(name) is None:
             return f"header name {name[:64]!r} is not an RFC 9110 token"
         if _BAD_VALUE_CHAR.search(value):
@@ -249,6 +264,13 @@ class FetchRequest(BaseModel):
         problem = headers_problem(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("body")
+    @classmethod
+    def _valid_body(cls, value: str | None) -> str | None:
+        if value is not None and not_unicode(value):
+            raise ValueError(f"body is {NOT_UNICODE}")
         return value
 
 
@@ -355,6 +377,10 @@ class ChunkJob(BaseModel):
             return value
         out: list[Any] = []
         for entry in value:
+            if isinstance(entry, str) and not_unicode(entry):  # a bare URL of Client.submit
+                shown = entry.encode("utf-8", "replace").decode("utf-8")  # "?" for each surrogate
+                out.append(RejectedRequest.of(shown, f"URL is {NOT_UNICODE}"))
+                continue
             if isinstance(entry, str | FetchRequest | RejectedRequest):
                 out.append(entry)
                 continue

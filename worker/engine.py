@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.typing import WorkerCoroutine
@@ -213,7 +214,10 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
     """arq's own connection settings (read by `arq --check`; the worker itself passes its own pool): a
     redis+sentinel:// URL becomes arq's sentinel form."""
     if not is_sentinel_url(settings.redis_url):
-        return RedisSettings.from_dsn(settings.redis_url)
+        parts = urlsplit(settings.redis_url)
+        # arq reads `redis://host:6379/` (path "/", db 0 to redis-py) as int(""): a traceback at start.
+        dsn = urlunsplit(parts._replace(path="")) if parts.path == "/" else settings.redis_url
+        return RedisSettings.from_dsn(dsn)
     target = parse_sentinel_url(settings.redis_url)
     return RedisSettings(
         host=list(target.sentinels),

@@ -7,6 +7,7 @@ FetchfleetError
 ├── SettingsError           a FETCHFLEET_* variable holds a bad value (exit code 2)
 ├── BatchError              a batch id is unknown, or reused for different input
 │   └── BatchLost               a followed batch's keys vanished from Redis or were recreated
+├── OutputFailed            results could not be written out (a full disk): nothing left Redis
 ├── QueueUnavailable        Redis cannot be reached (transient: reconnect and retry)
 ├── UnsafeRedis             Redis is set up to lose data (maxmemory-policy evicts keys)
 ├── ServerUnavailable       `fetchfleet run`: no Redis-compatible server to start, or it would not start
@@ -67,6 +68,15 @@ class BatchLost(BatchError):
 
 class UnsafeRedis(FetchfleetError):
     """Redis would silently drop fetchfleet's keys (an evicting maxmemory-policy)."""
+
+
+class OutputFailed(FetchfleetError):
+    """Writing results failed (ENOSPC, EIO ...). An OSError like Redis's own connection errors, it was
+    reported as "cannot reach Redis". `reason`: what failed; `then`: what became of the results."""
+
+    def __init__(self, reason: str, then: str = "") -> None:
+        super().__init__(f"{reason}; {then}" if then else reason)
+        self.reason = reason
 
 
 class QueueUnavailable(FetchfleetError):

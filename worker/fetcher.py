@@ -11,7 +11,8 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Self, TypedDict
@@ -112,7 +113,9 @@ class Fetcher:
         self.watchdog = Watchdog(self.limits.read_timeout, self.limits.total_timeout)
         # Sessions of batches that narrow the networks (BatchOptions.only_networks): their connections
         # are checked against both rules and never shared with other batches' pooled connections.
-        self._narrow: dict[tuple[IPNetwork, ...], aiohttp.ClientSession] = {}
+        self._narrow: OrderedDict[tuple[IPNetwork, ...], aiohttp.ClientSession] = OrderedDict()
+        self._narrow_users: Counter[tuple[IPNetwork, ...]] = Counter()  # fetches running, per list
+        self._closing: set[asyncio.Future[None]] = set()
         self._tls: ssl.SSLContext | bool = settings.verify_tls
         # Resolvers we made for FETCHFLEET_DNS_SERVERS: a connector closes only the ones it made itself.
         self._resolvers: list[aiohttp.abc.AbstractResolver] = []
@@ -157,6 +160,7 @@ class Fetcher:
         for narrow in self._narrow.values():
             await narrow.close()
         self._narrow.clear()
+        await asyncio.gather(*self._closing)
         if self._session is not None:
             if self._pool_of is None:
                 await self._session.close()
@@ -182,12 +186,33 @@ class Fetcher:
         if batch is None or batch.networks is None:
             return self.session
         narrow = self._narrow.get(batch.networks)
-        if narrow is None:
-            if len(self._narrow) >= MAX_NARROW_SESSIONS:
-                raise errors.Blocked("too many distinct batch network lists on this worker at once")
-            policy = NarrowedPolicy(self.policy.allow_all, self.policy.allowed, networks=batch.networks)
-            narrow = self._narrow[batch.networks] = self._new_session(policy.socket_factory)
+        if narrow is not None:
+            self._narrow.move_to_end(batch.networks)  # least recently used first
+            return narrow
+        if len(self._narrow) >= MAX_NARROW_SESSIONS:
+            self._close_idle_narrow()
+        policy = NarrowedPolicy(self.policy.allow_all, self.policy.allowed, networks=batch.networks)
+        narrow = self._narrow[batch.networks] = self._new_session(policy.socket_factory)
         return narrow
+
+    def _close_idle_narrow(self) -> None:
+        """Close the least recently used batch session no fetch is using. They were never closed: after
+        64 network lists in a worker's life, every URL of every new such batch was `blocked`."""
+        idle = next((key for key in self._narrow if not self._narrow_users[key]), None)
+        if idle is None:
+            raise errors.Blocked("too many distinct batch network lists in flight on this worker at once")
+        closing = asyncio.ensure_future(self._narrow.pop(idle).close())
+        self._closing.add(closing)  # referenced until done; close() waits for the rest
+        closing.add_done_callback(self._closing.discard)
+        del self._narrow_users[idle]
+
+    def _end(self, d: _Hop) -> None:
+        self.watchdog.end(d)
+        if d.batch is not None and d.batch.networks is not None:
+            key = d.batch.networks
+            self._narrow_users[key] -= 1
+            if not self._narrow_users[key] and key not in self._narrow:  # its session was closed
+                del self._narrow_users[key]
 
     async def fetch(
         self,
@@ -202,14 +227,7 @@ class Fetcher:
         before each redirect is followed (robots.txt of the new URL's origin); a refusal ends the fetch."""
         started = time.perf_counter()
         try:
-            if isinstance(request, str) and url_problem(request) is None:
-                req: FetchRequest | _PlainGet = _PlainGet(request)  # the model's checks, ~1 us cheaper
-            elif isinstance(request, RejectedRequest):  # a job not written by our producer
-                raise ValueError(request.reason)
-            else:
-                req = FetchRequest(url=request) if isinstance(request, str) else request
-                if req.body is not None and body_too_long(req.body, self.settings.max_request_body_bytes):
-                    raise ValueError(f"body longer than {self.settings.max_request_body_bytes} bytes")
+            req = self._checked(request)
         except ValueError as exc:  # a job not written by our producer: fail the URL, not the chunk
             err: errors.FetchError = errors.InvalidURL(str(exc).splitlines()[-1].strip())
             url = mask_password(request if isinstance(request, str) else request.url)
@@ -219,6 +237,8 @@ class Fetcher:
         if batch is not None:  # tighten this fetch's deadlines; the watchdog reads them per fetch
             d.read_timeout = batch.timeout(d.read_timeout, batch.read_timeout)
             d.end = min(d.end, d.last + batch.timeout(self.limits.total_timeout, batch.total_timeout))
+            if batch.networks is not None:  # its session is not closed while this fetch runs
+                self._narrow_users[batch.networks] += 1
         try:
             outcome = await self._follow(req, state, started, keep_body, hop_check)
             if d.fired is not None and d.task is not None:  # the cancel was swallowed on the way
@@ -257,7 +277,20 @@ class Fetcher:
                 hop_wait_ms=state.hop_wait_ms,
             )
         finally:
-            self.watchdog.end(d)
+            self._end(d)
+
+    def _checked(self, request: FetchRequest | RejectedRequest | str) -> FetchRequest | _PlainGet:
+        """The request to send, or ValueError with why not (a job not written by our producer)."""
+        if isinstance(request, str):
+            problem = url_problem(request)  # the model's checks, ~1 us cheaper
+            if problem is not None:  # its reason: a ValidationError's last line is a link to pydantic's docs
+                raise ValueError(problem)
+            return _PlainGet(request)
+        if isinstance(request, RejectedRequest):
+            raise ValueError(request.reason)
+        if request.body is not None and body_too_long(request.body, self.settings.max_request_body_bytes):
+            raise ValueError(f"body longer than {self.settings.max_request_body_bytes} bytes")
+        return request
 
     async def _follow(
         self,
@@ -309,6 +342,7 @@ class Fetcher:
                     **_connect_timeout(state.batch, self.limits.connect_timeout),
                 ) as resp:
                     state.status = resp.status
+                    _check_final(resp.status)
                     location = resp.headers.get("Location")
                     if resp.status in REDIRECT_STATUSES and location:
                         if state.redirects >= self.limits.max_redirects:
@@ -316,7 +350,9 @@ class Fetcher:
                                 f"more than {self.limits.max_redirects} redirects (last to {location})"
                             )
                         state.redirects += 1
-                        state.url = str(resp.url.join(URL(location)))
+                        # Joined to the URL asked for, not resp.url: aiohttp takes a user:password@ off
+                        # that, and a relative hop (same origin) went without the credentials.
+                        state.url = str(url.join(URL(location)))
                         if hop_check is not None:
                             hop_slot = await self._hop_verdict(hop_check, state.url, req.url)
                         if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
@@ -329,7 +365,7 @@ class Fetcher:
                         exchange = Exchange(
                             url=str(resp.url),
                             method=method,
-                            request_headers=tuple(resp.request_info.headers.items()),
+                            request_headers=_masked(resp.request_info.headers.items()),
                             status=resp.status,
                             reason=resp.reason or "",
                             version=f"{resp.version.major}.{resp.version.minor}" if resp.version else "",
@@ -423,7 +459,20 @@ def describe_policy(s: Settings) -> str:
     )
 
 
+def _check_final(status: int) -> None:
+    """ProtocolFailed unless a final response may have `status`. Below 100 is no HTTP status (RFC 9110 15)
+    and a 1xx is never final: aiohttp passes 000-099 and 101 (no upgrade was asked for) on, read as `ok`."""
+    if status < 200:
+        raise errors.ProtocolFailed(f"status {status} is not a final HTTP status")
+
+
 _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+def _masked(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Request headers as a WARC request record keeps them: credentials shown as `***`, like the URL's
+    password in results (aiohttp turns `user:password@` into `Authorization: Basic`, which is base64)."""
+    return tuple((k, "***" if k.lower() in _CREDENTIAL_HEADERS else v) for k, v in headers)
 
 
 def _origin(url: URL) -> tuple[str, str | None, int | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -66,11 +67,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+# What a fetched server's text (a Location, a robots.txt error) must not bring into a text log: controls
+# that drive a terminal, end a line (a forged record) or reorder text; producer/output.py's set.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _escaped(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if _UNPRINTABLE.search(message):  # one record, one line (a traceback below it stays as it is)
+            record.msg, record.args = _escaped(message), None
         line = super().format(record)
         ids = [f"{k}={getattr(record, k)}" for k in ("batch", "chunk") if hasattr(record, k)]
         if ids:

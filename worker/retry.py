@@ -76,7 +76,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # RFC 9110 delay-seconds: ASCII digits (float() refuses "²")
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url
 
+from worker.contract import headers_problem
 from worker.errors import SettingsError
 from worker.redact import redact, register_secret, register_url_secrets
 from worker.storeuri import parse_s3, store_directory
@@ -28,7 +31,8 @@ SECRET_FIELDS = frozenset({"redis_password", "redis_sentinel_password"})
 class Settings(BaseSettings):
     """One typed settings object shared by workers and producers."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # allow_inf_nan: "inf" passed every `gt=0` bound and crashed the worker on its first int() of it.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     # Redis
     redis_url: str = "redis://localhost:6379/0"
@@ -45,7 +49,10 @@ class Settings(BaseSettings):
     # Queue and batches
     queue_name: str = "fetchfleet:queue"
     chunk_size: int = Field(default=100, ge=1, le=10_000)
-    result_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="seconds every batch key lives")
+    # At most 100 years: Redis refuses an expiry past 2^63 ms from now, and the error named no setting.
+    result_ttl: int = Field(
+        default=7 * 24 * 3600, ge=60, le=3_153_600_000, description="seconds every batch key lives"
+    )
     # "collected": a follower (`--wait`, `results --follow`, the API's follow) deletes the results it has
     # written out, so Redis holds only what is uncollected; "ttl": results stay until result_ttl.
     result_retention: Literal["collected", "ttl"] = "collected"
@@ -151,6 +158,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://"
             )
+        else:
+            redis_url_problem(value)  # a ValueError saying what is wrong, never echoing the URL
+        return value
+
+    @field_validator("user_agent")
+    @classmethod
+    def _header_value(cls, value: str) -> str:
+        # aiohttp refuses to send a header with CR, LF or NUL: every fetch would fail as invalid_url.
+        problem = headers_problem({"User-Agent": value})
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("allowed_networks", mode="before")
@@ -227,6 +245,27 @@ def nameserver_problem(server: str) -> str | None:
     if not port.isdigit() or not 0 < int(port) < 65536:
         return "bad port"
     return None
+
+
+def redis_url_problem(url: str) -> None:
+    """Raise ValueError if redis-py or arq cannot read a redis://, rediss:// or unix:// URL. Both raised
+    it at the first connection, as a traceback from every command; the message never repeats the URL."""
+    try:
+        parts = urlsplit(url)
+        _port = parts.port  # a ValueError for a port that is no number or out of range
+    except ValueError:
+        raise ValueError(
+            "is not a URL (a [IPv6] host not closed, or a port that is not a number up to 65535)"
+        ) from None
+    if parts.scheme != "unix" and not re.fullmatch(r"/?[0-9]*", parts.path):
+        raise ValueError("the database after the host is not a number (redis://host:6379/0)")
+    for name, values in parse_qs(parts.query).items():
+        if name == "db" and not values[-1].isdigit():
+            raise ValueError("the db= option is not a number")
+    try:  # redis-py's reading of the other options (socket_timeout= ...)
+        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    except ValueError as exc:
+        raise ValueError(redact(str(exc))) from None
 
 
 SENTINEL_SCHEME = "redis+sentinel://"

@@ -111,6 +111,19 @@ def _wire(value: str) -> str:
     return value
 
 
+def _reason(reason: str) -> str:
+    """A reason phrase as warcio can write it: warcio encodes the status line as ASCII and %-encodes only
+    headers, so a server's non-ASCII (or undecodable, or control) reason bytes failed the whole record.
+    Printable ASCII is kept; every other byte, and "%", is %-encoded, as warcio does for header values."""
+    if reason.isascii() and reason.isprintable():  # nearly every reason: "OK", "Not Found"
+        return reason
+    try:
+        raw = reason.encode("utf-8", "surrogateescape")  # aiohttp's decoding of bytes that are not UTF-8
+    except UnicodeEncodeError:  # a surrogate that surrogateescape did not make
+        raw = reason.encode("utf-8", "surrogatepass")
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x25 else f"%{b:02X}" for b in raw)
+
+
 def _headers(pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> list[tuple[str, str]]:
     if "".join(map("".join, pairs)).isascii():  # nearly always: one C-level pass over every name and value
         return list(pairs)
@@ -176,7 +189,7 @@ def build_records(exchange: Exchange, body: bytes, sha256_hex: str | None = None
         length=len(body),
         warc_headers=_warc_headers("response", response_id, exchange.url, when, sha256_hex),
         http_headers=StatusAndHeaders(
-            f"{exchange.status} {exchange.reason}".rstrip(), _headers(headers), protocol=version
+            f"{exchange.status} {_reason(exchange.reason)}".rstrip(), _headers(headers), protocol=version
         ),
     )
     target = urlsplit(exchange.url)

@@ -235,6 +235,11 @@ class WarcStore:
 # ---- reading back (producer side) -----------------------------------------------------------------
 
 
+# The longest record a reference may name: a body up to bodies.MAX_INFLATED (1 GiB, the largest any
+# worker stores; not imported, bodies imports this module), gzipped, and its headers.
+MAX_RECORD_BYTES = (1 << 30) + (1 << 20)
+
+
 def read_record(ref: dict[str, Any]) -> tuple[bytes, str | None]:
     """(payload, WARC-Payload-Digest) of the response record a result's `body_ref` points at."""
     try:
@@ -242,6 +247,9 @@ def read_record(ref: dict[str, Any]) -> tuple[bytes, str | None]:
         path = None if uri.startswith("s3://") else store_directory(uri)
     except (KeyError, TypeError, ValueError) as exc:
         raise BodyUnavailable(f"not a body reference: {exc}") from None
+    if offset < 0 or not 0 < length <= MAX_RECORD_BYTES:
+        # A forged or mistyped reference: 10**12 bytes of file:///dev/zero was a MemoryError (a traceback).
+        raise BodyUnavailable(f"not a body reference: offset {offset}, length {length} out of range")
     if path is None:
         data = read_s3_range(uri, offset, length)
     else:
@@ -258,7 +266,9 @@ def read_record(ref: dict[str, Any]) -> tuple[bytes, str | None]:
             if record.rec_type == "response":
                 return record.raw_stream.read(), record.rec_headers.get_header("WARC-Payload-Digest")
     except Exception as exc:  # warcio raises several types for a damaged record
-        raise BodyUnavailable(f"{uri} at {offset}: not a WARC record ({exc})") from None
+        # Not warcio's text: it quotes the bytes found, and a reference may name any file (a forged one
+        # naming file:///proc/self/environ put this process's environment, passwords too, in a result).
+        raise BodyUnavailable(f"{uri} at {offset}: not a WARC record ({type(exc).__name__})") from None
     raise BodyUnavailable(f"{uri} at {offset}: no response record")
 
 
