@@ -173,6 +173,27 @@ async def test_one_fetch_for_many_workers(redis_url: str, site: PoliteTarget) ->
         await redis.aclose()
 
 
+async def test_a_robots_txt_past_every_cap_is_parsed_up_to_500_kib(redis_url: str) -> None:
+    """RFC 9309 2.5: a crawler parses at least the first 500 KiB. A robots.txt longer than the worker's
+    body cap failed as "too large", which reads as unreachable: every URL of the origin refused."""
+    late = "# " + "x" * 98 + "\n"
+    text = "User-agent: *\nDisallow: /private/\n" + late * 6_000 + "Disallow: /late/\n"  # ~600 KB
+    site = PoliteTarget(200, text).start()
+    redis = Redis.from_url(redis_url)
+    cache = RobotsCache(_settings(redis_url, max_body_bytes=100_000), redis, "w")
+    try:
+        origin = origin_of(site.url("/"))
+        assert origin is not None
+        rules = await cache.rules(origin)
+        assert rules.state == RULES, rules.reason
+        assert rules.allows(site.url("/a")) and not rules.allows(site.url("/private/a"))
+        assert rules.allows(site.url("/late/a"))  # past 500 KiB: not read
+    finally:
+        await cache.close()
+        await redis.aclose()
+        site.stop()
+
+
 async def test_memory_spares_redis(redis_url: str, site: PoliteTarget) -> None:
     """Once known, a verdict is served from memory: 1,000 checks, no Redis command."""
     redis = Redis.from_url(redis_url)

@@ -14,7 +14,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Self, TypedDict
 
 import aiohttp
@@ -79,6 +79,9 @@ class FetchLimits:
     max_redirects: int
     max_body_bytes: int
     max_stored_body_bytes: int = 0
+    # Past max_body_bytes: stop reading and keep what came (marked truncated), rather than fail the
+    # fetch with TooLarge. robots.txt's (RFC 9309 2.5: a crawler parses at least the first 500 KiB).
+    cut_at_cap: bool = False
 
     def __post_init__(self) -> None:
         if min(self.connect_timeout, self.read_timeout, self.total_timeout) <= 0:
@@ -102,12 +105,12 @@ class FetchLimits:
 class Fetcher:
     """One aiohttp session per worker process, shared by every fetch it makes."""
 
-    def __init__(self, settings: Settings, pool_of: Fetcher | None = None) -> None:
+    def __init__(self, settings: Settings, pool_of: Fetcher | None = None, cut_at_cap: bool = False) -> None:
         """`pool_of`: a started Fetcher whose session (connections, DNS cache) this one fetches through,
-        with its own limits; it is not closed here."""
+        with its own limits; it is not closed here. `cut_at_cap`: see FetchLimits."""
         self.settings = settings
         self._pool_of = pool_of
-        self.limits = FetchLimits.from_settings(settings)
+        self.limits = replace(FetchLimits.from_settings(settings), cut_at_cap=cut_at_cap)
         self.policy = AddressPolicy.from_settings(settings.allow_private_networks, settings.allowed_networks)
         self._session: aiohttp.ClientSession | None = None
         self.watchdog = Watchdog(self.limits.read_timeout, self.limits.total_timeout)
@@ -414,6 +417,8 @@ class Fetcher:
             size += len(block)
             state.size = size
             if size > cap:
+                if self.limits.cut_at_cap:  # what was kept is shorter than `size`: marked truncated
+                    break
                 raise errors.TooLarge(f"body larger than {cap} bytes")
             sha.update(block)
             if parts is not None and kept < keep_cap:

@@ -413,8 +413,16 @@ class RobotsCache:
         """
         async with self._fetcher_lock:
             if self.fetcher is None:
-                update = {"max_redirects": ROBOTS_REDIRECTS, "max_stored_body_bytes": ROBOTS_MAX_BYTES + 1}
-                fetcher = Fetcher(self.settings.model_copy(update=update), pool_of=self.pool_of)
+                # Read no more than the part parsed, whatever FETCHFLEET_MAX_BODY_BYTES says: a longer file
+                # is cut, not "too large", which would refuse the whole origin (RFC 9309 2.5).
+                cap = ROBOTS_MAX_BYTES + 1
+                update = {
+                    "max_redirects": ROBOTS_REDIRECTS,
+                    "max_body_bytes": cap,
+                    "max_stored_body_bytes": cap,
+                }
+                settings = self.settings.model_copy(update=update)
+                fetcher = Fetcher(settings, pool_of=self.pool_of, cut_at_cap=True)
                 await fetcher.start()
                 self.fetcher = fetcher
             return self.fetcher
