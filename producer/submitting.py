@@ -23,6 +23,7 @@ from producer.progress import Progress
 from producer.summary import Summary
 from worker.contract import BatchOptions
 from worker.errors import BatchError, UsageError
+from worker.pressure import RedisPressure
 from worker.redisconn import redact
 from worker.rediserrors import REDIS_DOWN, REDIS_ERRORS
 from worker.settings import worker_only_variables
@@ -91,6 +92,7 @@ def checked_requests(path: Path, label: str, digest: str) -> Iterator[Entry]:
 
 FLUSH_EVERY = 0.1  # seconds: a killed collector loses at most this much of what it had received
 NO_WORKER_AFTER = 5.0  # seconds without a live worker before `--wait` says so
+ROOM_CHECK_EVERY = 2.0  # seconds between a follower's reads of Redis's memory (one INFO memory)
 
 
 async def _flush_often(writer: ResultWriter, progress: Progress | None, summary: Summary) -> None:
@@ -129,6 +131,29 @@ async def _watch_workers(client: Client, batch_id: str) -> None:
         await asyncio.sleep(2.0)
 
 
+async def _watch_room(client: Client, batch_id: str) -> None:
+    """Say once when Redis is full, and once when it has room again: the workers then keep what they
+    fetched and wait, and so does this follower, with nothing else on the screen to tell why."""
+    pressure = RedisPressure(client.redis)
+    full = False
+    while True:
+        await asyncio.sleep(ROOM_CHECK_EVERY)
+        try:
+            await pressure.read_memory()
+        except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
+            continue
+        if not full and not pressure.has_room():
+            full = True
+            say(
+                f"{pressure.describe()}: it takes no more results, so the workers keep theirs and fetch "
+                f"nothing new until there is room (raise maxmemory, or delete finished batches); batch "
+                f"{batch_id} goes on then, nothing is lost. Still waiting"
+            )
+        elif full and pressure.has_room():
+            full = False
+            say(f"Redis has room again; batch {batch_id} goes on")
+
+
 async def collect(
     client: Client,
     batch_id: str,
@@ -155,6 +180,8 @@ async def collect(
     background = [asyncio.ensure_future(_flush_often(writer, progress, summary))]
     if watch_workers:
         background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
+    if follow:
+        background.append(asyncio.ensure_future(_watch_room(client, batch_id)))
     # A follower owns the batch's stream: what it has written out (and flushed) leaves Redis. In input
     # order, results wait in the writer's buffer, not the file: those leave Redis only once all are out.
     forget = follow and client.forgets_collected
