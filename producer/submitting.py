@@ -31,6 +31,7 @@ from worker.settings import worker_only_variables
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_FETCH_FAILED = 3  # only with --fail-on: some URLs' results are failures
 FORGET_EVERY = 1000  # results written between deletions of collected ones from Redis
+UNREADABLE: tuple[type[BaseException], ...] = (*REDIS_DOWN, BatchError)  # a status read for a notice
 
 
 def _err(message: str) -> None:
@@ -191,11 +192,13 @@ async def collect(
     resumed = output.resumed
     in_order = writer if isinstance(writer, OrderedWriter) else None
     write, add, loads = writer.write, summary.add, orjson.loads
-    await _say_what_was_collected(client, batch_id, output)
+    gone_before = await _say_what_was_collected(client, batch_id, output)
+    read = 0  # results the stream gave this follower, those a resumed file holds already included
     try:
         async for cursor, document in client.results(
             batch_id, follow=follow, inline_bodies=body, drop_refs=drop_refs
         ):
+            read += 1
             doc = loads(document)
             if resumed and output.has(int(doc["index"])):
                 continue  # already in the file from the run that was cut short
@@ -213,6 +216,8 @@ async def collect(
         await _finish_writing(background, writer, progress, summary)
     if forget and completed:  # only after a complete, flushed write: a failed one leaves all in Redis
         await client.forget_results(batch_id, cursor)
+    if follow and completed:
+        await _say_what_others_collected(client, batch_id, read, gone_before)
     return summary
 
 
@@ -239,18 +244,36 @@ async def _finish_writing(
         progress.close()
 
 
-async def _say_what_was_collected(client: Client, batch_id: str, output: Output) -> None:
-    """Results an earlier follower wrote out are gone from Redis: say so rather than end short silently."""
-    unreadable: tuple[type[BaseException], ...] = (*REDIS_DOWN, BatchError)
+async def _say_what_was_collected(client: Client, batch_id: str, output: Output) -> int:
+    """Results an earlier follower wrote out are gone from Redis: say so rather than end short silently.
+    Returns how many."""
     try:
         gone = (await client.status(batch_id)).collected
-    except unreadable:
-        return  # the read below reports these
+    except UNREADABLE:
+        return 0  # the read below reports these
     if gone and not output.resumed:
         say(
             f"{gone} results of batch {printable(batch_id)} were already written out by an earlier "
             "`--wait` or `--follow` and removed from Redis (FETCHFLEET_RESULT_RETENTION=collected); "
             "this writes only the ones still held"
+        )
+    return gone
+
+
+async def _say_what_others_collected(client: Client, batch_id: str, read: int, gone_before: int) -> None:
+    """Results another follower wrote out and removed while this one ran never reached this one (two
+    followers of one batch under FETCHFLEET_RESULT_RETENTION=collected): say how many, not end short
+    silently."""
+    try:
+        missed = (await client.status(batch_id)).done - read - gone_before
+    except UNREADABLE:
+        return
+    if missed > 0:
+        say(
+            f"{missed} results of batch {printable(batch_id)} were written out and removed from Redis by "
+            "another `--wait` or `--follow` while this one ran (FETCHFLEET_RESULT_RETENTION=collected): "
+            "they are in that one's output, not in this one. For followers that each write every result, "
+            "set FETCHFLEET_RESULT_RETENTION=ttl"
         )
 
 
