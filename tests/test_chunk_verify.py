@@ -12,8 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.support.http_target import HttpTarget
-from worker.chunks import run_chunk
-from worker.contract import ChunkJob, batch_key, done_key, results_key
+from worker.chunks import run_chunk, unrecorded
+from worker.contract import ChunkJob, batch_key, done_key, results_key, retried_key
 from worker.lifecycle import worker_runtime
 from worker.resultstream import page_results
 from worker.settings import load_settings
@@ -64,3 +64,27 @@ async def test_results_lost_by_redis_while_the_chunk_runs_are_recorded_again(
     assert rolled_back_to < 14
     assert (done, bits) == (N, N)
     assert sorted(indexes) == list(range(N)) and set(indexes.values()) == {1}
+
+
+async def test_unrecorded_skips_results_retries_and_a_lost_batch(redis_url: str) -> None:
+    """What the end-of-chunk check fetches again: indexes with neither a result nor a queued retry, and
+    none at all when Redis lost the batch itself (restarted empty: every URL fetched again for nothing)."""
+    job = ChunkJob(
+        batch_id="chk", incarnation="i1", first_index=0, requests=[f"http://h/{i}" for i in range(N)]
+    )
+    settings = load_settings(redis_url=redis_url, allow_private_networks=True)
+    async with AsyncExitStack() as stack:
+        redis = Redis.from_url(redis_url)
+        stack.push_async_callback(redis.aclose)
+        rt = await stack.enter_async_context(worker_runtime(settings, redis, "w"))
+        await redis.hset(batch_key("chk"), mapping={"submitted": N, "complete": 1, "incarnation": "i1"})
+        for i in range(10):
+            await redis.setbit(done_key("chk"), i, 1)
+        await redis.setbit(retried_key("chk", 2), 12, 1)  # attempt 2 of index 12 is queued
+        await redis.setbit(retried_key("chk", 3), 13, 1)  # another attempt's: not this run's retry
+        entries = job.entries()
+        assert [e[0] for e in await unrecorded(rt, job, entries)] == [10, 11, *range(13, N)]
+        await redis.hset(batch_key("chk"), "incarnation", "i2")  # the id submitted again meanwhile
+        assert await unrecorded(rt, job, entries) == []
+        await redis.delete(batch_key("chk"))  # Redis restarted empty
+        assert await unrecorded(rt, job, entries) == []

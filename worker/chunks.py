@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from worker.batchpolicy import batch_policy
 from worker.cancel import CancelWatch
 from worker.contract import (
+    INCARNATION_FIELD,
     ChunkJob,
     ErrorKind,
     FetchRequest,
@@ -127,7 +128,7 @@ async def unrecorded(rt: Runtime, job: ChunkJob, entries: list[Entry]) -> list[E
     Redis lost while it ran (restarted from an older snapshot, failed over to a replica that lagged).
 
     One round trip, two when some index has no result (a retry of it this run queued is attempt
-    tries + 2: see Requeuer.add).
+    tries + 2: see Requeuer.add). None when the batch itself is gone or was submitted again.
     """
     async with rt.redis.pipeline(transaction=False) as pipe:
         read = ask_bits(pipe, done_key(job.batch_id), [e[0] for e in entries])
@@ -139,11 +140,14 @@ async def unrecorded(rt: Runtime, job: ChunkJob, entries: list[Entry]) -> list[E
     for entry in missing:
         by_attempt.setdefault(entry[2] + 2, []).append(entry)
     async with rt.redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(batch_key(job.batch_id), ["complete", INCARNATION_FIELD])
         reads = [
             ask_bits(pipe, retried_key(job.batch_id, a), [e[0] for e in group])
             for a, group in by_attempt.items()
         ]
-        replies = await pipe.execute()
+        (complete, token), *replies = await pipe.execute()
+    if complete is None or (token or b"").decode() != job.incarnation:
+        return []  # Redis lost the whole batch: nothing of it is recorded again (record.lua)
     lost: list[Entry] = []
     for group, read, reply in zip(by_attempt.values(), reads, replies, strict=True):
         lost += [e for e, queued in zip(group, read(reply), strict=True) if not queued]
