@@ -117,7 +117,9 @@ async def _watch_workers(client: Client, batch_id: str) -> None:
     while True:
         try:
             workers = await live_workers(client)
-            if not workers and not warned and not await client._all_recorded(batch_id):
+            # A full Redis refuses heartbeats: the workers are there, waiting for room (_watch_room).
+            idle = not workers and not warned and not await client._all_recorded(batch_id)
+            if idle and not await _redis_full(client):
                 warned = True
                 say(
                     f"no live worker on {redact(client.settings.redis_url)} (no heartbeat for "
@@ -130,6 +132,13 @@ async def _watch_workers(client: Client, batch_id: str) -> None:
         except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
             pass
         await asyncio.sleep(2.0)
+
+
+async def _redis_full(client: Client) -> bool:
+    """Whether Redis is full as the workers judge it (less than 5% of maxmemory free): one INFO memory."""
+    pressure = RedisPressure(client.redis)
+    await pressure.read_memory()
+    return not pressure.has_room()
 
 
 async def _watch_room(client: Client, batch_id: str) -> None:

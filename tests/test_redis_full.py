@@ -177,3 +177,40 @@ def test_a_follower_says_when_redis_is_full_and_goes_on_when_it_has_room(tmp_pat
     assert "maxmemory" in notice and "nothing is lost" in notice and "Traceback" not in notice
     assert "Redis has room again; batch quiet goes on" in notice
     assert sorted(json.loads(line)["index"] for line in out.read_text().splitlines()) == [0, 1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_workers_that_started_into_a_full_redis_are_not_called_missing(tmp_path: Path) -> None:
+    """A full Redis refuses the heartbeat of a worker that starts then: submit --wait said "no live
+    worker ... stays queued until one starts" beside the two workers waiting for room."""
+    target = FetchTarget().start()
+    server = RedisProcess("--maxmemory-policy", "noeviction").start()
+    workers = Workers(tmp_path)
+    submit: subprocess.Popen[bytes] | None = None
+    try:
+        r = server.client()
+        n = 300
+        urls = write_urls(tmp_path / "urls.txt", [target.url(f"/flaky/q{i}/0/503") for i in range(n)])
+        env = fetchfleet_env(server.url, heartbeat_interval=1)
+        out, err = tmp_path / "out.jsonl", tmp_path / "err.txt"
+        with err.open("wb") as stderr:
+            command = ["submit", str(urls), "--wait", "-q", "--batch-id", "blocked", "-o", str(out)]
+            submit = start_cli(command, env, stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_until(lambda: r.hget(batch_key("blocked"), "complete") == b"1", 30, "the batch queued")
+        r.config_set("maxmemory", int(r.info("memory")["used_memory"]) * 9 // 10)
+        for i in range(2):
+            wait_started(workers.spawn(server.url, worker_id=f"w{i}", heartbeat_interval=1))
+        wait_until(lambda: "Redis is full" in err.read_text(), 15, "the full Redis said")
+        time.sleep(8)  # past NO_WORKER_AFTER and a poll of the workers
+        said = err.read_text()
+        r.config_set("maxmemory", 0)
+        assert submit.wait(60) == 0, err.read_text()
+    finally:
+        if submit is not None and submit.poll() is None:
+            submit.kill()
+        workers.stop_all()
+        server.close()
+        target.stop()
+    assert "no live worker" not in said, said
+    assert sorted(json.loads(line)["index"] for line in out.read_text().splitlines()) == list(range(n))
