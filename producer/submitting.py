@@ -21,7 +21,8 @@ from producer.messages import say
 from producer.output import OrderedWriter, Output, ResultWriter, open_output, printable
 from producer.progress import Progress
 from producer.summary import Summary
-from worker.contract import BatchOptions
+from worker.awaited import awaited
+from worker.contract import BatchOptions, batch_key
 from worker.errors import BatchError, UsageError
 from worker.pressure import RedisPressure
 from worker.redisconn import redact
@@ -94,6 +95,7 @@ def checked_requests(path: Path, label: str, digest: str) -> Iterator[Entry]:
 FLUSH_EVERY = 0.1  # seconds: a killed collector loses at most this much of what it had received
 NO_WORKER_AFTER = 5.0  # seconds without a live worker before `--wait` says so
 ROOM_CHECK_EVERY = 2.0  # seconds between a follower's reads of Redis's memory (one INFO memory)
+SUBMISSION_STILL_CHECKS = 3  # such reads that find a partly queued batch with nothing left to fetch
 
 
 async def _flush_often(writer: ResultWriter, progress: Progress | None, summary: Summary) -> None:
@@ -132,6 +134,30 @@ async def _watch_workers(client: Client, batch_id: str) -> None:
         except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
             pass
         await asyncio.sleep(2.0)
+
+
+async def _watch_submission(client: Client, batch_id: str) -> None:
+    """Say once when the batch is only partly queued and every queued URL has its result: a follower of a
+    batch whose submit was cut short (killed, Redis gone meanwhile) waited for ever without a word."""
+    still = 0
+    while True:
+        await asyncio.sleep(ROOM_CHECK_EVERY)
+        try:
+            complete, enqueued, done = await awaited(
+                client.redis.hmget(batch_key(batch_id), ["complete", "enqueued", "done"])
+            )
+        except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
+            continue
+        if complete != b"0":  # queued whole (or gone: the results loop says so)
+            return
+        still = still + 1 if int(done or 0) >= int(enqueued or 0) else 0
+        if still == SUBMISSION_STILL_CHECKS:
+            say(
+                f"batch {batch_id} is only partly queued ({int(enqueued or 0)} URLs), and they all have "
+                "their results: if the submit that queues it has stopped, run it again with "
+                f"--batch-id {batch_id} to queue the rest; still waiting"
+            )
+            return
 
 
 async def _redis_full(client: Client) -> bool:
@@ -192,6 +218,7 @@ async def collect(
         background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
     if follow:
         background.append(asyncio.ensure_future(_watch_room(client, batch_id)))
+        background.append(asyncio.ensure_future(_watch_submission(client, batch_id)))
     # A follower owns the batch's stream: what it has written out (and flushed) leaves Redis. In input
     # order, results wait in the writer's buffer, not the file: those leave Redis only once all are out.
     forget = follow and client.forgets_collected
