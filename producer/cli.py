@@ -61,6 +61,8 @@ from worker.redisconn import redact
 from worker.rediserrors import REDIS_ERRORS, RedisProblem, classify, describe
 from worker.settings import Settings, load_settings
 
+SUBMIT_RETRY_CAP_S = 2.0  # `submit --wait` queueing again after Redis went away: as a follower reconnects
+
 
 async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     # The id is fixed before anything is queued, so that a submit cut short (Redis full, say) can say
@@ -77,25 +79,38 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             await client.ping()
             args.submitting = batch_id
             started = time.monotonic()
-            try:
-                batch_id = await client.submit(
-                    checked_requests(path, label, digest),
-                    batch_id=batch_id,
-                    store_body=args.body,
-                    ignore_robots=args.ignore_robots,
-                    total=total,
-                    digest=digest,
-                    options=options,
-                )
-            except REDIS_ERRORS as exc:
-                if classify(exc) is RedisProblem.UNREACHABLE:
-                    raise
-                where = redact(settings.redis_url)
-                raise BatchError(
-                    f"{describe(exc, where)}; batch {batch_id} may be partly queued: once that is fixed, "
-                    f"run the same submit with --batch-id {batch_id} to queue the rest "
-                    "(nothing is queued twice)"
-                ) from None
+            delay: float | None = None  # backoff while Redis is away mid-queueing (--wait only)
+            while True:
+                try:
+                    batch_id = await client.submit(
+                        checked_requests(path, label, digest),
+                        batch_id=batch_id,
+                        store_body=args.body,
+                        ignore_robots=args.ignore_robots,
+                        total=total,
+                        digest=digest,
+                        options=options,
+                    )
+                    break
+                except REDIS_ERRORS as exc:
+                    where = redact(settings.redis_url)
+                    if classify(exc) is not RedisProblem.UNREACHABLE or not args.wait:
+                        # It answered at first (ping): whatever broke, the batch id completes it.
+                        raise BatchError(
+                            f"{describe(exc, where)}; batch {batch_id} may be partly queued: once that is "
+                            f"fixed, run the same submit with --batch-id {batch_id} to queue the rest "
+                            "(nothing is queued twice)"
+                        ) from None
+                    # --wait reconnects, as it does while collecting: a submit run again resumes where
+                    # the last one stopped (the batch hash counts what is queued; queueing is NX).
+                    if delay is None:
+                        say(
+                            f"{describe(exc, where)} while batch {batch_id} was being queued; it goes on "
+                            "when Redis answers again"
+                        )
+                        delay = 0.1
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, SUBMIT_RETRY_CAP_S)
             args.queued_batch = batch_id
             print(batch_id, file=sys.stderr if args.wait and args.output == "-" else sys.stdout, flush=True)
             if output is None:

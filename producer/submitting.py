@@ -22,9 +22,11 @@ from producer.messages import say
 from producer.output import OrderedWriter, Output, ResultWriter, open_output, printable
 from producer.progress import Progress
 from producer.summary import Summary
+from worker.awaited import awaited
 from worker.background import stop_tasks
-from worker.contract import BatchOptions
+from worker.contract import BatchOptions, batch_key
 from worker.errors import BatchError, OutputFailed, UsageError
+from worker.pressure import RedisPressure
 from worker.redisconn import redact
 from worker.rediserrors import REDIS_DOWN, REDIS_ERRORS
 from worker.settings import worker_only_variables
@@ -32,6 +34,7 @@ from worker.settings import worker_only_variables
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_FETCH_FAILED = 3  # only with --fail-on: some URLs' results are failures
 FORGET_EVERY = 1000  # results written between deletions of collected ones from Redis
+UNREADABLE: tuple[type[BaseException], ...] = (*REDIS_DOWN, BatchError)  # a status read for a notice
 
 
 def _err(message: str) -> None:
@@ -97,6 +100,8 @@ def checked_requests(path: Path, label: str, digest: str) -> Iterator[Entry]:
 
 FLUSH_EVERY = 0.1  # seconds: a killed collector loses at most this much of what it had received
 NO_WORKER_AFTER = 5.0  # seconds without a live worker before `--wait` says so
+ROOM_CHECK_EVERY = 2.0  # seconds between a follower's reads of Redis's memory (one INFO memory)
+SUBMISSION_STILL_CHECKS = 3  # such reads that find a partly queued batch with nothing left to fetch
 
 
 async def _flush_often(writer: ResultWriter, progress: Progress | None, summary: Summary) -> None:
@@ -120,7 +125,9 @@ async def _watch_workers(client: Client, batch_id: str) -> None:
     while True:
         try:
             workers = await live_workers(client)
-            if not workers and not warned and not await client._all_recorded(batch_id):
+            # A full Redis refuses heartbeats: the workers are there, waiting for room (_watch_room).
+            idle = not workers and not warned and not await client._all_recorded(batch_id)
+            if idle and not await _redis_full(client):
                 warned = True
                 say(
                     f"no live worker on {redact(client.settings.redis_url)} (no heartbeat for "
@@ -133,6 +140,63 @@ async def _watch_workers(client: Client, batch_id: str) -> None:
         except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
             pass
         await asyncio.sleep(2.0)
+
+
+async def _watch_submission(client: Client, batch_id: str) -> None:
+    """Say once when the batch is only partly queued and every queued URL has its result: a follower of a
+    batch whose submit was cut short (killed, Redis gone meanwhile) waited for ever without a word."""
+    still = 0
+    while True:
+        await asyncio.sleep(ROOM_CHECK_EVERY)
+        try:
+            complete, enqueued, done = await awaited(
+                client.redis.hmget(batch_key(batch_id), ["complete", "enqueued", "done"])
+            )
+        except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
+            continue
+        if complete != b"0":  # queued whole (or gone: the results loop says so)
+            return
+        still = still + 1 if int(done or 0) >= int(enqueued or 0) else 0
+        if still == SUBMISSION_STILL_CHECKS:
+            say(
+                f"batch {batch_id} is only partly queued ({int(enqueued or 0)} URLs), and they all have "
+                "their results: if the submit that queues it has stopped, run it again with "
+                f"--batch-id {batch_id} to queue the rest; still waiting"
+            )
+            return
+
+
+async def _redis_full(client: Client) -> bool:
+    """Whether Redis is full as the workers judge it (less than 5% of maxmemory free): one INFO memory."""
+    pressure = RedisPressure(client.redis)
+    try:
+        await pressure.read_memory()
+    except REDIS_ERRORS:  # INFO denied (some managed services): judged not full
+        return False
+    return not pressure.has_room()
+
+
+async def _watch_room(client: Client, batch_id: str) -> None:
+    """Say once when Redis is full, and once when it has room again: the workers then keep what they
+    fetched and wait, and so does this follower, with nothing else on the screen to tell why."""
+    pressure = RedisPressure(client.redis)
+    full = False
+    while True:
+        await asyncio.sleep(ROOM_CHECK_EVERY)
+        try:
+            await pressure.read_memory()
+        except REDIS_ERRORS:  # a watcher only: the results loop reports Redis problems by kind
+            continue
+        if not full and not pressure.has_room():
+            full = True
+            say(
+                f"{pressure.describe()}: it takes no more results, so the workers keep theirs and fetch "
+                f"nothing new until there is room (raise maxmemory, or delete finished batches); batch "
+                f"{batch_id} goes on then, nothing is lost. Still waiting"
+            )
+        elif full and pressure.has_room():
+            full = False
+            say(f"Redis has room again; batch {batch_id} goes on")
 
 
 async def collect(
@@ -161,6 +225,9 @@ async def collect(
     background = [asyncio.ensure_future(_flush_often(writer, progress, summary))]
     if watch_workers:
         background.append(asyncio.ensure_future(_watch_workers(client, batch_id)))
+    if follow:
+        background.append(asyncio.ensure_future(_watch_room(client, batch_id)))
+        background.append(asyncio.ensure_future(_watch_submission(client, batch_id)))
     # A follower owns the batch's stream: what it has written out (and flushed) leaves Redis. In input
     # order, results wait in the writer's buffer, not the file: those leave Redis only once all are out.
     forget = follow and client.forgets_collected
@@ -170,12 +237,14 @@ async def collect(
     resumed = output.resumed
     in_order = writer if isinstance(writer, OrderedWriter) else None
     write, add, loads = writer.write, summary.add, orjson.loads
-    await _say_what_was_collected(client, batch_id, output)
+    gone_before = await _say_what_was_collected(client, batch_id, output)
+    read = 0  # results the stream gave this follower, those a resumed file holds already included
     try:
         try:
             async for cursor, document in client.results(
                 batch_id, follow=follow, inline_bodies=body, drop_refs=drop_refs
             ):
+                read += 1
                 doc = loads(document)
                 if resumed and output.has(int(doc["index"])):
                     continue  # already in the file from the run that was cut short
@@ -198,6 +267,8 @@ async def collect(
         raise OutputFailed(exc.reason, f"the results not written are still in Redis: {again}") from None
     if forget and completed:  # only after a complete, flushed write: a failed one leaves all in Redis
         await client.forget_results(batch_id, cursor)
+    if follow and completed:
+        await _say_what_others_collected(client, batch_id, read, gone_before)
     return summary
 
 
@@ -215,25 +286,43 @@ async def _finish_writing(
     background: list[asyncio.Task[None]], writer: ResultWriter, progress: Progress | None, summary: Summary
 ) -> None:
     """Stop the helpers, close the writer (its last flush) and show the final counts."""
-    await stop_tasks(background)  # the worker watcher may be inside a Redis call
+    await stop_tasks(background)  # the watchers may be inside a Redis call
     writer.close()
     if progress is not None:
         progress.update(summary.done, summary.failed)
         progress.close()
 
 
-async def _say_what_was_collected(client: Client, batch_id: str, output: Output) -> None:
-    """Results an earlier follower wrote out are gone from Redis: say so rather than end short silently."""
-    unreadable: tuple[type[BaseException], ...] = (*REDIS_DOWN, BatchError)
+async def _say_what_was_collected(client: Client, batch_id: str, output: Output) -> int:
+    """Results an earlier follower wrote out are gone from Redis: say so rather than end short silently.
+    Returns how many."""
     try:
         gone = (await client.status(batch_id)).collected
-    except unreadable:
-        return  # the read below reports these
+    except UNREADABLE:
+        return 0  # the read below reports these
     if gone and not output.resumed:
         say(
             f"{gone} results of batch {printable(batch_id)} were already written out by an earlier "
             "`--wait` or `--follow` and removed from Redis (FETCHFLEET_RESULT_RETENTION=collected); "
             "this writes only the ones still held"
+        )
+    return gone
+
+
+async def _say_what_others_collected(client: Client, batch_id: str, read: int, gone_before: int) -> None:
+    """Results another follower wrote out and removed while this one ran never reached this one (two
+    followers of one batch under FETCHFLEET_RESULT_RETENTION=collected): say how many, not end short
+    silently."""
+    try:
+        missed = (await client.status(batch_id)).done - read - gone_before
+    except UNREADABLE:
+        return
+    if missed > 0:
+        say(
+            f"{missed} results of batch {printable(batch_id)} were written out and removed from Redis by "
+            "another `--wait` or `--follow` while this one ran (FETCHFLEET_RESULT_RETENTION=collected): "
+            "they are in that one's output, not in this one. For followers that each write every result, "
+            "set FETCHFLEET_RESULT_RETENTION=ttl"
         )
 
 

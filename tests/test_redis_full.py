@@ -17,7 +17,7 @@ from tests.chaos import Workers, done_count, wait_started, wait_until, write_url
 from tests.support.fetch_target import FetchTarget
 from tests.support.procs import fetchfleet_env, rss_kib, start_cli
 from tests.support.redisserver import RedisProcess
-from worker.contract import batch_key
+from worker.contract import batch_key, results_key
 
 # 25,000 URLs: Redis still fills up a third of the way in, with 250 retried URLs and thousands in flight
 # (50,000 proved nothing more in twice the time). Blocked for six leases of 5 s (was seven of 10 s): more
@@ -140,3 +140,77 @@ def test_a_full_redis_loses_nothing_and_burns_no_tries(tmp_path: Path) -> None:
     assert health and all(code == 503 and "Redis is full" in body for code, body in health), health
     assert all("Redis has room again" in log for log in logs)
     assert not any("Traceback" in log for log in logs)
+
+
+@pytest.mark.slow
+def test_a_follower_says_when_redis_is_full_and_goes_on_when_it_has_room(tmp_path: Path) -> None:
+    """Workers stop while Redis is full and log it; a follower waited without a word on its screen."""
+    server = RedisProcess("--maxmemory-policy", "noeviction").start()
+    follower: subprocess.Popen[bytes] | None = None
+    try:
+        r = server.client()
+        r.hset(batch_key("quiet"), mapping={"submitted": 3, "complete": 1, "done": 0, "incarnation": "x"})
+        # Full: every write that adds memory is refused from here on.
+        r.config_set("maxmemory", int(r.info("memory")["used_memory"]) * 9 // 10)
+        out, err = tmp_path / "out.jsonl", tmp_path / "err.txt"
+        with err.open("wb") as stderr:
+            follower = start_cli(
+                ["results", "quiet", "--follow", "-q", "-o", str(out)],
+                fetchfleet_env(server.url),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        said = wait_until(lambda: "Redis is full" in err.read_text(), 15, "the follower to say so")
+        assert said and follower.poll() is None
+        r.config_set("maxmemory", 0)
+        wait_until(lambda: "has room again" in err.read_text(), 15, "the follower to say that too")
+        for i in range(3):  # what the workers record once there is room
+            r.xadd(results_key("quiet"), {"r": json.dumps({"index": i, "url": f"http://h/{i}"}).encode()})
+        r.hset(batch_key("quiet"), "done", 3)
+        assert follower.wait(15) == 0
+        notice = err.read_text()
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+        server.close()
+    print(notice)
+    assert "maxmemory" in notice and "nothing is lost" in notice and "Traceback" not in notice
+    assert "Redis has room again; batch quiet goes on" in notice
+    assert sorted(json.loads(line)["index"] for line in out.read_text().splitlines()) == [0, 1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_workers_that_started_into_a_full_redis_are_not_called_missing(tmp_path: Path) -> None:
+    """A full Redis refuses the heartbeat of a worker that starts then: submit --wait said "no live
+    worker ... stays queued until one starts" beside the two workers waiting for room."""
+    target = FetchTarget().start()
+    server = RedisProcess("--maxmemory-policy", "noeviction").start()
+    workers = Workers(tmp_path)
+    submit: subprocess.Popen[bytes] | None = None
+    try:
+        r = server.client()
+        n = 300
+        urls = write_urls(tmp_path / "urls.txt", [target.url(f"/flaky/q{i}/0/503") for i in range(n)])
+        env = fetchfleet_env(server.url, heartbeat_interval=1)
+        out, err = tmp_path / "out.jsonl", tmp_path / "err.txt"
+        with err.open("wb") as stderr:
+            command = ["submit", str(urls), "--wait", "-q", "--batch-id", "blocked", "-o", str(out)]
+            submit = start_cli(command, env, stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_until(lambda: r.hget(batch_key("blocked"), "complete") == b"1", 30, "the batch queued")
+        r.config_set("maxmemory", int(r.info("memory")["used_memory"]) * 9 // 10)
+        for i in range(2):
+            wait_started(workers.spawn(server.url, worker_id=f"w{i}", heartbeat_interval=1))
+        wait_until(lambda: "Redis is full" in err.read_text(), 15, "the full Redis said")
+        time.sleep(8)  # past NO_WORKER_AFTER and a poll of the workers
+        said = err.read_text()
+        r.config_set("maxmemory", 0)
+        assert submit.wait(60) == 0, err.read_text()
+    finally:
+        if submit is not None and submit.poll() is None:
+            submit.kill()
+        workers.stop_all()
+        server.close()
+        target.stop()
+    assert "no live worker" not in said, said
+    assert sorted(json.loads(line)["index"] for line in out.read_text().splitlines()) == list(range(n))

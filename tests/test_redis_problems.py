@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.chaos import wait_until, write_urls
+from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_until, write_urls
 from tests.support.http_target import HttpTarget
-from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
 from tests.support.redisserver import RedisProcess
 from worker.codec import load_job
 from worker.contract import BATCHES_KEY, batch_key, chunk_job_id, done_key, results_key
@@ -166,3 +170,57 @@ def test_worker_reports_wrongtype_as_what_it_is(
         assert r.get(results_key("wt")) == b"planted"
         assert not r.exists(done_key("wt")) and r.hget(batch_key("wt"), "done") is None
     assert w.proc.poll() is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wait", [False, True])
+def test_redis_that_stops_answering_mid_queueing(
+    wait: bool, private_redis: RedisProcess, spawn_worker, tmp_path: Path
+) -> None:
+    """Redis silent for 3 s (SIGSTOP: a restart, a network cut) while submit queues a batch that only
+    fits the queue as workers empty it. Before: both exited 1 telling to start Redis or use `run`, with
+    no word of the half-queued batch; `--wait` had said that it reconnects."""
+    target = SlowTarget().start()
+    try:
+        n = 2000
+        urls = write_urls(tmp_path / "urls.txt", target.slow_urls(n, 50))
+        settings = {"chunk_size": 10, "max_queued_chunks": 20, "concurrency": 20, "redis_socket_timeout": 1}
+        wait_started(spawn_worker(private_redis.url, **settings))
+        out = tmp_path / "out.jsonl"
+        command = [
+            "submit",
+            str(urls),
+            "--batch-id",
+            "cut",
+            *(["--wait", "-q", "-o", str(out)] if wait else []),
+        ]
+        env = fetchfleet_env(private_redis.url, **settings)
+        submit = start_cli(command, env)
+        try:
+            with private_redis.client() as r:
+                wait_until(lambda: int(r.hget(batch_key("cut"), "enqueued") or 0) >= 200, 30, "queueing")
+            os.kill(private_redis.pid, signal.SIGSTOP)
+            time.sleep(3)
+            os.kill(private_redis.pid, signal.SIGCONT)
+            _, err = submit.communicate(timeout=90)
+        finally:
+            os.kill(private_redis.pid, signal.SIGCONT)
+            if submit.poll() is None:
+                submit.kill()
+                submit.wait(10)
+        message = err.decode()
+        print(message)
+        assert "Traceback" not in message
+        if not wait:
+            assert submit.returncode == 1, message
+            assert "batch cut may be partly queued" in message and "--batch-id cut" in message, message
+            again = run_cli(
+                ["submit", str(urls), "--batch-id", "cut", "--wait", "-q", "-o", str(out)], env, 90
+            )
+            assert again.returncode == 0, again.stderr.decode()
+        else:
+            assert submit.returncode == 0, message
+            assert "while batch cut was being queued; it goes on when Redis answers again" in message
+        assert_each_index_once([json.loads(line) for line in out.read_text().splitlines()], n)
+    finally:
+        target.stop()

@@ -1,4 +1,4 @@
-"""Redis killed and restarted mid-batch (append-only on): workers and waiting producers carry on."""
+"""Redis killed and restarted mid-batch (append-only, or from an older RDB): workers and followers go on."""
 
 from __future__ import annotations
 
@@ -85,6 +85,47 @@ def test_redis_killed_and_restarted_mid_batch(aof_redis: RedisProcess, spawn_wor
         print(f"\nRedis restart: batch finished {took:.1f}s after the kill ({DOWN_S} s down)")
     finally:
         target.stop()
+
+
+@pytest.mark.timeout(180)
+def test_redis_restarted_from_an_older_snapshot_mid_batch(spawn_worker, tmp_path: Path) -> None:
+    """Restarted from an RDB taken a little earlier, Redis forgot results of chunks that were still
+    running on living workers; those chunks ended and left the queue, and --wait waited for ever
+    (done stuck at 4,946 of 5,000, queue empty). Each chunk now checks its results before it ends."""
+    server = RedisProcess().start()
+    target = SlowTarget().start()
+    try:
+        n = 3000
+        urls = write_urls(tmp_path / "urls.txt", target.slow_urls(n, 100))
+        settings = {"concurrency": 20, "chunk_size": 50}
+        for w in [spawn_worker(server.url, worker_id=f"w{i}", **settings) for i in range(2)]:
+            wait_started(w)
+        out = tmp_path / "out.jsonl"
+        env = fetchfleet_env(server.url, **settings)
+        submit = start_cli(["submit", str(urls), "--batch-id", "rdb", "--wait", "-q", "-o", str(out)], env)
+        try:
+            with server.client() as r:
+                wait_until(lambda: int(r.hget(batch_key("rdb"), "done") or 0) >= 400, 60, "some results")
+                r.save()
+                saved = int(r.hget(batch_key("rdb"), "done") or 0)
+                wait_until(lambda: int(r.hget(batch_key("rdb"), "done") or 0) >= saved + 400, 60, "more")
+            server.kill()
+            server.start()  # from the snapshot: the last 400 or so results are gone from Redis
+            killed = time.monotonic()
+            _out, err = submit.communicate(timeout=60)
+        finally:
+            if submit.poll() is None:
+                submit.kill()
+                submit.wait(10)
+        took = time.monotonic() - killed
+        assert submit.returncode == 0, err.decode()
+        assert_each_index_once([json.loads(line) for line in out.read_text().splitlines()], n)
+        with server.client() as r:
+            assert int(r.hget(batch_key("rdb"), "done") or 0) == n
+        print(f"\nrestarted from a snapshot taken at {saved} results: batch finished {took:.1f}s after")
+    finally:
+        target.stop()
+        server.close()
 
 
 def test_redis_down_at_start(spawn_worker, http_target, tmp_path: Path) -> None:

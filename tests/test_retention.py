@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import orjson
@@ -11,9 +12,9 @@ import redis
 from redis.asyncio import Redis
 
 from producer.client import Client
-from tests.chaos import assert_each_index_once, write_urls
+from tests.chaos import assert_each_index_once, wait_until, write_urls
 from tests.support.http_target import HttpTarget
-from tests.support.procs import fetchfleet_env, run_cli
+from tests.support.procs import fetchfleet_env, run_cli, start_cli
 from tests.test_recorder import _record_all
 from worker.contract import batch_key, done_key, results_key
 from worker.resultstream import page_results
@@ -112,3 +113,40 @@ def test_retention_ttl_keeps_every_result(
         assert len(page_results(r.xrange(results_key("keep")))) == 50
     again = run_cli(["results", "keep"], env)
     assert len(again.stdout.splitlines()) == 50
+
+
+# What another follower does in one step: two results come, and it writes out and deletes everything.
+OTHER_FOLLOWER_LUA = """
+redis.call('XADD', KEYS[1], '*', 'r', ARGV[1])
+redis.call('XADD', KEYS[1], '*', 'r', ARGV[2])
+redis.call('XTRIM', KEYS[1], 'MAXLEN', 0)
+redis.call('HINCRBY', KEYS[2], 'collected', 3)
+redis.call('HSET', KEYS[2], 'done', 3)
+"""
+
+
+@pytest.mark.slow
+def test_a_follower_says_what_another_collected_while_it_ran(redis_url: str, tmp_path: Path) -> None:
+    """Two followers of one batch, default retention: one wrote out and deleted results before the other
+    read them. The other ended short, exit 0, without a word (observed: 5,999 of 6,000 lines)."""
+    out = tmp_path / "out.jsonl"
+    with redis.Redis.from_url(redis_url) as r:
+        r.hset(batch_key("two"), mapping={"submitted": 3, "complete": 1, "done": 1, "incarnation": "x"})
+        r.xadd(results_key("two"), {"r": b'{"index":0,"url":"http://h/0"}'})
+        command = ["results", "two", "--follow", "-q", "-o", str(out)]
+        proc = start_cli(command, fetchfleet_env(redis_url), stdout=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: out.exists() and out.read_text().count("\n") == 1, 15, "index 0 written")
+            docs = [b'{"index":1,"url":"http://h/1"}', b'{"index":2,"url":"http://h/2"}']
+            r.eval(OTHER_FOLLOWER_LUA, 2, results_key("two"), batch_key("two"), *docs)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    notice = err.decode()
+    print(notice)
+    assert proc.returncode == 0
+    assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0]
+    assert "2 results of batch two were written out and removed from Redis by another" in notice
+    assert "FETCHFLEET_RESULT_RETENTION=ttl" in notice

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tests.chaos import assert_each_index_once, wait_started, wait_until, write_urls
 from tests.support.polite_target import PoliteTarget
+from tests.support.procs import fetchfleet_env, start_cli
 from worker import errors
 from worker.contract import BatchOptions, robots_keys
 from worker.fetcher import Fetcher, FetchOutcome
@@ -490,3 +497,42 @@ async def test_a_redis_error_reaches_every_origin_of_the_call() -> None:
     finally:
         await cache.close()
         await redis.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_worker_killed_while_it_loads_robots_txt_holds_the_origin_up_for_a_lease_only(
+    redis_url: str, spawn_worker, tmp_path: Path
+) -> None:
+    """The fetch lock was leased for FETCHFLEET_TOTAL_TIMEOUT + 5 s and never renewed: killed mid-fetch,
+    its worker kept the whole fleet from the origin for 65 s, where its chunks ran again within the lease."""
+    site = PoliteTarget(200, "User-agent: *\nAllow: /\n").start()
+    site.robots_delay = 3.0
+    try:
+        n = 200
+        urls = write_urls(tmp_path / "urls.txt", [site.url(f"/p{i}") for i in range(n)])
+        settings = {"lease_seconds": 2, "chunk_size": 50}
+        victim = spawn_worker(redis_url, worker_id="victim", **settings)
+        wait_started(victim)
+        out = tmp_path / "out.jsonl"
+        command = ["submit", str(urls), "--wait", "-q", "-o", str(out)]
+        submit = start_cli(command, fetchfleet_env(redis_url, **settings), stdout=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: site.hits["/robots.txt"], 30, "the victim's robots.txt fetch")
+            victim.signal(signal.SIGKILL)
+            killed = time.monotonic()
+            wait_started(spawn_worker(redis_url, worker_id="survivor", **settings))
+            _, err = submit.communicate(timeout=120)
+            took = time.monotonic() - killed
+        finally:
+            if submit.poll() is None:
+                submit.kill()
+                submit.wait(10)
+        fetched = site.hits["/robots.txt"]
+        print(f"\nkilled mid robots.txt fetch: batch done {took:.1f}s later; robots.txt fetched {fetched}x")
+        assert submit.returncode == 0, err.decode()
+        assert_each_index_once([json.loads(line) for line in out.read_text().splitlines()], n)
+        # A lease (2 s), the survivor's start and its own 3 s fetch of robots.txt; 65 s and more before.
+        assert took < 20, took
+    finally:
+        site.stop()

@@ -8,11 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.chaos import SlowTarget, assert_each_index_once, wait_started, wait_until, write_urls
 from tests.support.procs import fetchfleet_env, run_cli, start_cli
 from tests.support.redisserver import RedisProcess
-from worker.contract import batch_key
+from worker.contract import batch_key, results_key
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -81,3 +82,28 @@ def test_interrupted_submit_resumes_without_duplicates(
         assert len(target.hits) == n and set(target.hits.values()) == {1}
     finally:
         target.stop()
+
+
+def test_a_follower_of_a_cut_short_submit_says_how_to_finish_it(redis_url: str, tmp_path: Path) -> None:
+    """A submit killed while queueing leaves a batch that never completes: `results --follow` waited for
+    ever without a word (observed: still silent after 120 s, when the test that ran it gave up)."""
+    with redis.Redis.from_url(redis_url) as r:
+        r.hset(batch_key("cut"), mapping={"complete": 0, "enqueued": 10, "done": 10, "incarnation": "x"})
+        for i in range(10):
+            r.xadd(results_key("cut"), {"r": json.dumps({"index": i, "url": f"http://h/{i}"}).encode()})
+        err = tmp_path / "err.txt"
+        with err.open("wb") as stderr:
+            command = ["results", "cut", "--follow", "-q", "-o", str(tmp_path / "out.jsonl")]
+            follower = start_cli(command, fetchfleet_env(redis_url), stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_until(lambda: "only partly queued" in err.read_text(), 20, "the follower to say so")
+            r.hset(batch_key("cut"), mapping={"complete": 1, "submitted": 10})  # the submit run again
+            assert follower.wait(15) == 0
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait(10)
+    notice = err.read_text()
+    print(notice)
+    assert "batch cut is only partly queued (10 URLs)" in notice and "--batch-id cut" in notice, notice
+    assert notice.count("\n") == 1, notice

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,16 @@ from redis.asyncio import Redis
 
 from worker.batchpolicy import batch_policy
 from worker.cancel import CancelWatch
-from worker.contract import ChunkJob, ErrorKind, FetchRequest, RejectedRequest, batch_key, done_key
+from worker.contract import (
+    INCARNATION_FIELD,
+    ChunkJob,
+    ErrorKind,
+    FetchRequest,
+    RejectedRequest,
+    batch_key,
+    done_key,
+    retried_key,
+)
 from worker.errors import BodyStoreError, HandBack, RobotsDisallowed
 from worker.fetcher import Fetcher, FetchOutcome
 from worker.hostlimits import HostLimiter, fetch_slot, host_of
@@ -27,6 +37,9 @@ from worker.settings import Settings
 from worker.warcstore import BodyStore
 
 log = logging.getLogger("fetchfleet.chunks")
+
+Entry = tuple[int, FetchRequest | RejectedRequest | str, int]  # ChunkJob.entries(): index, request, tries
+VERIFY_ROUNDS = 3  # a chunk whose results vanish from Redis again and again fails and runs later
 
 
 @dataclass
@@ -81,32 +94,64 @@ class ChunkSummary:
     recorded: int
 
 
-async def chunk_state(redis: Redis, job: ChunkJob, indexes: list[int]) -> tuple[bool, list[bool]]:
-    """(batch cancelled?, done flag per index) in one round trip."""
-    lo = indexes[0] if indexes else 0
+def ask_bits(pipe: Any, key: str, indexes: list[int]) -> Callable[[Any], list[bool]]:
+    """Queue on `pipe` one read of the bits `indexes` of bitmap `key` (at least one index); returns what
+    turns its reply into a flag per index."""
+    lo = indexes[0]
     # A chunk's indexes are usually consecutive: then GETRANGE reads their bytes of the bitmap, where
     # BITFIELD needs three arguments per index (ops/bench: ~2 us a URL of client-side packing).
-    consecutive = bool(indexes) and indexes == list(range(lo, lo + len(indexes)))
-    args: list[str | int] = []
-    if not consecutive:
-        for i in indexes:
-            args += ["GET", "u1", i]
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hget(batch_key(job.batch_id), "cancelled")
-        if consecutive:
-            pipe.getrange(done_key(job.batch_id), lo >> 3, indexes[-1] >> 3)
-        elif args:
-            pipe.execute_command("BITFIELD", done_key(job.batch_id), *args)
-        replies = await pipe.execute()
-    cancelled = bool(replies[0] and replies[0] != b"0")
-    if consecutive:
-        bits, first = replies[1], lo >> 3  # bit i is the high-order-first bit (i & 7) of byte i >> 3
-        flags = [
+    if indexes == list(range(lo, lo + len(indexes))):
+        pipe.getrange(key, lo >> 3, indexes[-1] >> 3)
+        first = lo >> 3  # bit i is the high-order-first bit (i & 7) of byte i >> 3
+        return lambda bits: [
             (i >> 3) - first < len(bits) and bits[(i >> 3) - first] & (0x80 >> (i & 7)) != 0 for i in indexes
         ]
-    else:
-        flags = [bool(v) for v in replies[1]] if args else []
-    return cancelled, flags
+    args: list[str | int] = []
+    for i in indexes:
+        args += ["GET", "u1", i]
+    pipe.execute_command("BITFIELD", key, *args)
+    return lambda values: [bool(v) for v in values]
+
+
+async def chunk_state(redis: Redis, job: ChunkJob, indexes: list[int]) -> tuple[bool, list[bool]]:
+    """(batch cancelled?, done flag per index) in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(batch_key(job.batch_id), "cancelled")
+        read = ask_bits(pipe, done_key(job.batch_id), indexes) if indexes else None
+        replies = await pipe.execute()
+    cancelled = bool(replies[0] and replies[0] != b"0")
+    return cancelled, read(replies[1]) if read is not None else []
+
+
+async def unrecorded(rt: Runtime, job: ChunkJob, entries: list[Entry]) -> list[Entry]:
+    """The entries with neither a result nor a retry queued in Redis: at the end of a run, the results
+    Redis lost while it ran (restarted from an older snapshot, failed over to a replica that lagged).
+
+    One round trip, two when some index has no result (a retry of it this run queued is attempt
+    tries + 2: see Requeuer.add). None when the batch itself is gone or was submitted again.
+    """
+    async with rt.redis.pipeline(transaction=False) as pipe:
+        read = ask_bits(pipe, done_key(job.batch_id), [e[0] for e in entries])
+        flags = read((await pipe.execute())[0])
+    missing = [e for e, done in zip(entries, flags, strict=True) if not done]
+    if not missing:
+        return []
+    by_attempt: dict[int, list[Entry]] = {}
+    for entry in missing:
+        by_attempt.setdefault(entry[2] + 2, []).append(entry)
+    async with rt.redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(batch_key(job.batch_id), ["complete", INCARNATION_FIELD])
+        reads = [
+            ask_bits(pipe, retried_key(job.batch_id, a), [e[0] for e in group])
+            for a, group in by_attempt.items()
+        ]
+        (complete, token), *replies = await pipe.execute()
+    if complete is None or (token or b"").decode() != job.incarnation:
+        return []  # Redis lost the whole batch: nothing of it is recorded again (record.lua)
+    lost: list[Entry] = []
+    for group, read, reply in zip(by_attempt.values(), reads, replies, strict=True):
+        lost += [e for e, queued in zip(group, read(reply), strict=True) if not queued]
+    return sorted(lost)
 
 
 async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
@@ -132,17 +177,37 @@ async def run_chunk(rt: Runtime, job: ChunkJob) -> ChunkSummary:
         await asyncio.gather(*records)  # one flush for the whole chunk, not a round trip per URL
         return ChunkSummary(fetched=0, skipped=len(entries), recorded=len(pending))
     rt.cancels.note(job.batch_id, cancelled)  # watched while this chunk runs
-    rt.waiting += len(pending)  # counted until each holds a slot (claim sizing)
     try:
-        outcomes = await asyncio.gather(
-            *(fetch_one(rt, job, index, req, tries) for index, req, tries in pending)
-        )
+        recorded = await fetch_all(rt, job, pending)
+        for _ in range(VERIFY_ROUNDS):
+            # The job leaves the queue when this returns: a result Redis lost meanwhile would never be
+            # recorded again, and every follower would wait for it for ever.
+            lost = await unrecorded(rt, job, entries) if pending else []
+            if not lost or rt.recorder.is_lost(job.batch_id, job.incarnation):
+                break
+            log.warning(
+                "batch %s: %d results recorded by this chunk are gone from Redis (restarted from an older "
+                "state, or failed over?); fetching them again",
+                job.batch_id,
+                len(lost),
+            )
+            recorded += await fetch_all(rt, job, lost)
+        else:
+            # Not this chunk's doing, but a loop here would never end: the chunk fails and runs again later.
+            raise RuntimeError(f"results of batch {job.batch_id} keep vanishing from Redis")
     finally:
         rt.cancels.done(job.batch_id)
+    return ChunkSummary(fetched=len(pending), skipped=len(entries) - len(pending), recorded=recorded)
+
+
+async def fetch_all(rt: Runtime, job: ChunkJob, pending: list[Entry]) -> int:
+    """Fetch and record every entry; how many were recorded first here (or queued for a retry)."""
+    rt.waiting += len(pending)  # counted until each holds a slot (claim sizing)
+    outcomes = await asyncio.gather(*(fetch_one(rt, job, index, req, tries) for index, req, tries in pending))
     if rt.stopping and sum(outcomes) < len(pending):
         # Every fetch this chunk started has finished and is recorded; the rest go back to the queue.
         raise HandBack(job.batch_id, len(pending) - sum(outcomes))
-    return ChunkSummary(fetched=len(pending), skipped=len(entries) - len(pending), recorded=sum(outcomes))
+    return sum(outcomes)
 
 
 async def fetch_one(

@@ -133,6 +133,10 @@ class Recorder:
             self._waiting -= 1
             self._progress_at = time.monotonic()
 
+    def is_lost(self, batch_id: str, incarnation: str) -> bool:
+        """Whether Redis answered that it no longer holds this batch (its results are dropped)."""
+        return (batch_id, incarnation) in self._lost
+
     def stalled_for(self) -> float:
         """Seconds results have been waiting with none made durable; 0 when nothing waits."""
         return time.monotonic() - self._progress_at if self._waiting else 0.0

@@ -21,7 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from worker import errors
-from worker.background import stop_tasks
+from worker.background import start_loop, stop_loop, stop_tasks
 from worker.contract import ROBOTS_UNREACHABLE_KEY, robots_keys
 from worker.fetcher import Fetcher, FetchOutcome
 from worker.settings import Settings
@@ -290,10 +290,15 @@ class RobotsCache:
     _fetcher_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _read_or_lock: _ReadOrLock = field(init=False, repr=False)
     _store: AsyncScript = field(init=False, repr=False)
+    # Fetch locks held now, renewed every third of their lease while their robots.txt is fetched: held
+    # for the whole fetch timeout instead, the lock of a worker killed mid-fetch kept every worker from
+    # that origin for 65 s (FETCHFLEET_TOTAL_TIMEOUT + 5 s), where its chunks ran again within the lease.
+    _held: set[str] = field(default_factory=set, init=False, repr=False)
+    _renewer: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.token = product_token(self.settings.user_agent)
-        lease_ms = int((self.settings.total_timeout + LOCK_MARGIN_SECONDS) * 1000)
+        lease_ms = int(self.settings.lease_seconds * 1000)
         self._read_or_lock = _ReadOrLock(self.redis.register_script(READ_OR_LOCK_LUA), self.owner, lease_ms)
         self._store = self.redis.register_script(STORE_LUA)
 
@@ -357,7 +362,8 @@ class RobotsCache:
 
     async def _load(self, origin: str) -> tuple[RobotsRules, float]:
         key, lock = robots_keys(origin)
-        deadline = time.monotonic() + self._read_or_lock.lease_ms / 1000 * 2
+        # A holder that lives renews its lock until its fetch ends, within the fetch timeout.
+        deadline = time.monotonic() + (self.settings.total_timeout + LOCK_MARGIN_SECONDS) * 2
         try:
             while True:
                 found, raw, pttl = await self._read_or_lock.ask(origin)
@@ -372,6 +378,8 @@ class RobotsCache:
             log.warning("robots cache unavailable (%s); fetching %s/robots.txt for this worker", exc, origin)
             rules = await self._fetch(origin)
             return rules, self._ttl(rules)
+        self._held.add(lock)
+        self._renewer = start_loop(self._renewer, self._renew_locks, "fetchfleet-robots-locks")
         try:
             rules = await self._fetch(origin)
             ttl = self._ttl(rules)
@@ -382,7 +390,27 @@ class RobotsCache:
             await self._store(keys=[key, lock, ROBOTS_UNREACHABLE_KEY], args=args)
         except RedisError as exc:
             log.warning("could not cache robots.txt of %s: %s", origin, exc)
+        finally:
+            self._held.discard(lock)
         return rules, ttl
+
+    async def _renew_locks(self) -> None:
+        """Every third of a lease, the locks held now get a full lease again, in one round trip."""
+        lease_ms = self._read_or_lock.lease_ms
+        while True:
+            await asyncio.sleep(lease_ms / 3000)
+            held = list(self._held)
+            if not held:
+                continue
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for lock in held:
+                        # A lock that lapsed meanwhile (Redis away for a lease) may be another's now:
+                        # PEXPIRE leaves a missing key missing, and at worst two workers fetch it.
+                        pipe.pexpire(lock, lease_ms)
+                    await pipe.execute()
+            except RedisError:
+                pass  # Redis away: the waiters' own reads meet it too
 
     def _ttl(self, rules: RobotsRules) -> float:
         if rules.state == DISALLOW:
@@ -428,6 +456,8 @@ class RobotsCache:
             return self.fetcher
 
     async def close(self) -> None:
+        await stop_loop(self._renewer)
+        self._renewer = None
         await self._read_or_lock.close()
         if self.fetcher is not None:
             await self.fetcher.close()

@@ -6,6 +6,7 @@ request (path and arrival time) and every answer's status, so a test can prove w
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter, deque
@@ -24,6 +25,7 @@ class PoliteTarget(AppServer):
         self.robots_status = robots_status
         self.robots_body = robots_body
         self.robots_redirects = 0  # answer /robots.txt with this many redirects first
+        self.robots_delay = 0.0  # seconds /robots.txt takes to answer
         # More than `rate_limit` requests in the last second -> 429 with Retry-After: 2 (0: no limit).
         self.rate_limit = rate_limit
         self.hits: Counter[str] = Counter()
@@ -50,6 +52,8 @@ class PoliteTarget(AppServer):
             self._note("/robots.txt", 302)
             raise web.HTTPFound(f"/hop/{self.robots_redirects - 1}")
         self._note("/robots.txt", self.robots_status)
+        if self.robots_delay:  # counted on arrival, answered later
+            await asyncio.sleep(self.robots_delay)
         return web.Response(status=self.robots_status, text=self.robots_body)
 
     async def _hop(self, request: web.Request) -> web.Response:
