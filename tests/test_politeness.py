@@ -154,7 +154,9 @@ def test_robots_missing_allows_all(redis_url: str, spawn_worker, site: PoliteTar
     scripts = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("eval", "evalsha"))
     print(f"{n} URLs, 2 workers: {gets} GETs (arq's per chunk, robots cache), {scripts} script calls")
     assert gets <= n / 20 + 10  # arq reads each of the 30 chunk jobs; robots a few times per worker
-    assert scripts < n / 10  # no host-limit script per URL
+    # No host-limit script per URL (that alone would be 600). The rest is per chunk and per flush, as
+    # the flushes happen to group: 52-61 measured for these 30 chunks (claims, record flushes, robots).
+    assert scripts <= 3 * n / 20 + 10
 
 
 def test_a_redirect_obeys_its_targets_robots_txt(
