@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,32 @@ LEASE_S = 5
 MAX_ATTEMPTS = 3
 
 
+@dataclass
+class Fleet:
+    target: FetchTarget
+    server: RedisProcess
+    workers: Workers
+    clis: list[subprocess.Popen[bytes]] = field(default_factory=list)  # killed at the end if running
+
+
+@contextlib.contextmanager
+def noeviction_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A target, a Redis that refuses writes once full (noeviction) and room for workers and CLI
+    processes; everything started is stopped at the end."""
+    fleet = Fleet(
+        FetchTarget().start(), RedisProcess("--maxmemory-policy", "noeviction").start(), Workers(tmp_path)
+    )
+    try:
+        yield fleet
+    finally:
+        for cli in fleet.clis:
+            if cli.poll() is None:
+                cli.kill()
+        fleet.workers.stop_all()
+        fleet.server.close()
+        fleet.target.stop()
+
+
 def healthz(port: int) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
@@ -39,11 +68,8 @@ def healthz(port: int) -> tuple[int, str]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_full_redis_loses_nothing_and_burns_no_tries(tmp_path: Path) -> None:
-    target = FetchTarget().start()
-    server = RedisProcess("--maxmemory-policy", "noeviction").start()
-    workers = Workers(tmp_path)
-    submit: subprocess.Popen[bytes] | None = None
-    try:
+    with noeviction_fleet(tmp_path) as fleet:
+        target, server, workers = fleet.target, fleet.server, fleet.workers
         r = server.client()
         # A 200 each, but every hundredth URL answers 503 once first: its retry goes through the queue
         # too. Each URL has a path of its own, so the target counts the requests made for each.
@@ -65,12 +91,8 @@ def test_a_full_redis_loses_nothing_and_burns_no_tries(tmp_path: Path) -> None:
         # Results stay in Redis after collection (retention ttl), so that they are what fills it up.
         env = fetchfleet_env(server.url, result_retention="ttl", **settings)
         command = ["submit", str(urls), "--wait", "-q", "--batch-id", "full", "-o", str(out)]
-        submit = start_cli(
-            [*command],
-            env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        submit = start_cli([*command], env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        fleet.clis.append(submit)
         wait_until(lambda: r.hget(batch_key("full"), "complete") == b"1", 120, "the whole batch queued")
         # The cap: what the queued batch takes now, plus room for about a third of its results
         # (~370 bytes each in Redis), so that Redis fills up mid-batch.
@@ -106,12 +128,6 @@ def test_a_full_redis_loses_nothing_and_burns_no_tries(tmp_path: Path) -> None:
         finished = time.monotonic() - room_at
         assert submit.returncode == 0, stderr.decode()
         logs = [w.log() for w in ws]
-    finally:
-        if submit is not None and submit.poll() is None:
-            submit.kill()
-        workers.stop_all()
-        server.close()
-        target.stop()
 
     results = [json.loads(line) for line in out.read_text().splitlines()]
     counts = Counter(x["index"] for x in results)
@@ -184,11 +200,8 @@ def test_a_follower_says_when_redis_is_full_and_goes_on_when_it_has_room(tmp_pat
 def test_workers_that_started_into_a_full_redis_are_not_called_missing(tmp_path: Path) -> None:
     """A full Redis refuses the heartbeat of a worker that starts then: submit --wait said "no live
     worker ... stays queued until one starts" beside the two workers waiting for room."""
-    target = FetchTarget().start()
-    server = RedisProcess("--maxmemory-policy", "noeviction").start()
-    workers = Workers(tmp_path)
-    submit: subprocess.Popen[bytes] | None = None
-    try:
+    with noeviction_fleet(tmp_path) as fleet:
+        target, server, workers = fleet.target, fleet.server, fleet.workers
         r = server.client()
         n = 300
         urls = write_urls(tmp_path / "urls.txt", [target.url(f"/flaky/q{i}/0/503") for i in range(n)])
@@ -197,6 +210,7 @@ def test_workers_that_started_into_a_full_redis_are_not_called_missing(tmp_path:
         with err.open("wb") as stderr:
             command = ["submit", str(urls), "--wait", "-q", "--batch-id", "blocked", "-o", str(out)]
             submit = start_cli(command, env, stdout=subprocess.DEVNULL, stderr=stderr)
+            fleet.clis.append(submit)
         wait_until(lambda: r.hget(batch_key("blocked"), "complete") == b"1", 30, "the batch queued")
         r.config_set("maxmemory", int(r.info("memory")["used_memory"]) * 9 // 10)
         for i in range(2):
@@ -206,11 +220,5 @@ def test_workers_that_started_into_a_full_redis_are_not_called_missing(tmp_path:
         said = err.read_text()
         r.config_set("maxmemory", 0)
         assert submit.wait(60) == 0, err.read_text()
-    finally:
-        if submit is not None and submit.poll() is None:
-            submit.kill()
-        workers.stop_all()
-        server.close()
-        target.stop()
     assert "no live worker" not in said, said
     assert sorted(json.loads(line)["index"] for line in out.read_text().splitlines()) == list(range(n))
